@@ -1,0 +1,147 @@
+"""Loading official checkpoint files unchanged: local path or any fsspec URL, optional sha256,
+`weights_only=True`, strict key/shape match with a readable error."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+_CHUNK = 8 << 20  # 8 MiB reads: fast on local disks and object stores alike
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for the model it was given to."""
+
+
+def _is_url(source: str) -> bool:
+    return "://" in source and not source.startswith("file://")
+
+
+def read_checkpoint(source: str | os.PathLike, sha256: str | None = None) -> tuple[Any, str]:
+    """torch.load a checkpoint from a local path or fsspec URL (s3://, gs://, https://, ...),
+    on CPU with `weights_only=True`; if `sha256` is given the file's digest must equal it.
+
+    Returns the loaded object and the file's hex sha256."""
+    source = os.fspath(source)
+    digest = hashlib.sha256()
+    try:
+        if _is_url(source):
+            import fsspec  # only for remote files; models/ stays free of I/O otherwise
+
+            with fsspec.open(source, "rb") as f:
+                buf = io.BytesIO()
+                while chunk := f.read(_CHUNK):
+                    digest.update(chunk)
+                    buf.write(chunk)
+            buf.seek(0)
+            target: Any = buf
+        else:
+            path = source.removeprefix("file://")
+            with open(path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    digest.update(chunk)
+            target = path
+    except FileNotFoundError as e:
+        raise CheckpointError(f"checkpoint not found at '{source}'") from e
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint at '{source}': {e}") from e
+    if sha256 is not None and digest.hexdigest() != sha256.lower():
+        raise CheckpointError(
+            f"checkpoint sha256 mismatch for '{source}': expected {sha256.lower()}, "
+            f"got {digest.hexdigest()}"
+        )
+    try:
+        return torch.load(target, map_location="cpu", weights_only=True), digest.hexdigest()
+    except Exception as e:
+        raise CheckpointError(
+            f"cannot load '{source}' as a weights-only torch checkpoint: {e}"
+        ) from e
+
+
+def unwrap_state_dict(obj: Any, wrappers: tuple[str, ...] = ()) -> Mapping[str, torch.Tensor]:
+    """The state dict inside a loaded checkpoint: `obj` itself, or `obj[w]` for the first
+    wrapper key `w` present (e.g. "model" for EfficientSAM, "state_dict" for EfficientViT)."""
+    if isinstance(obj, Mapping):
+        for key in wrappers:
+            if key in obj and isinstance(obj[key], Mapping):
+                return obj[key]
+        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    kind = type(obj).__name__
+    keys = list(obj)[:5] if isinstance(obj, Mapping) else []
+    raise CheckpointError(
+        f"expected a state dict of tensors{' or a dict under ' + repr(wrappers) if wrappers else ''}"
+        f", got {kind} with keys {keys}"
+    )
+
+
+def _sample(keys: list[str], limit: int = 20) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load with `strict=True`, raising a `CheckpointError` that lists the missing and
+    unexpected keys and any shape mismatch before torch is asked."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    shapes = [
+        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(state_dict[k].shape)}"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = [f"checkpoint does not match {type(model).__name__}:"]
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_sample(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_sample(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches ({len(shapes)}): {_sample(shapes)}")
+        raise CheckpointError("\n  ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a local file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def seeded_state_dict(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights with the model's exact keys, shapes and dtypes, the same for a seed.
+
+    Unlike a fresh `__init__` (which leaves SAM's position tables at zero) every tensor is
+    non-trivial: weights ~ N(0, 1/fan_in), norm weights ~ 1 + N(0, 0.1), biases ~ N(0, 0.1),
+    position tables ~ N(0, 0.02) (the Fourier matrix ~ N(0, 1), as its initialiser)."""
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for name, ref in model.state_dict().items():
+        shape = tuple(ref.shape)
+        noise = torch.randn(shape, generator=gen, dtype=torch.float64)
+        leaf = name.rsplit(".", 1)[-1]
+        if name.endswith("positional_encoding_gaussian_matrix"):
+            value = noise
+        elif "pos" in leaf:
+            value = noise * 0.02
+        elif len(shape) >= 2:
+            fan_in = 1
+            for d in shape[1:]:
+                fan_in *= d
+            value = noise / fan_in**0.5
+        elif leaf == "weight":
+            value = 1.0 + 0.1 * noise
+        else:
+            value = 0.1 * noise
+        out[name] = value.to(ref.dtype)
+    return out

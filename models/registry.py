@@ -1,0 +1,134 @@
+"""The model registry: a plain dict of builders, and `build_model` that loads checkpoints.
+
+Each builder passes literal sizes to one private `_build_*`; the official ones build the
+architectures whose state dicts equal the official checkpoint files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from torch import nn
+
+from .checkpoint import load_state_dict_strict, read_checkpoint, seeded_state_dict, unwrap_state_dict
+from .image_encoder import ImageEncoderViT
+from .sam import Sam, build_sam
+
+
+def _build_sam_vit(
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    global_attn_indexes: tuple[int, ...],
+    image_size: int = 1024,
+    window_size: int = 14,
+    prompt_embed_dim: int = 256,
+    decoder_mlp_dim: int = 2048,
+    decoder_heads: int = 8,
+    iou_head_hidden_dim: int = 256,
+) -> Sam:
+    encoder = ImageEncoderViT(
+        img_size=image_size,
+        patch_size=16,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=4.0,
+        out_chans=prompt_embed_dim,
+        qkv_bias=True,
+        norm_eps=1e-6,
+        use_abs_pos=True,
+        use_rel_pos=True,
+        window_size=window_size,
+        global_attn_indexes=global_attn_indexes,
+    )
+    return build_sam(
+        encoder,
+        prompt_embed_dim=prompt_embed_dim,
+        image_size=image_size,
+        decoder_mlp_dim=decoder_mlp_dim,
+        decoder_heads=decoder_heads,
+        iou_head_hidden_dim=iou_head_hidden_dim,
+    )
+
+
+def build_sam_vit_h() -> Sam:
+    """SAM ViT-H (641M parameters), official file sam_vit_h_4b8939.pth."""
+    return _build_sam_vit(1280, 32, 16, (7, 15, 23, 31))
+
+
+def build_sam_vit_l() -> Sam:
+    """SAM ViT-L (312M parameters), official file sam_vit_l_0b3195.pth."""
+    return _build_sam_vit(1024, 24, 16, (5, 11, 17, 23))
+
+
+def build_sam_vit_b() -> Sam:
+    """SAM ViT-B (94M parameters), official file sam_vit_b_01ec64.pth."""
+    return _build_sam_vit(768, 12, 12, (2, 5, 8, 11))
+
+
+def build_sam_tiny() -> Sam:
+    """A SAM of the official design at toy sizes for tests and demos on a CPU: 128x128 input,
+    8x8x32 embedding, 3x3 windows (so window padding runs), one global block."""
+    return _build_sam_vit(
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        global_attn_indexes=(1,),
+        image_size=128,
+        window_size=3,
+        prompt_embed_dim=32,
+        decoder_mlp_dim=64,
+        decoder_heads=2,
+        iou_head_hidden_dim=32,
+    )
+
+
+MODEL_REGISTRY: dict[str, Callable[[], nn.Module]] = {
+    "sam_vit_h": build_sam_vit_h,
+    "sam_vit_l": build_sam_vit_l,
+    "sam_vit_b": build_sam_vit_b,
+    "sam_tiny": build_sam_tiny,
+}
+
+# Official checkpoint file names, for messages and docs.
+OFFICIAL_CHECKPOINTS: dict[str, str] = {
+    "sam_vit_h": "sam_vit_h_4b8939.pth",
+    "sam_vit_l": "sam_vit_l_0b3195.pth",
+    "sam_vit_b": "sam_vit_b_01ec64.pth",
+}
+
+
+def build_model(
+    name: str,
+    checkpoint: str | os.PathLike | None = None,
+    sha256: str | None = None,
+    seed: int | None = None,
+) -> nn.Module:
+    """Build registry model `name` in eval mode on CPU.
+
+    checkpoint: local path or fsspec URL of an official checkpoint file, loaded with
+        `weights_only=True` and `strict=True`; `sha256` (hex) is checked when given.
+    seed: without a checkpoint, fill every tensor with seeded random weights
+        (`seeded_state_dict`); with neither, keep the initialiser's weights.
+
+    The model gets `model_name` and `checkpoint_sha256` (None for random weights) attributes.
+    """
+    if name not in MODEL_REGISTRY:
+        valid = ", ".join(sorted(MODEL_REGISTRY))
+        raise ValueError(f"unknown model '{name}': expected one of {valid}")
+    model = MODEL_REGISTRY[name]()
+    model.eval()
+    digest = None
+    if checkpoint is not None:
+        loaded, digest = read_checkpoint(checkpoint, sha256=sha256)
+        wrappers = getattr(model, "checkpoint_wrappers", ())
+        load_state_dict_strict(model, unwrap_state_dict(loaded, wrappers))
+    elif seed is not None:
+        load_state_dict_strict(model, seeded_state_dict(model, seed))
+    # Some modules cache derived tensors in eval(); refresh them after the weights changed.
+    model.eval()
+    model.model_name = name
+    model.checkpoint_sha256 = digest
+    return model

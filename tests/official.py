@@ -1,0 +1,88 @@
+"""Import the official segment-anything package (PyPI `segment-anything==1.0`) for parity tests.
+
+Its predictor imports two torchvision functions (and its mask generator two box ops); torchvision has no CPU build here, so when it
+is missing we register a stand-in that does what torchvision does for a PIL input
+(`to_pil_image` of a uint8 HxWx3 array, `resize(pil, [h, w])` = `pil.resize((w, h), BILINEAR)`, plus a plain greedy `batched_nms`).
+The model code itself is the official one, untouched.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _shim_torchvision() -> None:
+    try:
+        import torchvision.transforms.functional  # noqa: F401
+
+        return
+    except Exception:
+        pass
+    tv = types.ModuleType("torchvision")
+    transforms = types.ModuleType("torchvision.transforms")
+    functional = types.ModuleType("torchvision.transforms.functional")
+
+    def to_pil_image(image: np.ndarray) -> Image.Image:
+        return Image.fromarray(image)
+
+    def resize(image: Image.Image, size: list[int] | tuple[int, int]) -> Image.Image:
+        return image.resize((size[1], size[0]), Image.BILINEAR)
+
+    def box_area(boxes):
+        return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+    def batched_nms(boxes, scores, idxs, iou_threshold):
+        # Greedy NMS per class, highest score first; drop IoU > threshold (torchvision's rule).
+        import torch
+
+        order = torch.argsort(scores, descending=True)
+        keep: list[int] = []
+        for i in order.tolist():
+            ok = True
+            for j in keep:
+                if idxs[i] != idxs[j]:
+                    continue
+                lt = torch.maximum(boxes[i, :2], boxes[j, :2])
+                rb = torch.minimum(boxes[i, 2:], boxes[j, 2:])
+                inter = (rb - lt).clamp(min=0).prod()
+                union = box_area(boxes[i : i + 1])[0] + box_area(boxes[j : j + 1])[0] - inter
+                if inter / union > iou_threshold:
+                    ok = False
+                    break
+            if ok:
+                keep.append(i)
+        return torch.tensor(keep, dtype=torch.long)
+
+    ops = types.ModuleType("torchvision.ops")
+    ops_boxes = types.ModuleType("torchvision.ops.boxes")
+    ops_boxes.box_area = box_area
+    ops_boxes.batched_nms = batched_nms
+    ops.boxes = ops_boxes
+    tv.ops = ops
+    sys.modules.update({"torchvision.ops": ops, "torchvision.ops.boxes": ops_boxes})
+    functional.to_pil_image = to_pil_image
+    functional.resize = resize
+    transforms.functional = functional
+    tv.transforms = transforms
+    sys.modules.update(
+        {
+            "torchvision": tv,
+            "torchvision.transforms": transforms,
+            "torchvision.transforms.functional": functional,
+        }
+    )
+
+
+def official():
+    """The official `segment_anything` package (skips the test if it is not installed)."""
+    try:
+        _shim_torchvision()
+        return importlib.import_module("segment_anything")
+    except ImportError as e:  # pragma: no cover - only without the test extra
+        pytest.skip(f"official segment-anything not installed: {e}")
