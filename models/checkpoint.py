@@ -76,8 +76,9 @@ def unwrap_state_dict(obj: Any, wrappers: tuple[str, ...] = ()) -> Mapping[str, 
     kind = type(obj).__name__
     keys = list(obj)[:5] if isinstance(obj, Mapping) else []
     raise CheckpointError(
-        f"expected a state dict of tensors{' or a dict under ' + repr(wrappers) if wrappers else ''}"
-        f", got {kind} with keys {keys}"
+        f"expected a state dict of tensors"
+        f"{' or a dict holding one under ' + repr(wrappers) if wrappers else ''}, "
+        f"got {kind} with keys {keys}"
     )
 
 

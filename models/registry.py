@@ -11,7 +11,12 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .checkpoint import load_state_dict_strict, read_checkpoint, seeded_state_dict, unwrap_state_dict
+from .checkpoint import (
+    load_state_dict_strict,
+    read_checkpoint,
+    seeded_state_dict,
+    unwrap_state_dict,
+)
 from .image_encoder import ImageEncoderViT
 from .sam import Sam, build_sam
 

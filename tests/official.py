@@ -1,8 +1,9 @@
 """Import the official segment-anything package (PyPI `segment-anything==1.0`) for parity tests.
 
-Its predictor imports two torchvision functions (and its mask generator two box ops); torchvision has no CPU build here, so when it
-is missing we register a stand-in that does what torchvision does for a PIL input
-(`to_pil_image` of a uint8 HxWx3 array, `resize(pil, [h, w])` = `pil.resize((w, h), BILINEAR)`, plus a plain greedy `batched_nms`).
+Its predictor imports two torchvision functions (its mask generator two box ops); torchvision
+has no CPU build here, so when it is missing we register a stand-in that does what torchvision
+does for a PIL input (`to_pil_image` of a uint8 HxWx3 array, `resize(pil, [h, w])` =
+`pil.resize((w, h), BILINEAR)`) plus a plain greedy `batched_nms`.
 The model code itself is the official one, untouched.
 """
 

@@ -1,0 +1,1 @@
+"""Ray Data pipelines composed from operators, the `samdata` CLI and job submission."""

@@ -1,0 +1,44 @@
+"""Shared fixtures: a real S3 protocol server (moto) on loopback."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """URL of a moto S3 server on 127.0.0.1 (test credentials in the environment)."""
+    from moto.server import ThreadedMotoServer
+
+    old = {k: os.environ.get(k) for k in S3_ENV}
+    os.environ.update(S3_ENV)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture()
+def s3_bucket(s3_endpoint, request):
+    """A fresh bucket on the test server; yields (s3fs filesystem, bucket name)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True)
+    name = "t-" + request.node.name.lower().replace("_", "-").replace("[", "-").strip("]-")[:50]
+    fs.mkdir(name)
+    yield fs, name
+    fs.rm(name, recursive=True)
