@@ -1,0 +1,79 @@
+"""The embedding actor: a Ray Data callable class holding one model on its device.
+
+Ray batch size and model batch size are separate: a Ray batch of rows is split into model
+batches of `model_batch_size` images for the encoder. Rows that are not ok images (decode
+errors, shard-end rows) pass through with a zero embedding that the writer turns into null.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import build_model
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Embedder:
+    """batch {"pixels": uint8 BxSxSx3, "input_hw": int32 Bx2, "status", "kind", ...} ->
+    the same batch plus "embedding" (BxCxHxW `out_dtype`), "model", "checkpoint_sha256"."""
+
+    def __init__(
+        self,
+        model_name: str,
+        checkpoint: str | None = None,
+        sha256: str | None = None,
+        seed: int | None = None,
+        precision: str = "auto",
+        model_batch_size: int = 8,
+        out_dtype: str = "float16",
+        storage_options: dict | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if storage_options and checkpoint and "://" in checkpoint:
+            # fsspec reads the endpoint from the environment for s3:// checkpoints
+            endpoint = storage_options.get("client_kwargs", {}).get("endpoint_url")
+            if endpoint:
+                os.environ.setdefault("AWS_ENDPOINT_URL_S3", endpoint)
+        self.model = build_model(model_name, checkpoint=checkpoint, sha256=sha256,
+                                 seed=None if checkpoint else seed).to(self.device)
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        self.precision = precision
+        self.model_batch_size = model_batch_size
+        self.out_dtype = np.dtype(out_dtype)
+        self.model_name = model_name
+        self.sha256 = self.model.checkpoint_sha256 or ""
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=_AUTOCAST[self.precision])
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = len(batch["kind"])
+        c, h, w = self.model.embedding_shape
+        out = np.zeros((n, c, h, w), dtype=self.out_dtype)
+        todo = np.flatnonzero((batch["kind"] == "image") & (batch["status"] == "ok"))
+        for start in range(0, len(todo), self.model_batch_size):
+            idx = todo[start : start + self.model_batch_size]
+            pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][idx]))
+            pixels = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+            hws = torch.from_numpy(batch["input_hw"][idx].astype(np.int64)).to(self.device)
+            with self._autocast():
+                emb = self.model.embed_images(pixels, hws)
+            out[idx] = emb.float().cpu().numpy().astype(self.out_dtype)
+        result = {k: v for k, v in batch.items() if k != "pixels"}
+        result["embedding"] = out
+        result["model"] = np.full(n, self.model_name, dtype=object)
+        result["checkpoint_sha256"] = np.full(n, self.sha256, dtype=object)
+        return result

@@ -1,0 +1,86 @@
+"""CPU step of the embedding pipeline: shard -> decoded, resized, padded uint8 rows.
+
+One call per shard (a Ray Data `flat_map`). Every sample becomes a row (`status` ok or error)
+and each shard ends with one `kind="end"` row carrying the shard's sample count, so the writer
+and the driver can tell when a shard is complete.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models import MODEL_REGISTRY
+
+from .decode import DecodeError, decode_image
+from .read import Sample, ShardEnd, image_id_from, iter_shard
+from .shards import Shard
+
+
+@lru_cache(maxsize=4)
+def model_skeleton(name: str) -> torch.nn.Module:
+    """The model built on the meta device: its CPU preprocessing without any weights."""
+    if name not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model '{name}': expected one of {', '.join(MODEL_REGISTRY)}")
+    with torch.device("meta"):
+        return MODEL_REGISTRY[name]()
+
+
+def _row(shard: str, kind: str, size: int, **values: Any) -> dict[str, Any]:
+    row = {
+        "kind": kind, "shard": shard, "key": "", "source_uri": "", "image_id": -1,
+        "orig_hw": np.zeros(2, np.int32), "input_hw": np.zeros(2, np.int32),
+        "pixels": np.zeros((size, size, 3), np.uint8), "status": "ok", "error": "",
+        "image_jpeg": b"", "shard_count": 0, "shard_error": "", "skipped_members": 0,
+    }
+    row.update(values)
+    return row
+
+
+def prepare_sample(sample: Sample, shard: str, model: torch.nn.Module, max_pixels: int,
+                   include_image: bool) -> dict[str, Any]:
+    """One Sample -> one row: pixels uint8 SxSx3 (resized, zero-padded), orig_hw, input_hw."""
+    size = model.image_size
+    base = dict(key=sample.key, source_uri=sample.source_uri,
+                image_id=image_id_from(sample.key, sample.meta) or -1)
+    if sample.error:
+        return _row(shard, "image", size, status="error", error=sample.error, **base)
+    try:
+        image = decode_image(sample.image, max_pixels=max_pixels)
+    except DecodeError as e:
+        return _row(shard, "image", size, status="error",
+                    error=f"{sample.image_name}: {e}", **base)
+    padded, input_hw = model.prepare_image(image)
+    jpeg = b""
+    if include_image:
+        buf = io.BytesIO()
+        Image.fromarray(padded[: input_hw[0], : input_hw[1]]).save(buf, "JPEG", quality=95)
+        jpeg = buf.getvalue()
+    return _row(shard, "image", size, orig_hw=np.array(image.shape[:2], np.int32),
+                input_hw=np.array(input_hw, np.int32), pixels=padded, image_jpeg=jpeg, **base)
+
+
+def read_and_prepare(
+    item: dict[str, Any],
+    model_name: str,
+    storage_options: dict | None = None,
+    fmt: str = "auto",
+    max_pixels: int = 100_000_000,
+    include_image: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Ray Data flat_map: {"shard", "url", "kind"} -> a row per sample, then an end row."""
+    model = model_skeleton(model_name)
+    shard = Shard(name=item["shard"], url=item["url"], kind=item["kind"])
+    for part in iter_shard(shard, storage_options, fmt=fmt):
+        if isinstance(part, ShardEnd):
+            yield _row(shard.name, "end", model.image_size, status="end",
+                       shard_count=part.count, shard_error=part.error or "",
+                       skipped_members=part.skipped_members)
+        else:
+            yield prepare_sample(part, shard.name, model, max_pixels, include_image)

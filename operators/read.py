@@ -1,0 +1,174 @@
+"""Reading shards into samples: tar members grouped by key, or the files of an image folder.
+
+Nothing is dropped silently: every image member (and every SA-1B json without its image)
+becomes one sample, with `error` set when it cannot be used; a shard that breaks off (a
+truncated tar) yields what it held and then reports the break.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import fsspec
+
+from .shards import IMAGE_EXTENSIONS, Shard
+
+
+@dataclass
+class Sample:
+    """One image of a shard, before decoding.
+
+    key: member path without extension (WebDataset key); image: encoded bytes or None;
+    meta: the parsed json sidecar or None; error: why the sample cannot be used, or None."""
+
+    key: str
+    source_uri: str
+    image: bytes | None = None
+    image_name: str | None = None
+    meta: dict | None = None
+    error: str | None = None
+    extra: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ShardEnd:
+    """The end of a shard: how many samples it yielded and, if it broke off, why."""
+
+    count: int
+    error: str | None = None
+    skipped_members: int = 0
+
+
+def _split_key(name: str) -> tuple[str, str]:
+    """WebDataset rule: the key is the path up to the first dot of the file name."""
+    d, base = posixpath.split(name)
+    stem, _, ext = base.partition(".")
+    return posixpath.join(d, stem), "." + ext.lower() if ext else ""
+
+
+def image_id_from(key: str, meta: dict | None) -> int | None:
+    """SA-1B image id from the json (`image.image_id`), else the last number in the key."""
+    if meta and isinstance(meta.get("image"), dict) and "image_id" in meta["image"]:
+        try:
+            return int(meta["image"]["image_id"])
+        except (TypeError, ValueError):
+            return None
+    digits = re.findall(r"\d+", posixpath.basename(key))
+    return int(digits[-1]) if digits else None
+
+
+def _finish(group: dict, key: str, source: str, require_json: bool) -> Sample | None:
+    images = [n for n in group if n[1] in IMAGE_EXTENSIONS]
+    json_member = next((n for n in group if n[1] == ".json"), None)
+    if not images and json_member is None:
+        return None  # not a sample (e.g. a README in the tar): counted as skipped
+    sample = Sample(key=key, source_uri=f"{source}#{key}")
+    if images:
+        name, _ = images[0]
+        sample.image_name = name
+        sample.image = group[images[0]]
+        sample.extra = [n for n, _ in images[1:]]
+    else:
+        sample.error = f"no image member for key '{key}' (only {json_member[0]})"
+    if json_member is not None:
+        raw = group[json_member]
+        if isinstance(raw, Exception):
+            raw = b"<unreadable: %s>" % str(raw).encode()
+        try:
+            sample.meta = json.loads(raw)
+            if not isinstance(sample.meta, dict):
+                raise ValueError(f"expected a JSON object, got {type(sample.meta).__name__}")
+        except ValueError as e:
+            sample.meta = None
+            sample.error = sample.error or f"malformed json {json_member[0]}: {e}"
+    elif require_json and sample.error is None:
+        sample.error = f"missing json for '{key}' (SA-1B samples carry sa_<id>.json)"
+    if isinstance(sample.image, Exception):
+        sample.error = f"cannot read member {sample.image_name}: {sample.image}"
+        sample.image = None
+    return sample
+
+
+def iter_tar(shard: Shard, storage_options: dict | None = None,
+             require_json: bool = False) -> Iterator[Sample | ShardEnd]:
+    """Stream a tar shard: one Sample per key holding an image or json, then a ShardEnd."""
+    count = skipped = 0
+    group: dict = {}
+    key: str | None = None
+    error: str | None = None
+    try:
+        with fsspec.open(shard.url, "rb", **(storage_options or {})) as f:
+            with tarfile.open(fileobj=f, mode="r|*") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    k, ext = _split_key(member.name)
+                    if k != key and group:
+                        sample = _finish(group, key, shard.url, require_json)
+                        if sample is None:
+                            skipped += len(group)
+                        else:
+                            count += 1
+                            yield sample
+                        group = {}
+                    key = k
+                    try:
+                        data = tar.extractfile(member).read()
+                    except (tarfile.TarError, OSError, EOFError) as e:
+                        data = e
+                        group[(member.name, ext)] = data
+                        raise
+                    group[(member.name, ext)] = data
+    except (tarfile.TarError, OSError, EOFError) as e:
+        error = f"shard '{shard.name}' is unreadable after {count} samples: " \
+                f"{type(e).__name__}: {e}"
+    if group:
+        sample = _finish(group, key, shard.url, require_json)
+        if sample is None:
+            skipped += len(group)
+        else:
+            count += 1
+            yield sample
+    yield ShardEnd(count=count, error=error, skipped_members=skipped)
+
+
+def iter_folder(shard: Shard, storage_options: dict | None = None) -> Iterator[Sample | ShardEnd]:
+    """A folder of images (json sidecars optional): one Sample per image file."""
+    fs, root = fsspec.core.url_to_fs(shard.url, **(storage_options or {}))
+    files = sorted(fs.find(root))
+    by_key: dict[str, dict] = {}
+    for path in files:
+        rel = posixpath.relpath(path, root)
+        k, ext = _split_key(rel)
+        by_key.setdefault(k, {})[(rel, ext)] = path
+    count = skipped = 0
+    for k in sorted(by_key):
+        group = by_key[k]
+        if not any(ext in IMAGE_EXTENSIONS for _, ext in group):
+            skipped += len(group)
+            continue
+        loaded = {}
+        for (rel, ext), path in group.items():
+            try:
+                loaded[(rel, ext)] = fs.cat_file(path)
+            except OSError as e:
+                loaded[(rel, ext)] = e
+        sample = _finish(loaded, k, shard.url, require_json=False)
+        count += 1
+        yield sample
+    yield ShardEnd(count=count, skipped_members=skipped)
+
+
+def iter_shard(shard: Shard, storage_options: dict | None = None,
+               fmt: str = "auto") -> Iterator[Sample | ShardEnd]:
+    """Samples of any shard, then its ShardEnd. fmt: auto|sa1b|webdataset|folder
+    (auto: folders -> folder, `sa_*.tar` -> sa1b (json required), other tars -> webdataset)."""
+    if shard.kind == "folder":
+        return iter_folder(shard, storage_options)
+    require_json = fmt == "sa1b" or (fmt == "auto" and shard.name.startswith("sa_"))
+    return iter_tar(shard, storage_options, require_json=require_json)

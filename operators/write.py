@@ -1,0 +1,128 @@
+"""Writing Parquet per shard, commit markers, and the cleanup that makes reruns exactly-once.
+
+Layout under the output root:
+    {root}/{shard}/{shard}-{first key}.parquet   one file per written batch of the shard
+    {root}/{shard}/_stats.json                   the commit marker, written last by the driver
+Readers (pyarrow, DuckDB, Polars) skip files starting with "_".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+COMMIT_MARKER = "_stats.json"
+
+
+def _fs(root: str, storage_options: dict | None):
+    return fsspec.core.url_to_fs(root, **(storage_options or {}))
+
+
+def tensor_array(values: np.ndarray, valid: np.ndarray) -> pa.ExtensionArray:
+    """BxC..  numpy -> Arrow `fixed_shape_tensor` array, null where not `valid`."""
+    n = values.shape[0]
+    shape = list(values.shape[1:])
+    size = int(np.prod(shape))
+    flat = pa.array(np.ascontiguousarray(values).reshape(-1))
+    storage = pa.FixedSizeListArray.from_arrays(flat, size, mask=pa.array(~valid))
+    ext_type = pa.fixed_shape_tensor(flat.type, shape)
+    assert len(storage) == n
+    return pa.ExtensionArray.from_storage(ext_type, storage)
+
+
+def embedding_table(batch: dict[str, Any], include_image: bool) -> pa.Table:
+    """Rows of one shard (kind == image) -> the output table (see README: Data out)."""
+    ok = batch["status"] == "ok"
+    hw = pa.list_(pa.int32(), 2)
+    cols = {
+        "image_id": pa.array([None if i < 0 else int(i) for i in batch["image_id"]], pa.int64()),
+        "key": pa.array(batch["key"].tolist(), pa.string()),
+        "shard": pa.array(batch["shard"].tolist(), pa.string()),
+        "source_uri": pa.array(batch["source_uri"].tolist(), pa.string()),
+        "model": pa.array(batch["model"].tolist(), pa.string()),
+        "checkpoint_sha256": pa.array([s or None for s in batch["checkpoint_sha256"]],
+                                      pa.string()),
+        "orig_hw": pa.array([list(map(int, v)) if o else None
+                             for v, o in zip(batch["orig_hw"], ok, strict=True)], hw),
+        "input_hw": pa.array([list(map(int, v)) if o else None
+                              for v, o in zip(batch["input_hw"], ok, strict=True)], hw),
+        "embedding": tensor_array(batch["embedding"], ok),
+        "status": pa.array(batch["status"].tolist(), pa.string()),
+        "error": pa.array([e or None for e in batch["error"]], pa.string()),
+    }
+    if include_image:
+        cols["image_jpeg"] = pa.array([bytes(b) if o else None
+                                       for b, o in zip(batch["image_jpeg"], ok, strict=True)],
+                                      pa.binary())
+    return pa.table(cols)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:120]
+
+
+def write_batch(batch: dict[str, np.ndarray], root: str, storage_options: dict | None = None,
+                include_image: bool = False) -> dict[str, np.ndarray]:
+    """Ray Data map_batches: write each shard's image rows of the batch to one Parquet file;
+    return one bookkeeping row per (shard, kind): rows, ok, failed, bytes, and for end rows
+    the shard's sample count, error and skipped members."""
+    fs, base = _fs(root, storage_options)
+    out: dict[str, list] = {k: [] for k in ("shard", "kind", "rows", "ok", "failed", "bytes",
+                                             "shard_count", "shard_error", "skipped_members")}
+    kinds = batch["kind"]
+    for shard in sorted(set(batch["shard"].tolist())):
+        of_shard = batch["shard"] == shard
+        images = np.flatnonzero(of_shard & (kinds == "image"))
+        if len(images):
+            part = {k: v[images] for k, v in batch.items()}
+            table = embedding_table(part, include_image)
+            first = min(part["key"].tolist())
+            path = f"{base}/{shard}/{shard}-{_safe(first)}.parquet"
+            fs.makedirs(f"{base}/{shard}", exist_ok=True)
+            with fs.open(path, "wb") as f:
+                pq.write_table(table, f, compression="snappy")
+            size = fs.size(path)
+            n_ok = int((part["status"] == "ok").sum())
+            for k, v in (("shard", shard), ("kind", "rows"), ("rows", len(images)),
+                         ("ok", n_ok), ("failed", len(images) - n_ok), ("bytes", size),
+                         ("shard_count", 0), ("shard_error", ""), ("skipped_members", 0)):
+                out[k].append(v)
+        for i in np.flatnonzero(of_shard & (kinds == "end")):
+            for k, v in (("shard", shard), ("kind", "end"), ("rows", 0), ("ok", 0),
+                         ("failed", 0), ("bytes", 0),
+                         ("shard_count", int(batch["shard_count"][i])),
+                         ("shard_error", str(batch["shard_error"][i])),
+                         ("skipped_members", int(batch["skipped_members"][i]))):
+                out[k].append(v)
+    return {k: np.array(v, dtype=object if k in ("shard", "kind", "shard_error") else np.int64)
+            for k, v in out.items()}
+
+
+def committed_shards(root: str, storage_options: dict | None = None) -> set[str]:
+    """Names of the shards under `root` that have a commit marker."""
+    fs, base = _fs(root, storage_options)
+    if not fs.exists(base):
+        return set()
+    markers = fs.glob(f"{base}/*/{COMMIT_MARKER}")
+    return {m.rstrip("/").split("/")[-2] for m in markers}
+
+
+def clear_shard(root: str, shard: str, storage_options: dict | None = None) -> None:
+    """Remove a shard's partial output (files of an interrupted run)."""
+    fs, base = _fs(root, storage_options)
+    path = f"{base}/{shard}"
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def commit_shard(root: str, shard: str, stats: dict, storage_options: dict | None = None) -> None:
+    """Write the shard's `_stats.json`, last: from now on reruns skip the shard."""
+    fs, base = _fs(root, storage_options)
+    fs.makedirs(f"{base}/{shard}", exist_ok=True)
+    fs.pipe_file(f"{base}/{shard}/{COMMIT_MARKER}", json.dumps(stats, indent=1).encode())

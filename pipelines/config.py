@@ -1,0 +1,165 @@
+"""Job configs: pydantic models validated before any work starts.
+
+A bad value is refused naming the field and what was expected, e.g.
+`model.precision: expected one of 'auto', 'fp32', 'bf16', 'fp16', got 'fp64'`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names every bad field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class StorageConfig(_Strict):
+    """Object-store access. Credentials come from the usual AWS variables (or instance roles);
+    they are forwarded to Ray workers but never printed or written."""
+
+    endpoint_url: str | None = None  # S3-compatible stores (MinIO, moto, R2, ...)
+    anon: bool = False
+
+    def options(self) -> dict:
+        """fsspec storage options for s3:// URLs (empty when nothing is set)."""
+        opts: dict = {}
+        if self.endpoint_url:
+            opts["client_kwargs"] = {"endpoint_url": self.endpoint_url}
+        if self.anon:
+            opts["anon"] = True
+        return opts
+
+
+class InputConfig(_Strict):
+    urls: list[str] = Field(min_length=1)  # tar files, globs, folders; local or s3://
+    shards: str | None = None  # inclusive name range, e.g. "sa_000000..sa_000009"
+    limit: int | None = Field(default=None, ge=1)  # at most this many shards
+    format: Literal["auto", "sa1b", "webdataset", "folder"] = "auto"
+    max_image_pixels: int = Field(default=100_000_000, ge=1)  # refuse larger images (bombs)
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_url(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("shards")
+    @classmethod
+    def _range(cls, v):
+        if v is not None:
+            from operators.shards import parse_range
+
+            parse_range(v)
+        return v
+
+
+class ModelConfig(_Strict):
+    name: str = "sam_vit_h"  # registry name (`samdata models`)
+    checkpoint: str | None = None  # official file: local path or fsspec URL; None = random
+    sha256: str | None = None  # expected digest of the checkpoint file
+    seed: int = 0  # random weights' seed when no checkpoint is given
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 CPU
+    batch_size: int = Field(default=8, ge=1)  # images per encoder call
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v):
+        from models import MODEL_REGISTRY
+
+        if v not in MODEL_REGISTRY:
+            raise ValueError(f"expected one of {', '.join(MODEL_REGISTRY)}, got '{v}'")
+        return v
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v):
+        if v is not None and (len(v) != 64 or any(c not in "0123456789abcdefABCDEF" for c in v)):
+            raise ValueError(f"expected 64 hex digits, got '{v}'")
+        return v
+
+
+class OutputConfig(_Strict):
+    path: str  # dataset root: local folder or s3://bucket/prefix
+    dtype: Literal["float16", "float32"] = "float16"  # embedding dtype
+    include_image: bool = False  # also store the resized input as JPEG bytes (q95)
+
+
+class ComputeConfig(_Strict):
+    actors: int | Literal["auto"] = "auto"  # auto: one per cluster GPU, else 1
+    gpus_per_actor: float | Literal["auto"] = "auto"  # auto: 1 if the cluster has GPUs, else 0
+    cpus_per_actor: float = Field(default=1.0, gt=0)  # leave CPUs for the decode tasks
+    ray_batch_size: int = Field(default=16, ge=1)  # rows per actor call
+    max_tasks_in_flight_per_actor: int = Field(default=2, ge=1)
+
+    @field_validator("actors")
+    @classmethod
+    def _positive(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"expected 'auto' or an integer >= 1, got {v}")
+        return v
+
+
+class RayConfig(_Strict):
+    address: str | None = None  # None: start (or join) a local Ray; "auto" inside a cluster job
+    num_cpus: int | None = Field(default=None, ge=1)  # local Ray only
+
+
+class EmbedConfig(_Strict):
+    input: InputConfig
+    output: OutputConfig
+    model: ModelConfig = ModelConfig()
+    compute: ComputeConfig = ComputeConfig()
+    ray: RayConfig = RayConfig()
+    storage: StorageConfig = StorageConfig()
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling)"
+        elif e["type"] == "literal_error":
+            msg = f"{msg}, got {e.get('input')!r}"
+        lines.append(f"{where}: {msg}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: dict, cls: type[BaseModel] = EmbedConfig) -> BaseModel:
+    """Validate a dict; raise ConfigError naming each bad field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping at the top of the config, got {type(data).__name__}")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from e
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None,
+                cls: type[BaseModel] = EmbedConfig) -> BaseModel:
+    """Read a YAML config, apply `a.b=value` overrides (values parsed as YAML), validate."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config '{path}': {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config '{path}' is not valid YAML: {e}") from e
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"expected an override KEY=VALUE (e.g. model.name=sam_vit_b), "
+                              f"got '{item}'")
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return parse_config(data, cls)

@@ -1,0 +1,36 @@
+"""Joining Ray and sizing the actor pool from the cluster (never from the submitting host)."""
+
+from __future__ import annotations
+
+import os
+
+# Forwarded to Ray workers so they reach the same object store; values are never printed.
+FORWARDED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                 "AWS_PROFILE")
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to `address` (or start a local Ray) unless already connected."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    kwargs: dict = {"runtime_env": {"env_vars": env}} if env else {}
+    if address is None and num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    ray.init(address=address, log_to_driver=True, **kwargs)
+
+
+def resolve_actors(actors: int | str, gpus_per_actor: float | str) -> tuple[int, float]:
+    """'auto' from the cluster's resources: one actor per GPU with 1 GPU each when the cluster
+    has GPUs (autoscaling clusters: set the numbers in the config), else one CPU actor."""
+    import ray
+
+    cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+    if gpus_per_actor == "auto":
+        gpus_per_actor = 1.0 if cluster_gpus >= 1 else 0.0
+    if actors == "auto":
+        actors = max(1, int(cluster_gpus // gpus_per_actor)) if gpus_per_actor else 1
+    return int(actors), float(gpus_per_actor)
