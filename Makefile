@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/samdata smoke --model sam_tiny
+	$(VENV)/bin/samdata demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -6,7 +6,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # ~30x an SA-1B original; larger is a bomb or a mistake
 
@@ -38,6 +38,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.
             return np.asarray(im)
     except DecodeError:
         raise
+    except UnidentifiedImageError as e:
+        raise DecodeError("not an image (no known image format)") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DecodeError(f"decompression bomb: {e}") from e
     except Exception as e:

@@ -47,6 +47,64 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_DIR = "samdata-demo"
+
+
+def _print_summary(summary) -> None:
+    print(summary.text())
+    print(json.dumps(summary.as_dict()))
+
+
+def _cmd_make_sample(args: argparse.Namespace) -> int:
+    from operators.sample import write_sample_corpus
+
+    opts = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
+    paths = write_sample_corpus(args.out, shards=args.shards,
+                                images_per_shard=args.images_per_shard, seed=args.seed,
+                                storage_options=opts)
+    print(f"wrote {len(paths)} SA-1B-format shards ({args.images_per_shard} images each) "
+          f"to {args.out}")
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .embed import run_embed
+
+    try:
+        cfg = load_config(args.config, args.set)
+    except ConfigError as e:
+        print(f"samdata embed: {e}", file=sys.stderr)
+        return 2
+    _print_summary(run_embed(cfg))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import os
+
+    from operators.sample import write_sample_corpus
+
+    from .config import parse_config
+    from .embed import run_embed
+
+    corpus = os.path.join(args.out, "corpus")
+    if not os.path.isdir(corpus):
+        write_sample_corpus(corpus, shards=3, images_per_shard=8, seed=0)
+        print(f"generated a sample corpus: 3 SA-1B-format shards of 8 images in {corpus}")
+    cfg = parse_config({
+        "input": {"urls": [corpus]},
+        "output": {"path": os.path.join(args.out, "embeddings")},
+        "model": {"name": args.model},
+        "ray": {"num_cpus": os.cpu_count()},
+    })
+    summary = run_embed(cfg)
+    _print_summary(summary)
+    print(f"read it back: python -c \"import pyarrow.dataset as d; "
+          f"print(d.dataset('{summary.output}').to_table())\"")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="samdata", description=DESCRIPTION,
@@ -67,6 +125,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="official checkpoint file: local path or fsspec URL")
     p.add_argument("--sha256", help="expected sha256 of the checkpoint file")
     p.set_defaults(func=_cmd_smoke)
+
+    p = sub.add_parser(
+        "make-sample",
+        help="write a synthetic corpus of SA-1B-format shards (demos, tests)",
+        description="Write SA-1B tar shards (sa_NNNNNN.tar with sa_<id>.jpg + sa_<id>.json) of "
+        "synthetic images whose json holds real COCO-RLE masks of the drawn shapes.",
+    )
+    p.add_argument("--out", required=True, help="folder or s3:// prefix")
+    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--images-per-shard", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// outputs")
+    p.set_defaults(func=_cmd_make_sample)
+
+    p = sub.add_parser(
+        "embed",
+        help="compute image embeddings of a corpus into Parquet (Ray Data)",
+        description="Read shards, embed every image with a registry model on a Ray actor pool, "
+        "write one Parquet row per image (embedding as an Arrow fixed_shape_tensor), commit "
+        "each shard with _stats.json. Reruns skip committed shards and redo partial ones. "
+        "See configs/embed_sa1b.yaml for every field.",
+    )
+    p.add_argument("--config", required=True, help="YAML job config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set model.name=sam_vit_b (repeatable)")
+    p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser(
+        "demo",
+        help="the main job on embedded defaults: sample corpus -> embeddings, local Ray",
+        description="Generate a 3-shard sample corpus (if missing) under --out, embed it with "
+        "--model on a local Ray into --out/embeddings, and print the run summary.",
+    )
+    p.add_argument("--out", default=DEMO_DIR, help=f"working folder (default ./{DEMO_DIR})")
+    p.add_argument("--model", default="sam_tiny", help="registry name (default sam_tiny)")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -42,3 +42,16 @@ def s3_bucket(s3_endpoint, request):
     fs.mkdir(name)
     yield fs, name
     fs.rm(name, recursive=True)
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint):
+    """One local Ray for the whole session (2 CPUs), started after the S3 test credentials
+    are in the environment so that its workers get them."""
+    import ray
+
+    from pipelines.ray_env import init_ray
+
+    init_ray(None, num_cpus=2)
+    yield ray
+    ray.shutdown()

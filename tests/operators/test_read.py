@@ -1,0 +1,104 @@
+"""Reading shards: every image becomes a sample, broken ones with a clear error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from operators.decode import DecodeError, decode_image
+from operators.prepare import model_skeleton, prepare_sample
+from operators.read import Sample, ShardEnd, iter_shard
+from operators.shards import list_shards, parse_range
+from tests.bad_corpus import EXPECTED_BAD, bomb_png, jpeg, write_bad_corpus
+
+
+def _read(shard):
+    parts = list(iter_shard(shard))
+    assert isinstance(parts[-1], ShardEnd)
+    return parts[:-1], parts[-1]
+
+
+def test_every_failure_becomes_a_row_with_its_error(tmp_path):
+    counts = write_bad_corpus(tmp_path)
+    shards = list_shards([str(tmp_path)])
+    assert [s.name for s in shards] == ["sa_000000", "sa_000001"]
+    samples, end = _read(shards[0])
+    assert end.count == len(samples) == counts["sa_000000"]
+    assert end.error is None and end.skipped_members == 1  # README.txt
+    model = model_skeleton("sam_tiny")
+    rows = {s.key: prepare_sample(s, "sa_000000", model, max_pixels=2_000_000,
+                                  include_image=False) for s in samples}
+    assert set(rows) == set(EXPECTED_BAD)
+    for key, expected in EXPECTED_BAD.items():
+        row = rows[key]
+        if expected == "ok":
+            assert row["status"] == "ok", (key, row["error"])
+            assert row["pixels"].shape == (128, 128, 3)
+        else:
+            assert row["status"] == "error", key
+            assert expected in row["error"], (key, row["error"])
+    # EXIF orientation applied: stored 40x60, displayed 60x40
+    assert rows["sa_11"]["orig_hw"].tolist() == [60, 40]
+    assert rows["sa_1"]["image_id"] == 1
+
+
+def test_truncated_tar_yields_what_it_holds_then_a_shard_error(tmp_path):
+    counts = write_bad_corpus(tmp_path)
+    shard = list_shards([str(tmp_path / "sa_000001.tar")])[0]
+    samples, end = _read(shard)
+    assert end.count == len(samples) == counts["sa_000001"]
+    assert "unreadable" in end.error
+    ok = [s for s in samples if s.error is None and s.image]
+    assert [s.key for s in ok][:2] == ["sa_101", "sa_102"]
+    broken = samples[-1]
+    model = model_skeleton("sam_tiny")
+    row = prepare_sample(broken, "sa_000001", model, max_pixels=10**8, include_image=False)
+    assert row["status"] == "error"
+
+
+def test_missing_shard_is_a_shard_error_not_a_crash(tmp_path):
+    from operators.shards import Shard
+
+    samples, end = _read(Shard("sa_000009", str(tmp_path / "gone.tar"), "tar"))
+    assert samples == [] and end.count == 0 and "unreadable" in end.error
+
+
+def test_folder_of_images_is_one_shard(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.jpg").write_bytes(jpeg(20, 30))
+    (folder / "sub" / "b.jpg").write_bytes(jpeg(25, 35, 1))
+    (folder / "notes.txt").write_text("x")
+    shards = list_shards([str(folder)])
+    assert [(s.name, s.kind) for s in shards] == [("photos", "folder")]
+    samples, end = _read(shards[0])
+    assert sorted(s.key for s in samples) == ["a", "sub/b"]
+    assert end.count == 2 and end.skipped_members == 1
+
+
+def test_shard_range_limit_and_errors(tmp_path):
+    for i in range(5):
+        (tmp_path / f"sa_{i:06d}.tar").write_bytes(b"")
+    names = [s.name for s in list_shards([str(tmp_path / "sa_*.tar")],
+                                         shard_range="sa_000001..sa_000003")]
+    assert names == ["sa_000001", "sa_000002", "sa_000003"]
+    assert len(list_shards([str(tmp_path)], limit=2)) == 2
+    with pytest.raises(FileNotFoundError, match="no shard found"):
+        list_shards([str(tmp_path / "nothing_here")])
+    with pytest.raises(ValueError, match="FIRST..LAST"):
+        parse_range("sa_000001")
+
+
+def test_decode_errors_and_conversions():
+    with pytest.raises(DecodeError, match="0 bytes"):
+        decode_image(b"")
+    with pytest.raises(DecodeError, match="over max_image_pixels=1000"):
+        decode_image(bomb_png(100), max_pixels=1000)
+    img = decode_image(jpeg(10, 12, mode="L"))
+    assert img.shape == (10, 12, 3) and img.dtype == np.uint8
+
+
+def test_sample_with_error_keeps_its_key():
+    model = model_skeleton("sam_tiny")
+    row = prepare_sample(Sample(key="k", source_uri="u#k", error="boom"), "s", model, 10, False)
+    assert (row["status"], row["error"], row["key"], row["kind"]) == ("error", "boom", "k", "image")
