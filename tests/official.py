@@ -42,7 +42,7 @@ def _shim_torchvision() -> None:
         # Greedy NMS per class, highest score first; drop IoU > threshold (torchvision's rule).
         import torch
 
-        order = torch.argsort(scores, descending=True)
+        order = torch.argsort(scores, descending=True, stable=True)  # ties: lower index first
         keep: list[int] = []
         for i in order.tolist():
             ok = True

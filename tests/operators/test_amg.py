@@ -1,0 +1,125 @@
+"""Everything-mode steps on crafted inputs, and the generator against the official one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from models import build_model
+from operators.amg import (
+    crop_boxes,
+    layer_point_grids,
+    mask_to_rle,
+    masks_to_boxes,
+    near_crop_edge,
+    nms,
+    stability_score,
+    uncrop_masks,
+)
+from operators.mask_generator import AMGSettings, MaskGenerator
+from tests.models.test_sam_parity import _image, _official_tiny
+from tests.official import official
+
+
+def test_stability_score_on_crafted_logits():
+    logits = torch.full((2, 4, 4), -5.0)
+    logits[0, :2, :2] = 5.0  # 4 px far above both thresholds
+    logits[0, 2, :2] = 0.5  # 2 px between -1 and +1
+    logits[1] = 0.5  # only above the low threshold
+    torch.testing.assert_close(stability_score(logits, 0.0, 1.0), torch.tensor([4 / 6, 0.0]))
+
+
+def test_boxes_of_masks_inclusive_edges_and_empty():
+    masks = torch.zeros(3, 10, 12, dtype=torch.bool)
+    masks[0, 2:5, 3:9] = True
+    masks[1, 9, 11] = True
+    assert masks_to_boxes(masks).tolist() == [[3, 2, 8, 4], [11, 9, 11, 9], [0, 0, 0, 0]]
+    sa = official()
+    assert torch.equal(masks_to_boxes(masks), sa.utils.amg.batched_mask_to_box(masks))
+
+
+def test_crop_edge_filter_keeps_image_edges():
+    crop = [0, 0, 60, 50]  # a crop in the top-left of a 100x80 image
+    # within 20 px of the crop's right edge (x=60) only the second box; all touch the image's
+    # top-left corner, which is an image edge, not an inner crop edge
+    boxes = torch.tensor([[10, 10, 25, 25], [10, 10, 55, 25], [0, 0, 25, 25]])
+    assert near_crop_edge(boxes, crop, [0, 0, 100, 80]).tolist() == [False, True, False]
+    shifted = [40, 30, 100, 80]  # bottom-right crop: its left/top edges are inner edges
+    assert near_crop_edge(torch.tensor([[1, 25, 30, 40]]), shifted, [0, 0, 100, 80]).tolist() \
+        == [True]
+
+
+def test_nms_keeps_highest_and_separates_disjoint():
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [0, 0, 10, 9.0]])
+    scores = torch.tensor([0.5, 0.9, 0.3, 0.8])
+    # IoU(1, 0) = 0.81, IoU(1, 3) = 72/99 = 0.73, IoU(3, 0) = 0.9; 2 is disjoint
+    assert nms(boxes, scores, 0.7).tolist() == [1, 2]
+    assert nms(boxes, scores, 0.85).tolist() == [1, 3, 2]  # 3 (0.8) suppresses 0 (0.5)
+    assert nms(boxes, scores, 0.95).tolist() == [1, 3, 0, 2]
+    assert nms(torch.zeros(0, 4), torch.zeros(0), 0.5).tolist() == []
+
+
+def test_uncrop_and_rle_round_trip():
+    masks = torch.zeros(1, 4, 5, dtype=torch.bool)
+    masks[0, 1:3, 2:4] = True
+    full = uncrop_masks(masks, [10, 20, 15, 24], (30, 40))
+    assert full.shape == (1, 30, 40) and full.sum() == 4 and full[0, 21:23, 12:14].all()
+    rle = mask_to_rle(full[0].numpy())
+    decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+    assert np.array_equal(decoded.astype(bool), full[0].numpy())
+
+
+def test_grids_and_crop_boxes_equal_official():
+    amg = official().utils.amg
+    for ours, theirs in zip(layer_point_grids(32, 2, 2), amg.build_all_layer_point_grids(32, 2, 2),
+                            strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    for hw in [(1500, 2250), (480, 640), (77, 300)]:
+        assert crop_boxes(hw, 2, 512 / 1500) == amg.generate_crop_boxes(hw, 2, 512 / 1500)
+
+
+def _models():
+    """The tiny SAM in both implementations with the same weights; the hypernetwork output is
+    scaled so random weights give logits with structure (thresholds then mean something)."""
+    sa = official()
+    ours = build_model("sam_tiny", seed=11)
+    sd = ours.state_dict()
+    for k in sd:
+        if k.startswith("mask_decoder.output_hypernetworks_mlps") and k.endswith("2.weight"):
+            sd[k] = sd[k] * 40
+    ours.load_state_dict(sd)
+    theirs = _official_tiny(sa)
+    theirs.load_state_dict(sd)
+    return sa, ours, theirs
+
+
+@pytest.mark.parametrize("layers,points", [(0, 8), (1, 4)])
+def test_generator_masks_equal_the_official_generator(layers, points):
+    sa, ours, theirs = _models()
+    # box NMS off: random weights give near-identical masks that NMS would collapse to one
+    settings = AMGSettings(points_per_side=points, points_per_batch=32, pred_iou_thresh=-1,
+                           stability_score_thresh=0.6, crop_n_layers=layers, box_nms_thresh=1.0)
+    images = [_image(120, 170, seed=3), _image(90, 64, seed=4)]
+    got = MaskGenerator(ours, settings, encoder_batch_size=3).generate(images)
+    for image, ours_anns in zip(images, got, strict=True):
+        ref = sa.SamAutomaticMaskGenerator(theirs, output_mode="coco_rle",
+                                           **settings.as_dict()).generate(image)
+        assert len(ours_anns) == len(ref) > 0
+        same = 0
+        for a, b in zip(ref, ours_anns, strict=True):
+            same += a["segmentation"] == b["segmentation"]
+            ma = mask_utils.decode({**a["segmentation"], "counts": a["segmentation"]["counts"]})
+            mb = mask_utils.decode({**b["segmentation"], "counts": b["segmentation"]["counts"]})
+            iou = (ma & mb).sum() / max((ma | mb).sum(), 1)
+            assert iou >= 0.99
+            assert a["point_coords"] == b["point_coords"] and a["crop_box"] == b["crop_box"]
+            assert abs(a["predicted_iou"] - b["predicted_iou"]) < 1e-4
+            assert abs(a["stability_score"] - b["stability_score"]) < 1e-2
+        assert same / len(ref) >= 0.97  # the rest differ by a pixel (logits at exactly 0)
+
+
+def test_small_region_cleanup_is_refused_until_implemented():
+    with pytest.raises(ValueError, match="min_mask_region_area"):
+        MaskGenerator(build_model("sam_tiny"), AMGSettings(min_mask_region_area=10))
