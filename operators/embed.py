@@ -19,6 +19,33 @@ from models import build_model
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def load_model(model_name: str, checkpoint: str | None, sha256: str | None, seed: int | None,
+               precision: str, storage_options: dict | None, num_threads: int | None
+               ) -> tuple[torch.nn.Module, torch.device, str]:
+    """Build a registry model on this worker's device (CUDA when the worker has one: Ray gave
+    it the GPU). Returns (model, device, resolved precision: auto -> bf16 on CUDA, else fp32)."""
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if storage_options and checkpoint and "://" in checkpoint:
+        # fsspec reads the endpoint from the environment for s3:// checkpoints
+        endpoint = storage_options.get("client_kwargs", {}).get("endpoint_url")
+        if endpoint:
+            os.environ.setdefault("AWS_ENDPOINT_URL_S3", endpoint)
+    model = build_model(model_name, checkpoint=checkpoint, sha256=sha256,
+                        seed=None if checkpoint else seed).to(device)
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return model, device, precision
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for `precision` (none for fp32)."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=_AUTOCAST[precision])
+
+
 class Embedder:
     """batch {"pixels": uint8 BxSxSx3, "input_hw": int32 Bx2, "status", "kind", ...} ->
     the same batch plus "embedding" (BxCxHxW `out_dtype`), "model", "checkpoint_sha256"."""
@@ -35,28 +62,12 @@ class Embedder:
         storage_options: dict | None = None,
         num_threads: int | None = None,
     ) -> None:
-        if num_threads:
-            torch.set_num_threads(num_threads)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if storage_options and checkpoint and "://" in checkpoint:
-            # fsspec reads the endpoint from the environment for s3:// checkpoints
-            endpoint = storage_options.get("client_kwargs", {}).get("endpoint_url")
-            if endpoint:
-                os.environ.setdefault("AWS_ENDPOINT_URL_S3", endpoint)
-        self.model = build_model(model_name, checkpoint=checkpoint, sha256=sha256,
-                                 seed=None if checkpoint else seed).to(self.device)
-        if precision == "auto":
-            precision = "bf16" if self.device.type == "cuda" else "fp32"
-        self.precision = precision
+        self.model, self.device, self.precision = load_model(
+            model_name, checkpoint, sha256, seed, precision, storage_options, num_threads)
         self.model_batch_size = model_batch_size
         self.out_dtype = np.dtype(out_dtype)
         self.model_name = model_name
         self.sha256 = self.model.checkpoint_sha256 or ""
-
-    def _autocast(self):
-        if self.precision == "fp32":
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=_AUTOCAST[self.precision])
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -69,7 +80,7 @@ class Embedder:
             pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][idx]))
             pixels = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
             hws = torch.from_numpy(batch["input_hw"][idx].astype(np.int64)).to(self.device)
-            with self._autocast():
+            with autocast(self.device, self.precision):
                 emb = self.model.embed_images(pixels, hws)
             out[idx] = emb.float().cpu().numpy().astype(self.out_dtype)
         result = {k: v for k, v in batch.items() if k != "pixels"}

@@ -44,9 +44,10 @@ def _row(shard: str, kind: str, size: int, **values: Any) -> dict[str, Any]:
 
 
 def prepare_sample(sample: Sample, shard: str, model: torch.nn.Module, max_pixels: int,
-                   include_image: bool) -> dict[str, Any]:
-    """One Sample -> one row: pixels uint8 SxSx3 (resized, zero-padded), orig_hw, input_hw."""
-    size = model.image_size
+                   include_image: bool, mode: str = "padded") -> dict[str, Any]:
+    """One Sample -> one row with orig_hw, input_hw and "pixels": by `mode`, uint8 SxSx3
+    (resized, zero-padded model input) or uint8 HxWx3 (the decoded original)."""
+    size = 1 if mode == "original" else model.image_size
     base = dict(key=sample.key, source_uri=sample.source_uri,
                 image_id=image_id_from(sample.key, sample.meta) or -1)
     if sample.error:
@@ -56,6 +57,10 @@ def prepare_sample(sample: Sample, shard: str, model: torch.nn.Module, max_pixel
     except DecodeError as e:
         return _row(shard, "image", size, status="error",
                     error=f"{sample.image_name}: {e}", **base)
+    if mode == "original":
+        return _row(shard, "image", size, orig_hw=np.array(image.shape[:2], np.int32),
+                    input_hw=np.array(model.input_hw(image.shape[:2]), np.int32),
+                    pixels=image, **base)
     padded, input_hw = model.prepare_image(image)
     jpeg = b""
     if include_image:
@@ -73,14 +78,20 @@ def read_and_prepare(
     fmt: str = "auto",
     max_pixels: int = 100_000_000,
     include_image: bool = False,
+    mode: str = "padded",
 ) -> Iterator[dict[str, Any]]:
-    """Ray Data flat_map: {"shard", "url", "kind"} -> a row per sample, then an end row."""
+    """Ray Data flat_map: {"shard", "url", "kind"} -> a row per sample, then an end row.
+
+    mode "padded": "pixels" is the model's uint8 SxSx3 input (embedding); "original": "pixels"
+    is the decoded image uint8 HxWx3 at its own size (everything mode crops it); error and end
+    rows then carry a 1x1x3 placeholder."""
     model = model_skeleton(model_name)
     shard = Shard(name=item["shard"], url=item["url"], kind=item["kind"])
     for part in iter_shard(shard, storage_options, fmt=fmt):
         if isinstance(part, ShardEnd):
-            yield _row(shard.name, "end", model.image_size, status="end",
+            yield _row(shard.name, "end", 1 if mode == "original" else model.image_size,
+                       status="end",
                        shard_count=part.count, shard_error=part.error or "",
                        skipped_members=part.skipped_members)
         else:
-            yield prepare_sample(part, shard.name, model, max_pixels, include_image)
+            yield prepare_sample(part, shard.name, model, max_pixels, include_image, mode)

@@ -61,12 +61,53 @@ def embedding_table(batch: dict[str, Any], include_image: bool) -> pa.Table:
     return pa.table(cols)
 
 
+ANNOTATION_TYPE = pa.struct([
+    ("id", pa.int64()),
+    ("segmentation", pa.struct([("size", pa.list_(pa.int32(), 2)), ("counts", pa.string())])),
+    ("bbox", pa.list_(pa.float64(), 4)),
+    ("area", pa.int64()),
+    ("predicted_iou", pa.float64()),
+    ("stability_score", pa.float64()),
+    ("point_coords", pa.list_(pa.list_(pa.float64(), 2))),
+    ("crop_box", pa.list_(pa.float64(), 4)),
+])
+
+
+def masks_table(batch: dict[str, Any], include_image: bool = False) -> pa.Table:
+    """Rows of one shard (kind == image) -> the mask table: one row per image, `annotations`
+    a list of SA-1B annotation structs (COCO RLE segmentation, XYWH bbox)."""
+    ok = batch["status"] == "ok"
+    hw = [list(map(int, v)) for v in batch["orig_hw"]]
+    return pa.table({
+        "image_id": pa.array([None if i < 0 else int(i) for i in batch["image_id"]], pa.int64()),
+        "key": pa.array(batch["key"].tolist(), pa.string()),
+        "shard": pa.array(batch["shard"].tolist(), pa.string()),
+        "source_uri": pa.array(batch["source_uri"].tolist(), pa.string()),
+        "width": pa.array([v[1] if o else None for v, o in zip(hw, ok, strict=True)], pa.int32()),
+        "height": pa.array([v[0] if o else None for v, o in zip(hw, ok, strict=True)],
+                           pa.int32()),
+        "model": pa.array(batch["model"].tolist(), pa.string()),
+        "checkpoint_sha256": pa.array([s or None for s in batch["checkpoint_sha256"]],
+                                      pa.string()),
+        "settings": pa.array(batch["settings"].tolist(), pa.string()),
+        "annotations": pa.array([list(a) if o else None
+                                 for a, o in zip(batch["annotations"], ok, strict=True)],
+                                pa.list_(ANNOTATION_TYPE)),
+        "status": pa.array(batch["status"].tolist(), pa.string()),
+        "error": pa.array([e or None for e in batch["error"]], pa.string()),
+    })
+
+
+TABLES = {"embeddings": embedding_table, "masks": masks_table}
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:120]
 
 
 def write_batch(batch: dict[str, np.ndarray], root: str, storage_options: dict | None = None,
-                include_image: bool = False) -> dict[str, np.ndarray]:
+                include_image: bool = False, table: str = "embeddings"
+                ) -> dict[str, np.ndarray]:
     """Ray Data map_batches: write each shard's image rows of the batch to one Parquet file;
     return one bookkeeping row per (shard, kind): rows, ok, failed, bytes, and for end rows
     the shard's sample count, error and skipped members."""
@@ -79,12 +120,12 @@ def write_batch(batch: dict[str, np.ndarray], root: str, storage_options: dict |
         images = np.flatnonzero(of_shard & (kinds == "image"))
         if len(images):
             part = {k: v[images] for k, v in batch.items()}
-            table = embedding_table(part, include_image)
+            table_ = TABLES[table](part, include_image)
             first = min(part["key"].tolist())
             path = f"{base}/{shard}/{shard}-{_safe(first)}.parquet"
             fs.makedirs(f"{base}/{shard}", exist_ok=True)
             with fs.open(path, "wb") as f:
-                pq.write_table(table, f, compression="snappy")
+                pq.write_table(table_, f, compression="snappy")
             size = fs.size(path)
             n_ok = int((part["status"] == "ok").sum())
             for k, v in (("shard", shard), ("kind", "rows"), ("rows", len(images)),

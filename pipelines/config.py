@@ -120,6 +120,36 @@ class EmbedConfig(_Strict):
     storage: StorageConfig = StorageConfig()
 
 
+class GeneratorConfig(_Strict):
+    """Everything-mode parameters; defaults equal segment-anything's SamAutomaticMaskGenerator."""
+
+    points_per_side: int = Field(default=32, ge=1)  # grid of points_per_side**2 prompts
+    points_per_batch: int = Field(default=64, ge=1)  # prompts per decoder call
+    pred_iou_thresh: float = 0.88  # keep masks whose predicted IoU is above (<= 0: off)
+    stability_score_thresh: float = 0.95  # keep masks at least this stable (<= 0: off)
+    stability_score_offset: float = Field(default=1.0, ge=0)
+    box_nms_thresh: float = Field(default=0.7, ge=0, le=1)  # NMS within a crop
+    crop_n_layers: int = Field(default=0, ge=0, le=4)  # extra layers of (2**i)**2 crops
+    crop_nms_thresh: float = Field(default=0.7, ge=0, le=1)  # NMS across crops
+    crop_overlap_ratio: float = Field(default=512 / 1500, ge=0, lt=1)
+    crop_n_points_downscale_factor: int = Field(default=1, ge=1)
+    min_mask_region_area: int = Field(default=0, ge=0, le=0)  # cleanup not implemented yet
+
+
+class AutolabelOutputConfig(_Strict):
+    path: str  # dataset root: local folder or s3://bucket/prefix
+
+
+class AutolabelConfig(_Strict):
+    input: InputConfig
+    output: AutolabelOutputConfig
+    model: ModelConfig = ModelConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    compute: ComputeConfig = ComputeConfig()
+    ray: RayConfig = RayConfig()
+    storage: StorageConfig = StorageConfig()
+
+
 def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():

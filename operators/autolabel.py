@@ -1,0 +1,58 @@
+"""The auto-labeling actor: everything-mode masks for each decoded image of a Ray batch."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+from .embed import autocast, load_model
+from .mask_generator import AMGSettings, MaskGenerator
+
+
+class AutoLabeler:
+    """batch {"pixels": object array of uint8 HxWx3 originals, "status", "kind", ...} -> the
+    batch without pixels, plus "annotations" (object array: per row a list of SA-1B annotation
+    dicts, `id` = index within the image), "model", "checkpoint_sha256", "settings" (JSON)."""
+
+    def __init__(
+        self,
+        model_name: str,
+        settings: dict,
+        checkpoint: str | None = None,
+        sha256: str | None = None,
+        seed: int | None = None,
+        precision: str = "auto",
+        encoder_batch_size: int = 4,
+        storage_options: dict | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        self.model, self.device, self.precision = load_model(
+            model_name, checkpoint, sha256, seed, precision, storage_options, num_threads)
+        self.settings = AMGSettings(**settings)
+        self.generator = MaskGenerator(self.model, self.settings,
+                                       encoder_batch_size=encoder_batch_size)
+        self.model_name = model_name
+        self.sha256 = self.model.checkpoint_sha256 or ""
+        self.settings_json = json.dumps(self.settings.as_dict(), sort_keys=True)
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = len(batch["kind"])
+        annotations = np.empty(n, dtype=object)
+        annotations[:] = [[] for _ in range(n)]
+        todo = np.flatnonzero((batch["kind"] == "image") & (batch["status"] == "ok"))
+        if len(todo):
+            images = [np.ascontiguousarray(batch["pixels"][i]) for i in todo]
+            with autocast(self.device, self.precision):
+                found = self.generator.generate(images)
+            for i, anns in zip(todo, found, strict=True):
+                annotations[i] = [{"id": k, **a} for k, a in enumerate(anns)]
+        result = {k: v for k, v in batch.items() if k != "pixels"}
+        result["annotations"] = annotations
+        result["model"] = np.full(n, self.model_name, dtype=object)
+        result["checkpoint_sha256"] = np.full(n, self.sha256, dtype=object)
+        result["settings"] = np.full(n, self.settings_json, dtype=object)
+        return result
