@@ -94,46 +94,51 @@ def _finish(group: dict, key: str, source: str, require_json: bool) -> Sample | 
     return sample
 
 
-def iter_tar(shard: Shard, storage_options: dict | None = None,
-             require_json: bool = False) -> Iterator[Sample | ShardEnd]:
-    """Stream a tar shard: one Sample per key holding an image or json, then a ShardEnd."""
-    count = skipped = 0
+def _tar_groups(url: str, storage_options: dict | None, failure: list
+                ) -> Iterator[tuple[str, dict]]:
+    """(key, {(member name, ext): bytes}) for consecutive members sharing a key; a read error
+    ends the stream, is appended to `failure`, and the member it hit holds the exception."""
     group: dict = {}
-    key: str | None = None
-    error: str | None = None
+    key = ""
     try:
-        with fsspec.open(shard.url, "rb", **(storage_options or {})) as f:
+        with fsspec.open(url, "rb", **(storage_options or {})) as f:
             with tarfile.open(fileobj=f, mode="r|*") as tar:
                 for member in tar:
                     if not member.isfile():
                         continue
                     k, ext = _split_key(member.name)
                     if k != key and group:
-                        sample = _finish(group, key, shard.url, require_json)
-                        if sample is None:
-                            skipped += len(group)
-                        else:
-                            count += 1
-                            yield sample
+                        yield key, group
                         group = {}
                     key = k
                     try:
-                        data = tar.extractfile(member).read()
+                        group[(member.name, ext)] = tar.extractfile(member).read()
                     except (tarfile.TarError, OSError, EOFError) as e:
-                        data = e
-                        group[(member.name, ext)] = data
+                        group[(member.name, ext)] = e
                         raise
-                    group[(member.name, ext)] = data
     except (tarfile.TarError, OSError, EOFError) as e:
-        error = f"shard '{shard.name}' is unreadable after {count} samples: " \
-                f"{type(e).__name__}: {e}"
+        failure.append(e)
     if group:
+        yield key, group
+
+
+def iter_tar(shard: Shard, storage_options: dict | None = None,
+             require_json: bool = False) -> Iterator[Sample | ShardEnd]:
+    """Stream a tar shard: one Sample per key holding an image or json, then a ShardEnd."""
+    count = skipped = 0
+    failure: list[Exception] = []
+    for key, group in _tar_groups(shard.url, storage_options, failure):
         sample = _finish(group, key, shard.url, require_json)
         if sample is None:
             skipped += len(group)
-        else:
-            count += 1
-            yield sample
+            continue
+        count += 1
+        yield sample
+    error = None
+    if failure:
+        e = failure[0]
+        error = f"shard '{shard.name}' is unreadable after {count} samples: " \
+                f"{type(e).__name__}: {e}"
     yield ShardEnd(count=count, error=error, skipped_members=skipped)
 
 

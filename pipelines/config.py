@@ -111,13 +111,18 @@ class RayConfig(_Strict):
     num_cpus: int | None = Field(default=None, ge=1)  # local Ray only
 
 
-class EmbedConfig(_Strict):
+class _JobConfig(_Strict):
+    """What every sharded job has: where to read, which model, how to run."""
+
     input: InputConfig
-    output: OutputConfig
     model: ModelConfig = ModelConfig()
     compute: ComputeConfig = ComputeConfig()
     ray: RayConfig = RayConfig()
     storage: StorageConfig = StorageConfig()
+
+
+class EmbedConfig(_JobConfig):
+    output: OutputConfig
 
 
 class GeneratorConfig(_Strict):
@@ -140,14 +145,9 @@ class AutolabelOutputConfig(_Strict):
     path: str  # dataset root: local folder or s3://bucket/prefix
 
 
-class AutolabelConfig(_Strict):
-    input: InputConfig
+class AutolabelConfig(_JobConfig):
     output: AutolabelOutputConfig
-    model: ModelConfig = ModelConfig()
     generator: GeneratorConfig = GeneratorConfig()
-    compute: ComputeConfig = ComputeConfig()
-    ray: RayConfig = RayConfig()
-    storage: StorageConfig = StorageConfig()
 
 
 def _describe(err: ValidationError) -> str:
