@@ -11,7 +11,7 @@ samdata: the data engine for the Segment Anything family.
 
 Reads image corpora (SA-1B tar shards, WebDataset tars, image folders; local or s3://)
 and writes Parquet datasets with Ray Data: SAM teacher image embeddings for distillation
-(`embed`) and, later, everything-mode auto-labels.
+(`embed`) and everything-mode auto-labels in the SA-1B annotation format (`autolabel`).
 """
 
 
@@ -67,16 +67,21 @@ def _cmd_make_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_embed(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config
-    from .embed import run_embed
+def _cmd_job(args: argparse.Namespace) -> int:
+    from .config import AutolabelConfig, ConfigError, EmbedConfig, load_config
 
+    if args.command == "embed":
+        from .embed import run_embed as run
+        cls = EmbedConfig
+    else:
+        from .autolabel import run_autolabel as run
+        cls = AutolabelConfig
     try:
-        cfg = load_config(args.config, args.set)
+        cfg = load_config(args.config, args.set, cls)
     except ConfigError as e:
-        print(f"samdata embed: {e}", file=sys.stderr)
+        print(f"samdata {args.command}: {e}", file=sys.stderr)
         return 2
-    _print_summary(run_embed(cfg))
+    _print_summary(run(cfg))
     return 0
 
 
@@ -103,6 +108,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"read it back: python -c \"import pyarrow.dataset as d; "
           f"print(d.dataset('{summary.output}').to_table())\"")
     return 0
+
+
+def _job_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML job config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set model.name=sam_vit_b (repeatable)")
+    p.set_defaults(func=_cmd_job)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,10 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
         "each shard with _stats.json. Reruns skip committed shards and redo partial ones. "
         "See configs/embed_sa1b.yaml for every field.",
     )
-    p.add_argument("--config", required=True, help="YAML job config")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set model.name=sam_vit_b (repeatable)")
-    p.set_defaults(func=_cmd_embed)
+    _job_arguments(p)
+
+    p = sub.add_parser(
+        "autolabel",
+        help="everything-mode masks of a corpus into Parquet (SA-1B annotations)",
+        description="Read shards, generate masks for everything in each image on a Ray actor "
+        "pool (SamAutomaticMaskGenerator semantics and defaults), write one Parquet row per "
+        "image with its SA-1B annotations (COCO RLE). Same shard commits and resume as embed. "
+        "See configs/autolabel_sa1b.yaml for every field.",
+    )
+    _job_arguments(p)
 
     p = sub.add_parser(
         "demo",
