@@ -157,8 +157,8 @@ def _describe(err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
-        elif e["type"] == "literal_error":
-            msg = f"{msg}, got {e.get('input')!r}"
+        elif "got" not in msg and "input" in e and e["type"] != "missing":
+            msg = f"{msg}, got {e['input']!r}"
         lines.append(f"{where}: {msg}")
     return "invalid config:\n  " + "\n  ".join(lines)
 
