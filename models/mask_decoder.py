@@ -80,8 +80,10 @@ class MaskDecoder(nn.Module):
                 f"expected the prompt count to be a multiple of the image count {num_images}, "
                 f"got {num_prompts} prompts"
             )
-        src = torch.repeat_interleave(image_embeddings, num_prompts // num_images, dim=0)
-        src = src + dense_prompt_embeddings
+        if num_images != num_prompts:
+            image_embeddings = torch.repeat_interleave(image_embeddings, num_prompts // num_images,
+                                                       dim=0)
+        src = image_embeddings + dense_prompt_embeddings
         pos_src = torch.repeat_interleave(image_pe, num_prompts // image_pe.shape[0], dim=0)
         b, c, h, w = src.shape
         # Run the two-way transformer

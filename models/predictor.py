@@ -99,7 +99,7 @@ class Predictor:
         if point_coords is not None:
             if point_labels is None:
                 raise ValueError("expected point_labels with point_coords, got None")
-            coords = torch.as_tensor(np.asarray(point_coords), dtype=torch.float, device=device)
+            coords = torch.as_tensor(np.asarray(point_coords, dtype=np.float64), device=device)
             labels = torch.as_tensor(np.asarray(point_labels), dtype=torch.int, device=device)
             if coords.dim() == 2:
                 coords, labels = coords[None], labels[None]
@@ -108,12 +108,12 @@ class Predictor:
                     "expected point_coords PxNx2 and point_labels PxN, got "
                     f"{tuple(coords.shape)} and {tuple(labels.shape)}"
                 )
-            coords = model.transform_coords(coords, orig_hw)
+            coords = model.transform_coords(coords, orig_hw).float()
         if boxes is not None:
-            box = torch.as_tensor(np.asarray(boxes), dtype=torch.float, device=device)
+            box = torch.as_tensor(np.asarray(boxes, dtype=np.float64), device=device)
             if box.shape[-1] != 4:
                 raise ValueError(f"expected boxes Px4 (XYXY), got {tuple(box.shape)}")
-            box = model.transform_boxes(box.reshape(-1, 4), orig_hw)
+            box = model.transform_boxes(box.reshape(-1, 4), orig_hw).float()
         if mask_input is not None:
             mask_input = mask_input.to(device=device, dtype=torch.float)
         low_res, iou = model.decode(

@@ -7,7 +7,8 @@ a model by name:
 - `prepare_image(uint8 HxWx3) -> (uint8 SxSx3, input_hw)`  CPU: resize (+ pad with zeros)
 - `normalize(uint8/float Bx3xSxS, input_hws) -> float Bx3xSxS`  device: normalise, zero the pad
 - `image_encoder(float Bx3xSxS) -> Bx256x64x64` (the embedding; sizes per model)
-- `transform_coords(Nx2 xy, orig_hw) -> Nx2` into the prompt frame; `transform_boxes` likewise
+- `transform_coords(...x2 xy, orig_hw) -> float64 ...x2` into the prompt frame; `transform_boxes`
+  likewise
 - `decode(...) -> (low-res logits, iou)`; `postprocess_masks(...) -> logits at orig_hw`
 """
 
@@ -96,15 +97,17 @@ class Sam(nn.Module):
     # -- prompts ------------------------------------------------------------------------------
 
     def transform_coords(self, coords: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
-        """...x2 (x, y) pixel coordinates of the original image -> the prompt frame."""
+        """...x2 (x, y) pixel coordinates of the original image -> float64 ...x2 in the prompt
+        frame. Computed in float64 as the official (numpy) transform; callers cast as the
+        official code does (the predictor to float32, the mask generator not at all)."""
         new_h, new_w = longest_side_shape(orig_hw[0], orig_hw[1], self.prompt_size)
-        coords = coords.to(torch.float).clone()
+        coords = coords.to(torch.float64).clone()
         coords[..., 0] = coords[..., 0] * (new_w / orig_hw[1])
         coords[..., 1] = coords[..., 1] * (new_h / orig_hw[0])
         return coords
 
     def transform_boxes(self, boxes: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
-        """Bx4 XYXY boxes of the original image -> the prompt frame."""
+        """Bx4 XYXY boxes of the original image -> float64 Bx4 in the prompt frame."""
         return self.transform_coords(boxes.reshape(-1, 2, 2), orig_hw).reshape(-1, 4)
 
     def decode(

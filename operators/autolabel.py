@@ -26,6 +26,8 @@ class AutoLabeler:
         seed: int | None = None,
         precision: str = "auto",
         encoder_batch_size: int = 4,
+        decoder_batch_size: int | None = None,
+        upscale_batch_size: int = 64,
         storage_options: dict | None = None,
         num_threads: int | None = None,
     ) -> None:
@@ -33,7 +35,9 @@ class AutoLabeler:
             model_name, checkpoint, sha256, seed, precision, storage_options, num_threads)
         self.settings = AMGSettings(**settings)
         self.generator = MaskGenerator(self.model, self.settings,
-                                       encoder_batch_size=encoder_batch_size)
+                                       encoder_batch_size=encoder_batch_size,
+                                       decoder_batch_size=decoder_batch_size,
+                                       upscale_batch_size=upscale_batch_size)
         self.model_name = model_name
         self.sha256 = self.model.checkpoint_sha256 or ""
         self.settings_json = json.dumps(self.settings.as_dict(), sort_keys=True)

@@ -1,21 +1,26 @@
 """Everything-mode mask generation, batched for throughput.
 
 Same semantics and defaults as segment-anything's `SamAutomaticMaskGenerator` (coco_rle
-output), built differently: the crops of many images go through the encoder together, masks
-stay on the model's device until filtered, low-resolution logits are upscaled only for masks
-that pass the IoU filter, stability/boxes/NMS run on the device, RLE encoding comes last and
-only for kept masks.
+output), built differently: the crops of many images go through the encoder together and the
+prompts of several crops through the decoder together; masks stay on the model's device until
+filtered; low-resolution logits are upscaled only for masks that pass the IoU filter, in chunks;
+stability, boxes and NMS run on the device; RLE encoding comes last and only for kept masks.
+
+Device memory is bounded by three knobs, whatever the image size: `encoder_batch_size` crops
+per encoder call, `decoder_batch_size` prompts per decoder call (3 low-res masks each) and
+`upscale_batch_size` masks upscaled to crop resolution at once (float32 HxW each). Masks that
+survive the filters wait for NMS in host memory as bool HxW.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from models.transforms import check_image, longest_side_shape
+from models.transforms import check_image
 
 from .amg import (
     box_area,
@@ -28,6 +33,7 @@ from .amg import (
     stability_score,
     uncrop_masks,
 )
+from .regions import remove_small_regions
 
 
 @dataclass(frozen=True)
@@ -50,20 +56,42 @@ class AMGSettings:
         return asdict(self)
 
 
+@dataclass
+class _Crop:
+    """One crop of one image and the masks found in it so far."""
+
+    image: int  # index into the images of the call
+    box: list[int]  # XYXY in the image
+    layer: int  # crop layer (selects the point grid)
+    orig_hw: tuple[int, int]  # the image's size
+    masks: list[torch.Tensor] = field(default_factory=list)  # host bool MxhxW, crop frame
+    boxes: list[torch.Tensor] = field(default_factory=list)  # int64 Mx4 XYXY, crop frame
+    iou: list[torch.Tensor] = field(default_factory=list)  # float M
+    stability: list[torch.Tensor] = field(default_factory=list)  # float M
+    points: list[torch.Tensor] = field(default_factory=list)  # float64 Mx2, crop pixels
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        x0, y0, x1, y1 = self.box
+        return (y1 - y0, x1 - x0)
+
+
 class MaskGenerator:
-    """model: any registry model (SAM family); settings: AMGSettings; point_grids: optional
-    explicit grids (one float (N,2) array in [0, 1] per crop layer) instead of points_per_side.
-    encoder_batch_size: crops per encoder call."""
+    """Everything-mode masks for a list of images, with any registry model.
+
+    model: a model with the SAM-family protocol (models/sam.py); settings: AMGSettings;
+    point_grids: optional explicit grids (one float (N,2) array in [0, 1] per crop layer)
+    instead of points_per_side. Throughput knobs, which do not change the result beyond
+    float rounding: encoder_batch_size crops per encoder call; decoder_batch_size prompts per
+    decoder call (default points_per_batch), taken across crops and images;
+    upscale_batch_size masks upscaled at once."""
 
     def __init__(self, model: nn.Module, settings: AMGSettings | None = None,
-                 point_grids: list[np.ndarray] | None = None, encoder_batch_size: int = 4
-                 ) -> None:
+                 point_grids: list[np.ndarray] | None = None, encoder_batch_size: int = 4,
+                 decoder_batch_size: int | None = None, upscale_batch_size: int = 64) -> None:
         self.model = model.eval()
         self.settings = settings or AMGSettings()
         s = self.settings
-        if s.min_mask_region_area > 0:
-            raise ValueError("expected min_mask_region_area 0: small-region cleanup is not "
-                             f"implemented yet, got {s.min_mask_region_area}")
         if point_grids is not None:
             if len(point_grids) != s.crop_n_layers + 1:
                 raise ValueError(f"expected {s.crop_n_layers + 1} point grids (crop_n_layers "
@@ -72,7 +100,16 @@ class MaskGenerator:
         else:
             self.grids = layer_point_grids(s.points_per_side, s.crop_n_layers,
                                            s.crop_n_points_downscale_factor)
+        if decoder_batch_size is None:
+            decoder_batch_size = s.points_per_batch
+        for name, value in (("encoder_batch_size", encoder_batch_size),
+                            ("decoder_batch_size", decoder_batch_size),
+                            ("upscale_batch_size", upscale_batch_size)):
+            if value < 1:
+                raise ValueError(f"expected {name} >= 1, got {value}")
         self.encoder_batch_size = encoder_batch_size
+        self.decoder_batch_size = decoder_batch_size
+        self.upscale_batch_size = upscale_batch_size
 
     @property
     def device(self) -> torch.device:
@@ -84,107 +121,161 @@ class MaskGenerator:
         `id`): segmentation (COCO RLE), bbox XYWH, area, predicted_iou, stability_score,
         point_coords [[x, y]], crop_box XYWH."""
         s = self.settings
-        # Crops of every image: (image index, crop box, layer)
-        jobs = []
+        # Crops of every image
+        crops: list[_Crop] = []
         for i, image in enumerate(images):
             check_image(image)
             boxes, layers = crop_boxes(image.shape[:2], s.crop_n_layers, s.crop_overlap_ratio)
-            jobs += [(i, box, layer) for box, layer in zip(boxes, layers, strict=True)]
-        per_image: list[list[dict]] = [[] for _ in images]
-        for start in range(0, len(jobs), self.encoder_batch_size):
-            chunk = jobs[start : start + self.encoder_batch_size]
-            crops = [images[i][y0:y1, x0:x1] for i, (x0, y0, x1, y1), _ in chunk]
-            prepared = [self.model.prepare_image(c) for c in crops]
-            pixels = torch.stack([torch.from_numpy(p).permute(2, 0, 1) for p, _ in prepared])
-            embeddings = self.model.embed_images(pixels.to(self.device),
+            crops += [_Crop(i, box, layer, image.shape[:2])
+                      for box, layer in zip(boxes, layers, strict=True)]
+        parts: list[list[dict]] = [[] for _ in images]
+        for start in range(0, len(crops), self.encoder_batch_size):
+            chunk = crops[start : start + self.encoder_batch_size]
+            # Encode the crops together
+            pixels = [images[c.image][c.box[1] : c.box[3], c.box[0] : c.box[2]] for c in chunk]
+            prepared = [self.model.prepare_image(p) for p in pixels]
+            batch = torch.stack([torch.from_numpy(p).permute(2, 0, 1) for p, _ in prepared])
+            embeddings = self.model.embed_images(batch.to(self.device),
                                                  [hw for _, hw in prepared])
-            for k, (i, box, layer) in enumerate(chunk):
-                found = self._process_crop(embeddings[k : k + 1], crops[k].shape[:2], box,
-                                           layer, images[i].shape[:2])
-                per_image[i].append(found)
-        return [self._merge(parts, image.shape[:2]) for parts, image in zip(per_image, images,
-                                                                            strict=True)]
+            # Decode the point prompts of all of them, filtering as we go
+            self._decode(chunk, embeddings)
+            for crop in chunk:
+                parts[crop.image].append(self._crop_nms(crop))
+        return [self._merge(p, image.shape[:2]) for p, image in zip(parts, images, strict=True)]
 
-    def _process_crop(self, embedding: torch.Tensor, crop_hw: tuple[int, int], box: list[int],
-                      layer: int, orig_hw: tuple[int, int]) -> dict:
+    def _decode(self, chunk: list[_Crop], embeddings: torch.Tensor) -> None:
+        """Run every crop's point grid through the decoder, decoder_batch_size prompts a call."""
+        points, prompts, owner = [], [], []
+        for k, crop in enumerate(chunk):
+            h, w = crop.hw
+            pts = torch.from_numpy(self.grids[crop.layer] * np.array([[w, h]]))  # crop pixels
+            points.append(pts)
+            prompts.append(self.model.transform_coords(pts, crop.hw))  # float64, prompt frame
+            owner.append(torch.full((len(pts),), k))
+        points_all, prompts_all, owner_all = torch.cat(points), torch.cat(prompts), torch.cat(owner)
+        for start in range(0, len(owner_all), self.decoder_batch_size):
+            sl = slice(start, start + self.decoder_batch_size)
+            own = owner_all[sl]
+            first, last = int(own[0]), int(own[-1])
+            # One embedding row per prompt, unless they all share one
+            emb = (embeddings[first : first + 1] if first == last
+                   else embeddings[own.to(self.device)])
+            coords = prompts_all[sl].to(self.device)[:, None, :]
+            labels = torch.ones((len(own), 1), dtype=torch.int, device=self.device)
+            low_res, iou = self.model.decode(emb, point_coords=coords, point_labels=labels,
+                                             multimask_output=True)
+            for k in range(first, last + 1):
+                rows = (own == k).nonzero()[:, 0]
+                if len(rows):
+                    rows_d = rows.to(self.device)
+                    self._filter(chunk[k], low_res[rows_d], iou[rows_d], points_all[sl][rows])
+
+    def _filter(self, crop: _Crop, low_res: torch.Tensor, iou: torch.Tensor,
+                points: torch.Tensor) -> None:
+        """Keep the masks of one crop's prompts that pass the IoU, stability and crop-edge
+        filters. low_res PxCxhxw logits, iou PxC, points float64 Px2 (crop pixels, host)."""
         s, model = self.settings, self.model
-        h, w = crop_hw
-        new_h, new_w = longest_side_shape(h, w, model.prompt_size)
-        points = self.grids[layer] * np.array([[w, h]], dtype=np.float64)  # crop pixels
-        masks, ious, scores, pts = [], [], [], []
-        for start in range(0, len(points), s.points_per_batch):
-            batch = points[start : start + s.points_per_batch]
-            # Into the prompt frame, in float64 as the official transform
-            coords = batch.copy()
-            coords[:, 0] *= new_w / w
-            coords[:, 1] *= new_h / h
-            coords_t = torch.as_tensor(coords, device=self.device)[:, None, :]
-            labels = torch.ones((len(batch), 1), dtype=torch.int, device=self.device)
-            low_res, iou = model.decode(embedding, point_coords=coords_t, point_labels=labels,
-                                        multimask_output=True)
-            low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)  # (P*3, h, w), (P*3,)
-            batch_pts = torch.as_tensor(np.repeat(batch, low_res.shape[0] // len(batch), 0),
-                                        device=self.device)
-            # Filter by predicted IoU before upscaling
-            keep = iou > s.pred_iou_thresh if s.pred_iou_thresh > 0 else torch.ones_like(
-                iou, dtype=torch.bool)
-            low_res, iou, batch_pts = low_res[keep], iou[keep], batch_pts[keep]
-            if not len(iou):
-                continue
-            logits = model.postprocess_masks(low_res[:, None], crop_hw)[:, 0]  # (M, h, w)
+        per_prompt = low_res.shape[1]
+        low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)  # (P*C, h, w), (P*C,)
+        points = points.repeat_interleave(per_prompt, dim=0)
+        # Filter by predicted IoU before upscaling
+        if s.pred_iou_thresh > 0:
+            keep = iou > s.pred_iou_thresh
+            low_res, iou, points = low_res[keep], iou[keep], points[keep.cpu()]
+        orig_box = [0, 0, crop.orig_hw[1], crop.orig_hw[0]]
+        for start in range(0, len(iou), self.upscale_batch_size):
+            sl = slice(start, start + self.upscale_batch_size)
+            logits = model.postprocess_masks(low_res[sl, None], crop.hw)[:, 0]  # (M, h, w)
             # Filter by stability
             stab = stability_score(logits, model.mask_threshold, s.stability_score_offset)
-            keep = stab >= s.stability_score_thresh if s.stability_score_thresh > 0 else \
-                torch.ones_like(stab, dtype=torch.bool)
+            keep = (stab >= s.stability_score_thresh if s.stability_score_thresh > 0
+                    else torch.ones_like(stab, dtype=torch.bool))
             binary = logits[keep] > model.mask_threshold
-            iou, stab, batch_pts = iou[keep], stab[keep], batch_pts[keep]
             # Drop masks touching an inner crop edge
             boxes = masks_to_boxes(binary)
-            keep = ~near_crop_edge(boxes, box, [0, 0, orig_hw[1], orig_hw[0]])
-            masks.append(binary[keep])
-            ious.append(iou[keep])
-            scores.append(stab[keep])
-            pts.append(batch_pts[keep])
-        if not masks:
-            return {"masks": torch.zeros(0, h, w, dtype=torch.bool), "boxes": torch.zeros(0, 4),
+            inner = ~near_crop_edge(boxes, crop.box, orig_box)
+            idx = keep.nonzero()[:, 0][inner]
+            crop.masks.append(binary[inner].cpu())
+            crop.boxes.append(boxes[inner])
+            crop.iou.append(iou[sl][idx])
+            crop.stability.append(stab[idx])
+            crop.points.append(points[sl][idx.cpu()])
+
+    def _crop_nms(self, crop: _Crop) -> dict:
+        """NMS within one crop; boxes and points moved to the image frame."""
+        h, w = crop.hw
+        if not crop.masks:
+            return {"masks": torch.zeros(0, h, w, dtype=torch.bool),
+                    "boxes": torch.zeros(0, 4, dtype=torch.long, device=self.device),
                     "iou": torch.zeros(0), "stability": torch.zeros(0),
-                    "points": torch.zeros(0, 2), "crop_box": box}
-        binary, iou = torch.cat(masks), torch.cat(ious)
-        stab, pts = torch.cat(scores), torch.cat(pts)
-        boxes = masks_to_boxes(binary)
-        # NMS within the crop
-        keep = nms(boxes.float(), iou, s.box_nms_thresh)
-        offset = torch.tensor([box[0], box[1]], device=boxes.device)
-        return {"masks": binary[keep], "boxes": boxes[keep] + offset.repeat(2),
-                "iou": iou[keep], "stability": stab[keep], "points": pts[keep] + offset,
-                "crop_box": box}
+                    "points": torch.zeros(0, 2, dtype=torch.float64), "crop_box": crop.box}
+        boxes, iou = torch.cat(crop.boxes), torch.cat(crop.iou)
+        keep = nms(boxes.float(), iou, self.settings.box_nms_thresh)
+        keep_host = keep.cpu()
+        offset = torch.tensor([crop.box[0], crop.box[1]])
+        return {"masks": torch.cat(crop.masks)[keep_host],
+                "boxes": boxes[keep] + offset.to(boxes.device).repeat(2),
+                "iou": iou[keep].cpu(), "stability": torch.cat(crop.stability)[keep].cpu(),
+                "points": torch.cat(crop.points)[keep_host] + offset, "crop_box": crop.box}
 
     def _merge(self, parts: list[dict], orig_hw: tuple[int, int]) -> list[dict]:
-        boxes = torch.cat([p["boxes"].to(self.device) for p in parts])
+        """NMS across the crops of one image, optional small-region cleanup, SA-1B dicts."""
+        s = self.settings
+        boxes = torch.cat([p["boxes"] for p in parts])
         crop_of = [k for k, p in enumerate(parts) for _ in range(len(p["boxes"]))]
-        order = torch.arange(len(crop_of))
-        if len(parts) > 1 and len(crop_of):
+        order = list(range(len(crop_of)))
+        if len(parts) > 1 and crop_of:
             # NMS across crops: prefer masks from smaller crops
             crops = torch.tensor([parts[k]["crop_box"] for k in crop_of], dtype=torch.float,
-                                 device=self.device)
-            order = nms(boxes.float(), 1 / box_area(crops), self.settings.crop_nms_thresh).cpu()
+                                 device=boxes.device)
+            order = nms(boxes.float(), 1 / box_area(crops), s.crop_nms_thresh).tolist()
         offsets = np.cumsum([0] + [len(p["boxes"]) for p in parts])
-        out = []
-        for idx in order.tolist():
+        found = []
+        boxes = boxes.cpu()
+        for idx in order:
             k = crop_of[idx]
-            j = idx - offsets[k]
-            part = parts[k]
-            mask = uncrop_masks(part["masks"][j : j + 1], part["crop_box"], orig_hw)[0]
-            rle = mask_to_rle(mask.cpu().numpy())
-            x0, y0, x1, y1 = (int(v) for v in boxes[idx].tolist())
-            cx0, cy0, cx1, cy1 = part["crop_box"]
+            part, j = parts[k], idx - offsets[k]
+            found.append({
+                "mask": uncrop_masks(part["masks"][j : j + 1], part["crop_box"], orig_hw)[0],
+                "box": boxes[idx], "iou": part["iou"][j], "stability": part["stability"][j],
+                "point": part["points"][j], "crop_box": part["crop_box"]})
+        if s.min_mask_region_area > 0 and found:
+            found = self._clean_small_regions(found)
+        out = []
+        for f in found:
+            x0, y0, x1, y1 = (int(v) for v in f["box"].tolist())
+            cx0, cy0, cx1, cy1 = f["crop_box"]
             out.append({
-                "segmentation": rle,
-                "area": int(mask.sum().item()),
+                "segmentation": mask_to_rle(f["mask"].numpy()),
+                "area": int(f["mask"].sum()),
                 "bbox": [x0, y0, x1 - x0, y1 - y0],
-                "predicted_iou": float(part["iou"][j].item()),
-                "point_coords": [[float(v) for v in part["points"][j].tolist()]],
-                "stability_score": float(part["stability"][j].item()),
+                "predicted_iou": float(f["iou"]),
+                "point_coords": [[float(v) for v in f["point"].tolist()]],
+                "stability_score": float(f["stability"]),
                 "crop_box": [cx0, cy0, cx1 - cx0, cy1 - cy0],
             })
+        return out
+
+    def _clean_small_regions(self, found: list[dict]) -> list[dict]:
+        """Fill small holes and drop small islands of every mask, then NMS again preferring
+        unchanged masks (threshold: the larger of the two NMS thresholds), as the official
+        generator does; changed masks get their new box."""
+        s = self.settings
+        area = s.min_mask_region_area
+        masks, unchanged = [], []
+        for f in found:
+            mask, filled = remove_small_regions(f["mask"].numpy(), area, "holes")
+            mask, dropped = remove_small_regions(mask, area, "islands")
+            masks.append(torch.from_numpy(mask))
+            unchanged.append(float(not (filled or dropped)))
+        stacked = torch.stack(masks)
+        boxes = masks_to_boxes(stacked)
+        keep = nms(boxes.float(), torch.tensor(unchanged),
+                   max(s.box_nms_thresh, s.crop_nms_thresh))
+        out = []
+        for i in keep.tolist():
+            f = dict(found[i])
+            if not unchanged[i]:
+                f["mask"], f["box"] = stacked[i], boxes[i]
+            out.append(f)
         return out

@@ -14,9 +14,11 @@ def run_autolabel(cfg: AutolabelConfig) -> RunSummary:
         job="autolabel",
         actor=AutoLabeler,
         actor_kwargs=dict(
-            model_name=cfg.model.name, settings=cfg.generator.model_dump(),
+            model_name=cfg.model.name, settings=cfg.generator.settings(),
             checkpoint=cfg.model.checkpoint, sha256=cfg.model.sha256, seed=cfg.model.seed,
-            precision=cfg.model.precision, encoder_batch_size=cfg.model.batch_size),
+            precision=cfg.model.precision, encoder_batch_size=cfg.model.batch_size,
+            decoder_batch_size=cfg.generator.decoder_batch_size,
+            upscale_batch_size=cfg.generator.upscale_batch_size),
         read_mode="original",
         table="masks",
     )

@@ -7,7 +7,7 @@ A bad value is refused naming the field and what was expected, e.g.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -138,7 +138,18 @@ class GeneratorConfig(_Strict):
     crop_nms_thresh: float = Field(default=0.7, ge=0, le=1)  # NMS across crops
     crop_overlap_ratio: float = Field(default=512 / 1500, ge=0, lt=1)
     crop_n_points_downscale_factor: int = Field(default=1, ge=1)
-    min_mask_region_area: int = Field(default=0, ge=0, le=0)  # cleanup not implemented yet
+    min_mask_region_area: int = Field(default=0, ge=0)  # fill holes/drop islands below (px)
+    # Throughput and device-memory knobs (not stored with the labels: results do not change)
+    decoder_batch_size: int | None = Field(default=None, ge=1)  # prompts per decoder call,
+    #   across crops and images (None: points_per_batch)
+    upscale_batch_size: int = Field(default=64, ge=1)  # masks upscaled to full size at once
+
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"decoder_batch_size",
+                                                          "upscale_batch_size"})
+
+    def settings(self) -> dict:
+        """The generator parameters proper (AMGSettings fields), without the runtime knobs."""
+        return self.model_dump(exclude=set(self.RUNTIME_FIELDS))
 
 
 class AutolabelOutputConfig(_Strict):

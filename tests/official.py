@@ -3,7 +3,10 @@
 Its predictor imports two torchvision functions (its mask generator two box ops); torchvision
 has no CPU build here, so when it is missing we register a stand-in that does what torchvision
 does for a PIL input (`to_pil_image` of a uint8 HxWx3 array, `resize(pil, [h, w])` =
-`pil.resize((w, h), BILINEAR)`) plus a plain greedy `batched_nms`.
+`pil.resize((w, h), BILINEAR)`) plus a plain greedy `batched_nms`. Its small-region cleanup
+imports OpenCV, not a dependency either: `cv2.connectedComponentsWithStats` gets a plain
+breadth-first labeller (`bfs_components`, written for the tests, independent of
+operators/regions.py).
 The model code itself is the official one, untouched.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+from collections import deque
 
 import numpy as np
 import pytest
@@ -80,10 +84,54 @@ def _shim_torchvision() -> None:
     )
 
 
+def bfs_components(image: np.ndarray, connectivity: int = 8):
+    """OpenCV's `connectedComponentsWithStats(image, connectivity)` for a uint8 HxW image:
+    (n_labels, int32 HxW labels, int32 n_labels x 5 stats [x, y, w, h, area], centroids).
+    Label 0 is the zero pixels; the others are numbered in raster order of first pixel."""
+    h, w = image.shape
+    labels = np.zeros((h, w), np.int32)
+    steps = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    if connectivity == 4:
+        steps = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+    areas = [int((image == 0).sum())]
+    n = 1
+    for y0, x0 in zip(*np.nonzero(image), strict=True):
+        if labels[y0, x0]:
+            continue
+        labels[y0, x0] = n
+        queue, area = deque([(y0, x0)]), 0
+        while queue:
+            y, x = queue.popleft()
+            area += 1
+            for dy, dx in steps:
+                yy, xx = y + dy, x + dx
+                if 0 <= yy < h and 0 <= xx < w and image[yy, xx] and not labels[yy, xx]:
+                    labels[yy, xx] = n
+                    queue.append((yy, xx))
+        areas.append(area)
+        n += 1
+    stats = np.zeros((n, 5), np.int32)
+    stats[:, 4] = areas
+    return n, labels, stats, np.zeros((n, 2))
+
+
+def _shim_cv2() -> None:
+    try:
+        import cv2  # noqa: F401
+
+        return
+    except Exception:
+        pass
+    cv2 = types.ModuleType("cv2")
+    cv2.connectedComponentsWithStats = bfs_components
+    sys.modules["cv2"] = cv2
+
+
 def official():
     """The official `segment_anything` package (skips the test if it is not installed)."""
     try:
         _shim_torchvision()
+        _shim_cv2()
         return importlib.import_module("segment_anything")
     except ImportError as e:  # pragma: no cover - only without the test extra
         pytest.skip(f"official segment-anything not installed: {e}")
