@@ -58,7 +58,7 @@ def _print_summary(summary) -> None:
 def _cmd_make_sample(args: argparse.Namespace) -> int:
     from operators.sample import write_sample_corpus
 
-    opts = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
+    opts = _storage(args.endpoint_url)
     paths = write_sample_corpus(args.out, shards=args.shards,
                                 images_per_shard=args.images_per_shard, seed=args.seed,
                                 storage_options=opts)
@@ -107,6 +107,74 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _print_summary(summary)
     print(f"read it back: python -c \"import pyarrow.dataset as d; "
           f"print(d.dataset('{summary.output}').to_table())\"")
+    return 0
+
+
+def _storage(endpoint_url: str | None) -> dict | None:
+    return {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else None
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from operators.export import EXPORTERS
+
+    opts = _storage(args.endpoint_url)
+    try:
+        summary = EXPORTERS[args.format](args.dataset, args.out, storage_options=opts,
+                                         out_storage_options=opts, shards=args.shards)
+    except FileNotFoundError as e:
+        print(f"samdata export: {e}", file=sys.stderr)
+        return 2
+    what = "per-image SA-1B JSON files under" if args.format == "sa1b" else "COCO instances to"
+    print(f"exported {summary['images']} images, {summary['annotations']} masks as {what} "
+          f"{args.out}")
+    if summary["failed"]:
+        print(f"left out {len(summary['failed'])} images without masks (status not ok), "
+              f"e.g. {summary['failed'][0]}", file=sys.stderr)
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from operators.maskset import find_row, iter_rows, load_source_image
+    from operators.overlay import contact_sheet, draw_overlay
+
+    opts = _storage(args.endpoint_url)
+
+    def picture(row: dict) -> np.ndarray:
+        return draw_overlay(load_source_image(row, opts), row["annotations"] or [],
+                            alpha=args.alpha, boxes=not args.no_boxes, points=not args.no_points)
+
+    try:
+        if args.sheet:
+            tiles = []
+            for row in iter_rows(args.dataset, opts):
+                if row["status"] == "ok":
+                    caption = f"{row['image_id']} {row['key']}: {len(row['annotations'])} masks"
+                    tiles.append((picture(row), caption))
+                if len(tiles) == args.sheet:
+                    break
+            image = contact_sheet(tiles, columns=args.columns)
+            what = f"contact sheet of {len(tiles)} images"
+        else:
+            if args.image_id is None and args.key is None:
+                print("samdata show: expected --image-id, --key or --sheet N, got none",
+                      file=sys.stderr)
+                return 2
+            row = find_row(args.dataset, opts, image_id=args.image_id, key=args.key)
+            if row["status"] != "ok":
+                print(f"samdata show: image {row['key']} has no masks: {row['error']}",
+                      file=sys.stderr)
+                return 1
+            image = picture(row)
+            what = f"image {row['image_id']} ({row['shard']}/{row['key']}), " \
+                   f"{len(row['annotations'])} masks"
+    except (FileNotFoundError, KeyError) as e:
+        print(f"samdata show: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    Image.fromarray(image).save(args.out)
+    print(f"wrote {args.out}: {what}")
     return 0
 
 
@@ -170,6 +238,41 @@ def build_parser() -> argparse.ArgumentParser:
         "See configs/autolabel_sa1b.yaml for every field.",
     )
     _job_arguments(p)
+
+    p = sub.add_parser(
+        "export",
+        help="auto-labels -> per-image SA-1B JSON files or one COCO instances JSON",
+        description="Export a mask dataset (the output of `samdata autolabel`, committed "
+        "shards only). sa1b: OUT/{shard}/{key}.json per image, the SA-1B file format. coco: "
+        "one instances JSON at OUT that pycocotools' COCO loads and COCOeval accepts "
+        "(class-agnostic: one category 'object'; score = predicted IoU). Images whose status "
+        "is not ok have no masks and are reported, not exported.",
+    )
+    p.add_argument("dataset", help="mask dataset root (folder or s3:// prefix)")
+    p.add_argument("--format", choices=["sa1b", "coco"], required=True)
+    p.add_argument("--out", required=True, help="sa1b: folder/prefix; coco: the .json file")
+    p.add_argument("--shards", help="inclusive shard range, e.g. sa_000000..sa_000009")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// paths")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "show",
+        help="draw an image's auto-labels (masks, boxes, prompt points) to a PNG",
+        description="Render one image of a mask dataset with its masks tinted and outlined, "
+        "their boxes and prompt points (--image-id or --key), or a contact sheet of the first "
+        "N images (--sheet N). The image is read again from its source shard.",
+    )
+    p.add_argument("dataset", help="mask dataset root (folder or s3:// prefix)")
+    p.add_argument("--image-id", type=int, help="SA-1B image id of the image to draw")
+    p.add_argument("--key", help="sample key of the image to draw (e.g. sa_1)")
+    p.add_argument("--sheet", type=int, metavar="N", help="contact sheet of the first N images")
+    p.add_argument("--columns", type=int, default=4, help="contact sheet columns (default 4)")
+    p.add_argument("--alpha", type=float, default=0.5, help="mask tint opacity (default 0.5)")
+    p.add_argument("--no-boxes", action="store_true", help="do not draw boxes")
+    p.add_argument("--no-points", action="store_true", help="do not draw prompt points")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// paths")
+    p.set_defaults(func=_cmd_show)
 
     p = sub.add_parser(
         "demo",

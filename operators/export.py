@@ -1,0 +1,134 @@
+"""Exporting a mask dataset: per-image SA-1B JSON files, or one COCO instances JSON.
+
+SA-1B: `{out}/{shard}/{key}.json` = {"image": {image_id, width, height, file_name},
+"annotations": [the row's annotations]}, the layout of the files inside an SA-1B tar.
+
+COCO: one instances file that `pycocotools.coco.COCO` loads and `COCOeval` accepts as ground
+truth (or, via `COCO.loadRes(data["annotations"])`, as results: every annotation has a
+`score`, its predicted IoU). Class-agnostic: one category, id 1, "object". Annotation ids run
+from 1 (COCOeval reads id 0 as "unmatched"); image ids are the SA-1B image ids when every row
+has a distinct one, else 1..N in dataset order. The file is written in two streaming passes
+(images, then annotations), so memory does not grow with the dataset.
+
+Rows whose status is not "ok" have no masks: they are left out of both formats and reported
+(`failed`, with key and error) in the returned summary and in COCO `info`.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Iterator
+
+import fsspec
+
+from .maskset import iter_rows
+
+COCO_CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
+
+
+def file_name(key: str) -> str:
+    """SA-1B image file name of a sample key (`sa_1` -> `sa_1.jpg`)."""
+    return posixpath.basename(key) + ".jpg"
+
+
+def sa1b_record(row: dict) -> dict:
+    """A mask-dataset row -> the SA-1B per-image JSON object."""
+    return {
+        "image": {"image_id": row["image_id"], "width": row["width"], "height": row["height"],
+                  "file_name": file_name(row["key"])},
+        "annotations": row["annotations"] or [],
+    }
+
+
+def export_sa1b(root: str, out: str, storage_options: dict | None = None,
+                out_storage_options: dict | None = None, shards: str | None = None) -> dict:
+    """Write one SA-1B JSON per ok image under `out`; returns {"images", "annotations",
+    "failed": [{shard, key, error}]}."""
+    fs, base = fsspec.core.url_to_fs(out, **(out_storage_options or {}))
+    summary = {"images": 0, "annotations": 0, "failed": []}
+    made: set[str] = set()
+    for row in iter_rows(root, storage_options, shards):
+        if row["status"] != "ok":
+            summary["failed"].append({k: row[k] for k in ("shard", "key", "error")})
+            continue
+        path = f"{base}/{row['shard']}/{row['key']}.json"
+        folder = path.rsplit("/", 1)[0]
+        if folder not in made:
+            fs.makedirs(folder, exist_ok=True)
+            made.add(folder)
+        fs.pipe_file(path, json.dumps(sa1b_record(row)).encode())
+        summary["images"] += 1
+        summary["annotations"] += len(row["annotations"] or [])
+    return summary
+
+
+def _image_ids(root: str, storage_options: dict | None, shards: str | None
+               ) -> tuple[list[dict], list[dict], bool]:
+    """First pass: the ok rows' (shard, key, image_id, width, height), the failed rows, and
+    whether the SA-1B image ids can serve as COCO ids (all present and distinct)."""
+    images, failed = [], []
+    cols = ("image_id", "key", "shard", "width", "height", "status", "error")
+    for row in iter_rows(root, storage_options, shards, columns=cols):
+        if row["status"] == "ok":
+            images.append(row)
+        else:
+            failed.append({k: row[k] for k in ("shard", "key", "error")})
+    ids = [r["image_id"] for r in images]
+    usable = all(i is not None for i in ids) and len(set(ids)) == len(ids)
+    return images, failed, usable
+
+
+def _coco_annotations(root: str, storage_options: dict | None, shards: str | None,
+                      id_of: dict[tuple[str, str], int]) -> Iterator[dict]:
+    """Second pass: COCO annotation dicts of every ok row, ids from 1."""
+    next_id = 1
+    cols = ("key", "shard", "status", "annotations")
+    for row in iter_rows(root, storage_options, shards, columns=cols):
+        if row["status"] != "ok":
+            continue
+        image_id = id_of[(row["shard"], row["key"])]
+        for ann in row["annotations"] or []:
+            yield {
+                "id": next_id,
+                "image_id": image_id,
+                "category_id": COCO_CATEGORY["id"],
+                "segmentation": ann["segmentation"],
+                "area": ann["area"],
+                "bbox": ann["bbox"],
+                "iscrowd": 0,
+                "score": ann["predicted_iou"],
+                "predicted_iou": ann["predicted_iou"],
+                "stability_score": ann["stability_score"],
+                "point_coords": ann["point_coords"],
+                "crop_box": ann["crop_box"],
+            }
+            next_id += 1
+
+
+def export_coco(root: str, out: str, storage_options: dict | None = None,
+                out_storage_options: dict | None = None, shards: str | None = None) -> dict:
+    """Write the COCO instances JSON file `out`; returns {"images", "annotations", "failed"}."""
+    images, failed, sa1b_ids = _image_ids(root, storage_options, shards)
+    id_of = {(r["shard"], r["key"]): (r["image_id"] if sa1b_ids else n + 1)
+             for n, r in enumerate(images)}
+    info = {"description": f"samdata auto-labels exported from {root}",
+            "failed_images": failed}
+    count = 0
+    with fsspec.open(out, "w", **(out_storage_options or {})) as f:
+        f.write('{"info": ' + json.dumps(info) + ', "licenses": [], "categories": ')
+        f.write(json.dumps([COCO_CATEGORY]) + ', "images": [')
+        for n, r in enumerate(images):
+            f.write((", " if n else "") + json.dumps({
+                "id": id_of[(r["shard"], r["key"])], "width": r["width"], "height": r["height"],
+                "file_name": file_name(r["key"]), "samdata_key": r["key"],
+                "samdata_shard": r["shard"]}))
+        f.write('], "annotations": [')
+        for ann in _coco_annotations(root, storage_options, shards, id_of):
+            f.write((", " if count else "") + json.dumps(ann))
+            count += 1
+        f.write("]}\n")
+    return {"images": len(images), "annotations": count, "failed": failed}
+
+
+EXPORTERS = {"sa1b": export_sa1b, "coco": export_coco}
