@@ -1,0 +1,156 @@
+"""Everything-mode generator vs the official per-image generator, same model, same images.
+
+    python bench/autolabel.py --model sam_vit_b --images 3 --points-per-side 16
+
+The reference is segment-anything's own `SamAutomaticMaskGenerator` (the PyPI package of the
+test extra, torchvision stood in as in tests/official.py): one image at a time, one point
+batch at a time, every mask upscaled to full resolution before filtering. Ours is
+`operators.mask_generator.MaskGenerator` with several images per encoder call, prompts of
+several crops per decoder call and upscaling only after the IoU filter. Both load the same
+seeded random weights; the mask hypernetworks' last layer is scaled (x40, as in the parity
+tests) so that random weights give masks with structure, and the IoU head's bias is shifted so
+that about 40% of the masks pass the default IoU filter (0.88), as with a real checkpoint.
+Otherwise the generator's defaults.
+
+Prints JSON: images/s and masks/s of both, their ratio, and the fraction of the reference's
+masks that we output identically (same RLE), and at IoU >= 0.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from models import build_model  # noqa: E402
+from operators.mask_generator import AMGSettings, MaskGenerator  # noqa: E402
+from tests.models.test_sam_parity import _official_tiny  # noqa: E402
+from tests.official import official  # noqa: E402
+
+OFFICIAL_NAMES = {"sam_vit_b": "vit_b", "sam_vit_l": "vit_l", "sam_vit_h": "vit_h"}
+
+
+def models(name: str, seed: int):
+    """(official package, our model, the official model) with the same weights."""
+    sa = official()
+    ours = build_model(name, seed=seed)
+    sd = ours.state_dict()
+    for k in sd:
+        if k.startswith("mask_decoder.output_hypernetworks_mlps") and k.endswith("2.weight"):
+            sd[k] = sd[k] * 40
+    ours.load_state_dict(sd)
+    theirs = _official_tiny(sa) if name == "sam_tiny" else sa.sam_model_registry[
+        OFFICIAL_NAMES[name]]()
+    theirs.load_state_dict(sd)
+    return sa, ours.eval(), theirs.eval()
+
+
+def images(n: int, h: int, w: int, seed: int) -> list[np.ndarray]:
+    """uint8 HxWx3 images with smooth structure (blocks of colour plus noise)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        blocks = rng.integers(0, 256, (h // 40 + 1, w // 40 + 1, 3)).repeat(40, 0).repeat(40, 1)
+        noise = rng.integers(-12, 13, (h, w, 3))
+        out.append(np.clip(blocks[:h, :w] + noise, 0, 255).astype(np.uint8))
+    return out
+
+
+def agreement(ref: list[list[dict]], got: list[list[dict]]) -> tuple[float, float]:
+    """Fractions of reference masks that we output identically, and with IoU >= 0.9."""
+    same = close = total = 0
+    for r_anns, g_anns in zip(ref, got, strict=True):
+        total += len(r_anns)
+        ours = {a["segmentation"]["counts"]: a for a in g_anns}
+        g_rles = [{**a["segmentation"], "counts": a["segmentation"]["counts"].encode()}
+                  for a in g_anns]
+        for a in r_anns:
+            if a["segmentation"]["counts"] in ours:
+                same += 1
+                close += 1
+            elif g_rles:
+                r = [{**a["segmentation"], "counts": a["segmentation"]["counts"].encode()}]
+                close += bool(mask_utils.iou(r, g_rles, [0] * len(g_rles)).max() >= 0.9)
+    return same / max(total, 1), close / max(total, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="sam_tiny", choices=["sam_tiny", *OFFICIAL_NAMES])
+    ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--points-per-side", type=int, default=32)
+    ap.add_argument("--stability-score-thresh", type=float, default=0.95)
+    ap.add_argument("--crop-n-layers", type=int, default=0)
+    ap.add_argument("--box-nms-thresh", type=float, default=0.7)
+    ap.add_argument("--encoder-batch-size", type=int, default=4)
+    ap.add_argument("--decoder-batch-size", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=11)
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    sa, ours, theirs = models(args.model, args.seed)
+    ims = images(args.images, args.height, args.width, args.seed)
+    # Random weights predict IoUs anywhere; shift the IoU head so that, as with a real
+    # checkpoint at the default 0.88, about 40% of the grid's masks pass the IoU filter.
+    predictor = sa.SamPredictor(theirs)
+    predictor.set_image(ims[0])
+    grid = sa.utils.amg.build_point_grid(args.points_per_side) * [[args.width, args.height]]
+    with torch.inference_mode():
+        pts = predictor.transform.apply_coords(grid, (args.height, args.width))
+        _, ious, _ = predictor.predict_torch(torch.as_tensor(pts)[:, None, :].float(),
+                                             torch.ones(len(pts), 1, dtype=torch.int),
+                                             multimask_output=True)
+    shift = 0.88 - float(torch.quantile(ious.flatten().float(), 0.6))
+    for model in (ours, theirs):
+        model.mask_decoder.iou_prediction_head.layers[-1].bias.data += shift
+    settings = AMGSettings(points_per_side=args.points_per_side,
+                           stability_score_thresh=args.stability_score_thresh,
+                           crop_n_layers=args.crop_n_layers, box_nms_thresh=args.box_nms_thresh)
+
+    # The official generator, one image at a time
+    reference = sa.SamAutomaticMaskGenerator(theirs, output_mode="coco_rle",
+                                             **settings.as_dict())
+    start = time.perf_counter()
+    ref = [reference.generate(im) for im in ims]
+    t_ref = time.perf_counter() - start
+
+    # Ours, all images in one call
+    generator = MaskGenerator(ours, settings, encoder_batch_size=args.encoder_batch_size,
+                              decoder_batch_size=args.decoder_batch_size)
+    start = time.perf_counter()
+    got = generator.generate(ims)
+    t_ours = time.perf_counter() - start
+
+    same, close = agreement(ref, got)
+    n_ref, n_ours = sum(map(len, ref)), sum(map(len, got))
+    print(json.dumps({
+        "bench": "autolabel", "model": args.model, "device": "cpu",
+        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "images": len(ims),
+        "image_hw": [args.height, args.width], "settings": settings.as_dict(),
+        "encoder_batch_size": args.encoder_batch_size,
+        "decoder_batch_size": args.decoder_batch_size,
+        "official": {"seconds": round(t_ref, 2), "images_per_s": round(len(ims) / t_ref, 4),
+                     "masks": n_ref, "masks_per_s": round(n_ref / t_ref, 2)},
+        "ours": {"seconds": round(t_ours, 2), "images_per_s": round(len(ims) / t_ours, 4),
+                 "masks": n_ours, "masks_per_s": round(n_ours / t_ours, 2)},
+        "speedup": round(t_ref / t_ours, 3),
+        "identical_masks": round(same, 4), "masks_iou_ge_0.9": round(close, 4),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
