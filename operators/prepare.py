@@ -32,11 +32,28 @@ def model_skeleton(name: str) -> torch.nn.Module:
         return MODEL_REGISTRY[name]()
 
 
-def _row(shard: str, kind: str, size: int, **values: Any) -> dict[str, Any]:
+def input_dtype(model: torch.nn.Module) -> np.dtype:
+    """dtype of the model's prepared input (uint8 for most; float32 where the official
+    preprocessing resizes in float, e.g. EfficientSAM), probed once on a tiny image."""
+    if "_input_dtype" not in model.__dict__:
+        model._input_dtype = model.prepare_image(np.zeros((8, 8, 3), np.uint8))[0].dtype
+    return model._input_dtype
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """A prepared input as uint8 for a JPEG: float inputs in 0..1 or 0..255 are rescaled."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    scale = 255.0 if pixels.size and float(pixels.max()) <= 1.0 else 1.0
+    return np.clip(np.rint(pixels * scale), 0, 255).astype(np.uint8)
+
+
+def _row(shard: str, kind: str, size: int, dtype: np.dtype = np.uint8,
+         **values: Any) -> dict[str, Any]:
     row = {
         "kind": kind, "shard": shard, "key": "", "source_uri": "", "image_id": -1,
         "orig_hw": np.zeros(2, np.int32), "input_hw": np.zeros(2, np.int32),
-        "pixels": np.zeros((size, size, 3), np.uint8), "status": "ok", "error": "",
+        "pixels": np.zeros((size, size, 3), dtype), "status": "ok", "error": "",
         "image_jpeg": b"", "shard_count": 0, "shard_error": "", "skipped_members": 0,
     }
     row.update(values)
@@ -45,17 +62,19 @@ def _row(shard: str, kind: str, size: int, **values: Any) -> dict[str, Any]:
 
 def prepare_sample(sample: Sample, shard: str, model: torch.nn.Module, max_pixels: int,
                    include_image: bool, mode: str = "padded") -> dict[str, Any]:
-    """One Sample -> one row with orig_hw, input_hw and "pixels": by `mode`, uint8 SxSx3
-    (resized, zero-padded model input) or uint8 HxWx3 (the decoded original)."""
+    """One Sample -> one row with orig_hw, input_hw and "pixels": by `mode`, SxSx3 (the
+    model's prepared input: resized, padded; uint8 or the model's float) or uint8 HxWx3 (the
+    decoded original). Error rows carry zeros of the same dtype."""
     size = 1 if mode == "original" else model.image_size
+    dtype = np.uint8 if mode == "original" else input_dtype(model)
     base = dict(key=sample.key, source_uri=sample.source_uri,
                 image_id=image_id_from(sample.key, sample.meta) or -1)
     if sample.error:
-        return _row(shard, "image", size, status="error", error=sample.error, **base)
+        return _row(shard, "image", size, dtype, status="error", error=sample.error, **base)
     try:
         image = decode_image(sample.image, max_pixels=max_pixels)
     except DecodeError as e:
-        return _row(shard, "image", size, status="error",
+        return _row(shard, "image", size, dtype, status="error",
                     error=f"{sample.image_name}: {e}", **base)
     if mode == "original":
         return _row(shard, "image", size, orig_hw=np.array(image.shape[:2], np.int32),
@@ -65,7 +84,8 @@ def prepare_sample(sample: Sample, shard: str, model: torch.nn.Module, max_pixel
     jpeg = b""
     if include_image:
         buf = io.BytesIO()
-        Image.fromarray(padded[: input_hw[0], : input_hw[1]]).save(buf, "JPEG", quality=95)
+        Image.fromarray(_to_uint8(padded[: input_hw[0], : input_hw[1]])).save(
+            buf, "JPEG", quality=95)
         jpeg = buf.getvalue()
     return _row(shard, "image", size, orig_hw=np.array(image.shape[:2], np.int32),
                 input_hw=np.array(input_hw, np.int32), pixels=padded, image_jpeg=jpeg, **base)
@@ -90,6 +110,7 @@ def read_and_prepare(
     for part in iter_shard(shard, storage_options, fmt=fmt):
         if isinstance(part, ShardEnd):
             yield _row(shard.name, "end", 1 if mode == "original" else model.image_size,
+                       np.uint8 if mode == "original" else input_dtype(model),
                        status="end",
                        shard_count=part.count, shard_error=part.error or "",
                        skipped_members=part.skipped_members)
