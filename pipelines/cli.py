@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 DESCRIPTION = """\
@@ -178,6 +179,69 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from . import submit as sub
+    from .config import AutolabelConfig, ConfigError, EmbedConfig, load_config
+
+    cls = EmbedConfig if args.job == "embed" else AutolabelConfig
+    try:
+        cfg = load_config(args.config, args.set, cls)
+    except ConfigError as e:
+        print(f"samdata submit: {e}", file=sys.stderr)
+        return 2
+    try:
+        job_id, env = sub.submit(args.job, cfg.model_dump(mode="json"), args.address,
+                                 args.token_file, with_project=not args.image_has_project,
+                                 pip=args.pip or None, job_id=args.job_id)
+        print(job_id)
+        print(f"submitted samdata {args.job} to {args.address} as {job_id}"
+              + (f"; forwarded env vars: {', '.join(env)} (values not shown)" if env else ""),
+              file=sys.stderr)
+        if not args.follow:
+            print(f"follow it: samdata jobs logs {job_id} --address {args.address}",
+                  file=sys.stderr)
+            return 0
+        state = sub.follow(args.address, job_id, args.token_file)
+    except sub.SubmitError as e:
+        print(f"samdata submit: {e}", file=sys.stderr)
+        return 1
+    print(f"job {job_id} {state}", file=sys.stderr)
+    return 0 if state == "SUCCEEDED" else 1
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from . import submit as sub
+
+    try:
+        if args.action == "status":
+            print(sub.status(args.address, args.job_id, args.token_file))
+        elif args.action == "logs":
+            if args.follow:
+                state = sub.follow(args.address, args.job_id, args.token_file)
+                print(f"job {args.job_id} {state}", file=sys.stderr)
+                return 0 if state == "SUCCEEDED" else 1
+            print(sub.logs(args.address, args.job_id, args.token_file), end="")
+        else:
+            stopped = sub.stop(args.address, args.job_id, args.token_file)
+            print(f"job {args.job_id}: " + ("stop requested" if stopped else "already ended"))
+    except sub.SubmitError as e:
+        print(f"samdata jobs: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # e.g. an unknown job id
+        print(f"samdata jobs: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cluster_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS",
+                                                       "http://127.0.0.1:8265"),
+                   help="the Ray head's dashboard / Jobs API address "
+                   "(default $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)")
+    p.add_argument("--token-file", help="Ray auth token file (default: $RAY_AUTH_TOKEN, "
+                   "$RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token)")
+
+
 def _job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML job config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -238,6 +302,36 @@ def build_parser() -> argparse.ArgumentParser:
         "See configs/autolabel_sa1b.yaml for every field.",
     )
     _job_arguments(p)
+
+    p = sub.add_parser(
+        "submit",
+        help="run embed or autolabel as a job on a Ray cluster (Ray Jobs API)",
+        description="Validate the config here, upload the project and the config as the job's "
+        "working dir (or only the config with --image-has-project), forward the AWS_* env "
+        "vars by name, submit, print the job id. --follow streams the logs and exits with the "
+        "job's status. The same config runs locally with `samdata embed|autolabel`.",
+    )
+    p.add_argument("job", choices=["embed", "autolabel"])
+    _job_arguments(p)
+    _cluster_arguments(p)
+    p.add_argument("--follow", action="store_true", help="stream logs until the job ends")
+    p.add_argument("--image-has-project", action="store_true",
+                   help="the cluster image has samdata installed: upload only the config")
+    p.add_argument("--pip", action="append", metavar="REQ",
+                   help="extra pip requirement for the job's runtime env (repeatable)")
+    p.add_argument("--job-id", help="submission id to use (default: Ray picks one)")
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser(
+        "jobs",
+        help="status, logs or stop of a submitted job",
+        description="Ask the Ray Jobs API about a job submitted with `samdata submit`.",
+    )
+    p.add_argument("action", choices=["status", "logs", "stop"])
+    p.add_argument("job_id")
+    _cluster_arguments(p)
+    p.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+    p.set_defaults(func=_cmd_jobs)
 
     p = sub.add_parser(
         "export",

@@ -10,6 +10,10 @@ FORWARDED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKE
                  "AWS_PROFILE")
 
 
+# Set by Ray's job supervisor for a submitted job's driver (holds the job's runtime env).
+JOB_RUNTIME_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to `address` (or start a local Ray) unless already connected."""
     import ray
@@ -17,6 +21,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    if os.environ.get(JOB_RUNTIME_ENV_VAR):
+        # Inside a submitted job: the job's runtime env (set by `samdata submit`) already
+        # reaches every worker, and Ray refuses a driver env that repeats its keys.
+        env = {}
     kwargs: dict = {"runtime_env": {"env_vars": env}} if env else {}
     if address is None and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus

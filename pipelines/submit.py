@@ -1,0 +1,162 @@
+"""Submitting the pipelines to a Ray cluster through the Ray Jobs API, and following them.
+
+`samdata submit embed|autolabel --config CFG --address http://HEAD:8265` validates the config
+here (a bad one never reaches the cluster), stages a job working dir (the project's packages
+and the validated config as `samdata-job.yaml`, or only the config with --image-has-project),
+forwards the object-store env vars by name (values are never printed), submits, prints the job
+id and with --follow streams the logs until the job ends, exiting with its status.
+
+Token authentication (on by default in Ray 2.60): the token comes from --token-file,
+$RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, in that order, and is sent as a
+bearer header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .ray_env import FORWARDED_ENV
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("models", "operators", "pipelines", "configs")
+JOB_CONFIG = "samdata-job.yaml"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+class SubmitError(RuntimeError):
+    """A submission problem with a one-line explanation for the user."""
+
+
+def find_token(token_file: str | None = None) -> str | None:
+    """The Ray auth token from --token-file, $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token (first found), or None."""
+    if token_file:
+        try:
+            return Path(token_file).read_text().strip()
+        except OSError as e:
+            raise SubmitError(f"cannot read the token file '{token_file}': {e}") from e
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    for path in (os.environ.get("RAY_AUTH_TOKEN_PATH"), Path.home() / ".ray" / "auth_token"):
+        if path and Path(path).is_file():
+            return Path(path).read_text().strip()
+    return None
+
+
+def client(address: str, token_file: str | None = None):
+    """A JobSubmissionClient for `address`, with the bearer token when there is one; errors
+    become one-line SubmitErrors naming the cause."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    token = find_token(token_file)
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        return JobSubmissionClient(address, headers=headers)
+    except AuthenticationError as e:
+        raise SubmitError(_auth_message(address, token)) from e
+    except ConnectionError as e:
+        raise SubmitError(f"nothing answers at {address}: is the Ray head up, and is this its "
+                          f"dashboard address (default port 8265)?") from e
+
+
+def _auth_message(address: str, token: str | None) -> str:
+    if token is None:
+        return (f"the Ray cluster at {address} requires a token: set RAY_AUTH_TOKEN, or "
+                f"--token-file, or put it in ~/.ray/auth_token (on the head: "
+                f"`ray get-auth-token`)")
+    return f"the Ray cluster at {address} refused the token (wrong token for this cluster?)"
+
+
+def _call(fn, address: str, token_file: str | None, *args: Any, **kwargs: Any) -> Any:
+    from ray.exceptions import AuthenticationError
+
+    try:
+        return fn(*args, **kwargs)
+    except AuthenticationError as e:
+        raise SubmitError(_auth_message(address, find_token(token_file))) from e
+    except (ConnectionError, OSError) as e:
+        raise SubmitError(f"lost the connection to {address}: {e}") from e
+
+
+def stage_working_dir(config: dict, with_project: bool) -> str:
+    """A temp folder to upload as the job's working_dir: the validated config as
+    samdata-job.yaml, plus the project's packages unless the image already has them."""
+    stage = tempfile.mkdtemp(prefix="samdata-job-")
+    if with_project:
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        for name in PACKAGES:
+            shutil.copytree(PROJECT_ROOT / name, Path(stage) / name, ignore=ignore)
+        shutil.copy(PROJECT_ROOT / "pyproject.toml", Path(stage) / "pyproject.toml")
+    (Path(stage) / JOB_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
+    return stage
+
+
+def submit(job: str, config: dict, address: str, token_file: str | None = None,
+           with_project: bool = True, pip: list[str] | None = None,
+           job_id: str | None = None) -> tuple[str, list[str]]:
+    """Submit `samdata {job}` on the validated `config` (a dict); returns (job id, names of
+    the forwarded env vars)."""
+    jobs = client(address, token_file)
+    cfg = dict(config)
+    cfg["ray"] = {**cfg.get("ray", {}), "address": None, "num_cpus": None}  # the job's cluster
+    stage = stage_working_dir(cfg, with_project)
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    runtime_env: dict[str, Any] = {"working_dir": stage, "env_vars": env}
+    if pip:
+        runtime_env["pip"] = pip
+    runner = "python -m pipelines.cli" if with_project else "samdata"
+    try:
+        submitted = _call(jobs.submit_job, address, token_file,
+                          entrypoint=f"{runner} {job} --config {JOB_CONFIG}",
+                          runtime_env=runtime_env, submission_id=job_id,
+                          metadata={"samdata_job": job})
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return submitted, sorted(env)
+
+
+def status(address: str, job_id: str, token_file: str | None = None) -> str:
+    """The job's status name (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    jobs = client(address, token_file)
+    return str(_call(jobs.get_job_status, address, token_file, job_id).value)
+
+
+def logs(address: str, job_id: str, token_file: str | None = None) -> str:
+    jobs = client(address, token_file)
+    return _call(jobs.get_job_logs, address, token_file, job_id)
+
+
+def stop(address: str, job_id: str, token_file: str | None = None) -> bool:
+    jobs = client(address, token_file)
+    return bool(_call(jobs.stop_job, address, token_file, job_id))
+
+
+def follow(address: str, job_id: str, token_file: str | None = None, out=None,
+           poll_s: float = 1.0) -> str:
+    """Stream the job's logs to `out` (stdout) until it ends; return its final status name."""
+    jobs = client(address, token_file)
+    out = out or sys.stdout
+
+    async def tail() -> None:
+        async for chunk in jobs.tail_job_logs(job_id):
+            out.write(chunk)
+            out.flush()
+
+    try:
+        asyncio.run(tail())
+    except Exception as e:  # the log stream can drop (head restart); fall back to polling
+        print(f"samdata: log stream ended early ({type(e).__name__}); polling status",
+              file=sys.stderr)
+    while (state := status(address, job_id, token_file)) not in TERMINAL:
+        time.sleep(poll_s)
+    return state

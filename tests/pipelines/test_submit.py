@@ -1,0 +1,82 @@
+"""Job submission to a real `ray start` head on loopback (token auth on), S3 on the test server."""
+
+from __future__ import annotations
+
+import secrets
+
+import pyarrow.dataset as pads
+import pytest
+import yaml
+
+from operators.sample import write_sample_corpus
+from pipelines.cli import main
+from tests.ray_head import RayCluster, free_port
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory, s3_endpoint):
+    cluster = RayCluster(tmp_path_factory.mktemp("ray-head"), secrets.token_hex(16))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture()
+def token_file(head, tmp_path):
+    path = tmp_path / "token"
+    path.write_text(head.token + "\n")
+    return str(path)
+
+
+def _config(tmp_path, bucket: str, endpoint: str) -> str:
+    cfg = {"input": {"urls": [f"s3://{bucket}/corpus/"]},
+           "output": {"path": f"s3://{bucket}/emb"}, "model": {"name": "sam_tiny"},
+           "storage": {"endpoint_url": endpoint}, "compute": {"cpus_per_actor": 0.5}}
+    path = tmp_path / "embed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_submit_embed_follow_to_success(head, token_file, s3_bucket, s3_endpoint, tmp_path,
+                                        capsys):
+    fs, bucket = s3_bucket
+    write_sample_corpus(f"s3://{bucket}/corpus", shards=2, images_per_shard=3, seed=9,
+                        storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}})
+    rc = main(["submit", "embed", "--config", _config(tmp_path, bucket, s3_endpoint),
+               "--address", head.address, "--token-file", token_file, "--follow"])
+    out, err = capsys.readouterr()
+    assert rc == 0, (out + err)[-4000:]
+    job_id = out.splitlines()[0]
+    assert "SUCCEEDED" in err and "AWS_SECRET_ACCESS_KEY" in err
+    assert "testing" not in err  # names of forwarded env vars, never their values
+    assert "6 ok" in out or "images_ok" in out  # the run summary, streamed from the job
+    table = pads.dataset(f"{bucket}/emb", filesystem=fs, format="parquet").to_table()
+    assert table.num_rows == 6 and set(table.column("status").to_pylist()) == {"ok"}
+    assert main(["jobs", "status", job_id, "--address", head.address,
+                 "--token-file", token_file]) == 0
+    assert capsys.readouterr().out.strip() == "SUCCEEDED"
+    assert main(["jobs", "logs", job_id, "--address", head.address,
+                 "--token-file", token_file]) == 0
+    assert "samdata embed" in capsys.readouterr().out
+
+
+def test_submit_refuses_bad_token_missing_token_and_dead_address(head, tmp_path, monkeypatch,
+                                                                  capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"input": {"urls": ["s3://b/x/"]}, "output": {"path": "o"}}))
+    bad = tmp_path / "bad"
+    bad.write_text("not-the-token")
+    args = ["submit", "embed", "--config", str(cfg)]
+    assert main([*args, "--address", head.address, "--token-file", str(bad)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "refused the token" in err
+    # no token anywhere: the message says how to provide one
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    assert main([*args, "--address", head.address]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "requires a token" in err and "RAY_AUTH_TOKEN" in err
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert main([*args, "--address", dead]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nothing answers" in err

@@ -1,0 +1,112 @@
+"""A throwaway `ray start` cluster on loopback for job-submission tests: own temp dir, own
+ports (so it lives beside the session's local Ray), token auth on with a known token, its own
+HOME (the user's ~/.ray is never touched), stopped by killing its process group."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ports() -> list[str]:
+    """Free ports for the per-node services that have fixed defaults (which would collide
+    with the session's local Ray); workers take random ports."""
+    args = []
+    for flag in ("--object-manager-port", "--node-manager-port", "--dashboard-agent-listen-port",
+                 "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+                 "--metrics-export-port"):
+        args += [flag, str(free_port())]
+    return args + ["--min-worker-port", "0", "--max-worker-port", "0"]
+
+
+class RayNode:
+    """One `ray start --block` process (head or worker) in its own process group."""
+
+    def __init__(self, args: list[str], env: dict, log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen([RAY, "start", "--block", *args], env=env,
+                                     stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def kill(self, sig: int = signal.SIGKILL, grace_s: float = 5.0) -> None:
+        """Signal every process of the node (raylet, workers, ...) at once; SIGKILL what is
+        left after `grace_s`."""
+        for s in (sig, signal.SIGKILL):  # then SIGKILL the stragglers of the group
+            try:
+                os.killpg(self.proc.pid, s)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+class RayCluster:
+    """A head (and optionally more nodes) on 127.0.0.1; `address` is the Jobs API URL."""
+
+    def __init__(self, root: Path, token: str, num_cpus: int = 2) -> None:
+        self.root, self.token = root, token
+        # Ray's unix sockets live under the temp dir and may not exceed 107 bytes: keep it short
+        self.temp_dir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")
+        home = root / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+                    "HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0",
+                    # job entrypoints run `python`: the venv's, as in the cluster image
+                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.head = RayNode(
+            ["--head", "--node-ip-address", "127.0.0.1", "--port", str(self.gcs_port),
+             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+             "--ray-client-server-port", str(free_port()), "--num-cpus", str(num_cpus),
+             "--temp-dir", self.temp_dir, "--include-dashboard", "true", *_ports()],
+            self.env, root / "head.log")
+        self.nodes: list[RayNode] = []
+        self._wait_up()
+
+    def add_node(self, num_cpus: int = 1, resources: str | None = None) -> RayNode:
+        args = ["--address", f"127.0.0.1:{self.gcs_port}", "--node-ip-address", "127.0.0.1",
+                "--num-cpus", str(num_cpus), *_ports()]
+        if resources:
+            args += ["--resources", resources]
+        node = RayNode(args, self.env, self.root / f"node{len(self.nodes)}.log")
+        self.nodes.append(node)
+        return node
+
+    def _wait_up(self, timeout: float = 120) -> None:
+        import urllib.request
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.head.proc.poll() is not None:
+                raise RuntimeError(f"ray head exited: {self.head.log.read_text()[-2000:]}")
+            try:
+                req = urllib.request.Request(f"{self.address}/api/version",
+                                             headers={"Authorization": f"Bearer {self.token}"})
+                urllib.request.urlopen(req, timeout=2)
+                return
+            except OSError:
+                time.sleep(1)
+        raise RuntimeError(f"ray head not up after {timeout}s: {self.head.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        for node in [*self.nodes, self.head]:
+            node.kill(signal.SIGTERM)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
