@@ -124,7 +124,8 @@ def seeded_state_dict(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor
 
     Unlike a fresh `__init__` (which leaves SAM's position tables at zero) every tensor is
     non-trivial: weights ~ N(0, 1/fan_in), norm weights ~ 1 + N(0, 0.1), biases ~ N(0, 0.1),
-    position tables ~ N(0, 0.02) (the Fourier matrix ~ N(0, 1), as its initialiser)."""
+    position tables ~ N(0, 0.02) (the Fourier matrix ~ N(0, 1), as its initialiser), batch-norm
+    running variances ~ 1 + |N(0, 0.1)| (positive, else every output is NaN), counters 0."""
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
     for name, ref in model.state_dict().items():
@@ -133,6 +134,10 @@ def seeded_state_dict(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor
         leaf = name.rsplit(".", 1)[-1]
         if name.endswith("positional_encoding_gaussian_matrix"):
             value = noise
+        elif leaf == "running_var":
+            value = 1.0 + 0.1 * noise.abs()
+        elif leaf == "num_batches_tracked":
+            value = torch.zeros(shape, dtype=torch.float64)
         elif "pos" in leaf:
             value = noise * 0.02
         elif len(shape) >= 2:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from . import efficientvit
 from .checkpoint import (
     load_state_dict_strict,
     read_checkpoint,
@@ -95,6 +96,7 @@ MODEL_REGISTRY: dict[str, Callable[[], nn.Module]] = {
     "sam_vit_l": build_sam_vit_l,
     "sam_vit_b": build_sam_vit_b,
     "sam_tiny": build_sam_tiny,
+    **efficientvit.BUILDERS,
 }
 
 # Official checkpoint file names, for messages and docs.
@@ -102,6 +104,7 @@ OFFICIAL_CHECKPOINTS: dict[str, str] = {
     "sam_vit_h": "sam_vit_h_4b8939.pth",
     "sam_vit_l": "sam_vit_l_0b3195.pth",
     "sam_vit_b": "sam_vit_b_01ec64.pth",
+    **efficientvit.OFFICIAL_FILES,
 }
 
 
