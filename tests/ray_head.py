@@ -44,17 +44,39 @@ class RayNode:
                                      start_new_session=True)
 
     def kill(self, sig: int = signal.SIGKILL, grace_s: float = 5.0) -> None:
-        """Signal every process of the node (raylet, workers, ...) at once; SIGKILL what is
-        left after `grace_s`."""
-        for s in (sig, signal.SIGKILL):  # then SIGKILL the stragglers of the group
-            try:
-                os.killpg(self.proc.pid, s)
-            except ProcessLookupError:
-                return
+        """Signal every process of the node at once: Ray puts its workers in process groups
+        of their own, so they are found by the session `ray start` opened. What is left
+        after `grace_s` gets SIGKILL."""
+        for s in (sig, signal.SIGKILL):
+            pids = _session_pids(self.proc.pid)
+            for pid in pids:
+                try:
+                    os.kill(pid, s)
+                except ProcessLookupError:
+                    pass
+            if not pids:
+                break
             try:
                 self.proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 pass
+        self.proc.poll()
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Pids of the processes in session `sid` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        if int(fields[3]) == sid:  # state ppid pgrp session
+            pids.append(int(entry.name))
+    return pids
 
 
 class RayCluster:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import time
 
 import pyarrow.dataset as pads
 import pytest
@@ -10,6 +12,7 @@ import yaml
 
 from operators.sample import write_sample_corpus
 from pipelines.cli import main
+from pipelines.submit import follow, logs, status, submit
 from tests.ray_head import RayCluster, free_port
 
 
@@ -80,3 +83,45 @@ def test_submit_refuses_bad_token_missing_token_and_dead_address(head, tmp_path,
     assert main([*args, "--address", dead]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nothing answers" in err
+
+
+def test_job_survives_losing_a_worker_node(s3_bucket, s3_endpoint, tmp_path, capsys):
+    """Head (2 CPUs: after the loss, one actor and one read task must still fit) + a worker
+    node (2 CPUs); the worker node is killed (every process of it, SIGKILL) once the job has
+    committed a shard. The job still succeeds and the output holds
+    every image exactly once."""
+    fs, bucket = s3_bucket
+    write_sample_corpus(f"s3://{bucket}/corpus", shards=6, images_per_shard=4, seed=12,
+                        storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}})
+    cluster = RayCluster(tmp_path / "cluster", secrets.token_hex(16), num_cpus=2)
+    try:
+        node = cluster.add_node(num_cpus=2)
+        token = tmp_path / "token"
+        token.write_text(cluster.token)
+        cfg = {"input": {"urls": [f"s3://{bucket}/corpus/"]},
+               "output": {"path": f"s3://{bucket}/emb"},
+               "model": {"name": "efficientvit_sam_l0", "batch_size": 1},
+               "storage": {"endpoint_url": s3_endpoint},
+               "compute": {"cpus_per_actor": 0.5, "ray_batch_size": 1}}
+        job_id, _ = submit("embed", cfg, cluster.address, str(token))
+        deadline = time.time() + 240
+
+        def commits() -> int:
+            fs.invalidate_cache()  # s3fs caches listings
+            return len(fs.glob(f"{bucket}/emb/*/_stats.json"))
+
+        while not commits():
+            assert time.time() < deadline, logs(cluster.address, job_id, str(token))[-3000:]
+            assert status(cluster.address, job_id, str(token)) in ("PENDING", "RUNNING")
+            time.sleep(0.5)
+        committed_before = commits()
+        node.kill()
+        state = follow(cluster.address, job_id, str(token), out=open(os.devnull, "w"))
+        assert state == "SUCCEEDED", logs(cluster.address, job_id, str(token))[-4000:]
+    finally:
+        cluster.stop()
+    assert committed_before < 6  # the node died mid-job
+    table = pads.dataset(f"{bucket}/emb", filesystem=fs, format="parquet").to_table()
+    keys = table.column("key").to_pylist()
+    assert len(keys) == len(set(keys)) == 24
+    assert commits() == 6
