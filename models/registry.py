@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from . import efficientvit
+from . import efficientvit, tiny_vit
 from .checkpoint import (
     load_state_dict_strict,
     read_checkpoint,
@@ -96,6 +96,7 @@ MODEL_REGISTRY: dict[str, Callable[[], nn.Module]] = {
     "sam_vit_l": build_sam_vit_l,
     "sam_vit_b": build_sam_vit_b,
     "sam_tiny": build_sam_tiny,
+    **tiny_vit.BUILDERS,
     **efficientvit.BUILDERS,
 }
 
@@ -104,6 +105,7 @@ OFFICIAL_CHECKPOINTS: dict[str, str] = {
     "sam_vit_h": "sam_vit_h_4b8939.pth",
     "sam_vit_l": "sam_vit_l_0b3195.pth",
     "sam_vit_b": "sam_vit_b_01ec64.pth",
+    **tiny_vit.OFFICIAL_FILES,
     **efficientvit.OFFICIAL_FILES,
 }
 
