@@ -96,7 +96,8 @@ def main() -> None:
     ap.add_argument("--crop-n-layers", type=int, default=0)
     ap.add_argument("--box-nms-thresh", type=float, default=0.7)
     ap.add_argument("--encoder-batch-size", type=int, default=4)
-    ap.add_argument("--decoder-batch-size", type=int, default=256)
+    ap.add_argument("--decoder-batch-size", type=int, default=64,
+                    help="prompts per decoder call (SAM's decoder: ~25 MB each in fp32)")
     ap.add_argument("--seed", type=int, default=11)
     args = ap.parse_args()
 
@@ -108,12 +109,14 @@ def main() -> None:
     predictor = sa.SamPredictor(theirs)
     predictor.set_image(ims[0])
     grid = sa.utils.amg.build_point_grid(args.points_per_side) * [[args.width, args.height]]
+    pts = torch.as_tensor(predictor.transform.apply_coords(grid, (args.height, args.width)))
+    ious = []
     with torch.inference_mode():
-        pts = predictor.transform.apply_coords(grid, (args.height, args.width))
-        _, ious, _ = predictor.predict_torch(torch.as_tensor(pts)[:, None, :].float(),
-                                             torch.ones(len(pts), 1, dtype=torch.int),
-                                             multimask_output=True)
-    shift = 0.88 - float(torch.quantile(ious.flatten().float(), 0.6))
+        for start in range(0, len(pts), 64):  # the decoder needs ~25 MB a prompt in fp32
+            chunk = pts[start : start + 64, None, :].float()
+            ious.append(predictor.predict_torch(chunk, torch.ones(len(chunk), 1, dtype=torch.int),
+                                                multimask_output=True)[1].flatten())
+    shift = 0.88 - float(torch.quantile(torch.cat(ious).float(), 0.6))
     for model in (ours, theirs):
         model.mask_decoder.iou_prediction_head.layers[-1].bias.data += shift
     settings = AMGSettings(points_per_side=args.points_per_side,

@@ -10,12 +10,29 @@ import torch
 
 from .embed import autocast, load_model
 from .mask_generator import AMGSettings, MaskGenerator
+from .one_pass import OnePassGenerator, OnePassSettings
+
+
+def _pick(cls: type, values: dict, renames: dict[str, str] | None = None):
+    """Build settings dataclass `cls` from the generator config's values (its fields, some
+    under other names in the config)."""
+    renames = renames or {}
+    names = cls.__dataclass_fields__
+    return cls(**{f: values[renames.get(f, f)] for f in names if renames.get(f, f) in values})
+
+
+# One-pass models' settings live in the config as detection_* fields.
+ONE_PASS_NAMES = {"conf": "detection_conf", "iou": "detection_iou", "imgsz": "detection_imgsz"}
 
 
 class AutoLabeler:
     """batch {"pixels": object array of uint8 HxWx3 originals, "status", "kind", ...} -> the
     batch without pixels, plus "annotations" (object array: per row a list of SA-1B annotation
-    dicts, `id` = index within the image), "model", "checkpoint_sha256", "settings" (JSON)."""
+    dicts, `id` = index within the image), "model", "checkpoint_sha256", "settings" (JSON: the
+    parameters that applied to this model).
+
+    Prompt-based models (SAM family) run the point-grid generator; models that segment
+    everything in one pass (they offer `segment_everything`, e.g. FastSAM) run theirs."""
 
     def __init__(
         self,
@@ -33,11 +50,15 @@ class AutoLabeler:
     ) -> None:
         self.model, self.device, self.precision = load_model(
             model_name, checkpoint, sha256, seed, precision, storage_options, num_threads)
-        self.settings = AMGSettings(**settings)
-        self.generator = MaskGenerator(self.model, self.settings,
-                                       encoder_batch_size=encoder_batch_size,
-                                       decoder_batch_size=decoder_batch_size,
-                                       upscale_batch_size=upscale_batch_size)
+        if hasattr(self.model, "segment_everything"):
+            self.settings = _pick(OnePassSettings, settings, ONE_PASS_NAMES)
+            self.generator = OnePassGenerator(self.model, self.settings)
+        else:
+            self.settings = _pick(AMGSettings, settings)
+            self.generator = MaskGenerator(self.model, self.settings,
+                                           encoder_batch_size=encoder_batch_size,
+                                           decoder_batch_size=decoder_batch_size,
+                                           upscale_batch_size=upscale_batch_size)
         self.model_name = model_name
         self.sha256 = self.model.checkpoint_sha256 or ""
         self.settings_json = json.dumps(self.settings.as_dict(), sort_keys=True)

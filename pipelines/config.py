@@ -139,6 +139,10 @@ class GeneratorConfig(_Strict):
     crop_overlap_ratio: float = Field(default=512 / 1500, ge=0, lt=1)
     crop_n_points_downscale_factor: int = Field(default=1, ge=1)
     min_mask_region_area: int = Field(default=0, ge=0)  # fill holes/drop islands below (px)
+    # One-pass models (FastSAM) use these instead of the point grid; defaults are FastSAM's
+    detection_conf: float = Field(default=0.4, ge=0, le=1)  # detection confidence threshold
+    detection_iou: float = Field(default=0.9, ge=0, le=1)  # class-agnostic NMS threshold
+    detection_imgsz: int = Field(default=1024, ge=32)  # letterbox size (longest side)
     # Throughput and device-memory knobs (not stored with the labels: results do not change)
     decoder_batch_size: int | None = Field(default=None, ge=1)  # prompts per decoder call,
     #   across crops and images (None: points_per_batch)
@@ -148,7 +152,8 @@ class GeneratorConfig(_Strict):
                                                           "upscale_batch_size"})
 
     def settings(self) -> dict:
-        """The generator parameters proper (AMGSettings fields), without the runtime knobs."""
+        """The generator parameters proper, without the runtime knobs; each model takes the
+        ones of its kind (grid fields for prompt-based models, detection_* for one-pass)."""
         return self.model_dump(exclude=set(self.RUNTIME_FIELDS))
 
 

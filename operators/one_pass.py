@@ -1,0 +1,82 @@
+"""Everything mode for one-pass models (FastSAM): the model segments every instance at once;
+this turns its masks into the same SA-1B annotations the prompt-based generator writes.
+
+Field by field, for a one-pass model:
+- `segmentation`, `area`, `bbox`: from the binary mask (logits > the model's mask_threshold) at
+  the original size, as for SAM; `bbox` is the box of the mask, not the detector's box.
+- `predicted_iou`: the detection confidence (there is no IoU head).
+- `stability_score`: computed from the mask logits with the same formula and offset as for SAM
+  (it is reported, not used as a filter: the official FastSAM does not filter on it).
+- `point_coords`: empty (no prompts); `crop_box`: the whole image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.transforms import check_image
+
+from .amg import mask_to_rle, masks_to_boxes, stability_score
+
+
+@dataclass(frozen=True)
+class OnePassSettings:
+    """Parameters of a one-pass model's everything mode; defaults are FastSAM's."""
+
+    conf: float = 0.4  # detection confidence threshold
+    iou: float = 0.9  # class-agnostic NMS IoU threshold
+    imgsz: int = 1024  # letterbox size (longest side)
+    stability_score_offset: float = 1.0  # for the reported stability score
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class OnePassGenerator:
+    """Everything-mode annotations from a model offering `segment_everything(images, conf,
+    iou, imgsz) -> [{"mask_logits": NxHxW, "boxes": Nx4, "scores": N}]` and `mask_threshold`."""
+
+    def __init__(self, model: nn.Module, settings: OnePassSettings | None = None) -> None:
+        if not hasattr(model, "segment_everything"):
+            raise ValueError(f"expected a one-pass model with segment_everything(), got "
+                             f"{type(model).__name__}")
+        self.model = model.eval()
+        self.settings = settings or OnePassSettings()
+
+    @torch.inference_mode()
+    def generate(self, images: list[np.ndarray]) -> list[list[dict]]:
+        """RGB uint8 HxWx3 images -> per image, SA-1B annotation dicts (without `id`), in
+        the model's order (highest confidence first)."""
+        for image in images:
+            check_image(image)
+        s = self.settings
+        found = self.model.segment_everything(images, conf=s.conf, iou=s.iou, imgsz=s.imgsz)
+        out = []
+        for image, raw in zip(images, found, strict=True):
+            h, w = image.shape[:2]
+            logits = torch.as_tensor(raw["mask_logits"]).float()
+            threshold = float(self.model.mask_threshold)
+            stability = stability_score(logits, threshold, s.stability_score_offset)
+            binary = logits > threshold
+            boxes = masks_to_boxes(binary)
+            scores = torch.as_tensor(raw["scores"]).float()
+            anns = []
+            for k in range(len(binary)):
+                if not binary[k].any():
+                    continue  # a detection whose mask vanished at the threshold
+                x0, y0, x1, y1 = (int(v) for v in boxes[k].tolist())
+                anns.append({
+                    "segmentation": mask_to_rle(binary[k].cpu().numpy()),
+                    "area": int(binary[k].sum()),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "predicted_iou": float(scores[k]),
+                    "point_coords": [],
+                    "stability_score": float(stability[k]),
+                    "crop_box": [0, 0, w, h],
+                })
+            out.append(anns)
+        return out
