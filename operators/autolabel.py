@@ -47,9 +47,12 @@ class AutoLabeler:
         upscale_batch_size: int = 64,
         storage_options: dict | None = None,
         num_threads: int | None = None,
+        compile_encoder: bool = False,
+        channels_last: bool = False,
     ) -> None:
         self.model, self.device, self.precision = load_model(
-            model_name, checkpoint, sha256, seed, precision, storage_options, num_threads)
+            model_name, checkpoint, sha256, seed, precision, storage_options, num_threads,
+            compile_encoder, channels_last)
         if hasattr(self.model, "segment_everything"):
             self.settings = _pick(OnePassSettings, settings, ONE_PASS_NAMES)
             self.generator = OnePassGenerator(self.model, self.settings)

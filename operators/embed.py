@@ -20,10 +20,15 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def load_model(model_name: str, checkpoint: str | None, sha256: str | None, seed: int | None,
-               precision: str, storage_options: dict | None, num_threads: int | None
+               precision: str, storage_options: dict | None, num_threads: int | None,
+               compile_encoder: bool = False, channels_last: bool = False
                ) -> tuple[torch.nn.Module, torch.device, str]:
     """Build a registry model on this worker's device (CUDA when the worker has one: Ray gave
-    it the GPU). Returns (model, device, resolved precision: auto -> bf16 on CUDA, else fp32)."""
+    it the GPU). Returns (model, device, resolved precision: auto -> bf16 on CUDA, else fp32).
+
+    channels_last: the image encoder's weights in NHWC (faster convolutions on GPUs for the
+    conv encoders: MobileSAM, EfficientViT-SAM). compile_encoder: `torch.compile` the image
+    encoder (inductor; compiled kernels are cached by torch between runs on a machine)."""
     if num_threads:
         torch.set_num_threads(num_threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -34,6 +39,10 @@ def load_model(model_name: str, checkpoint: str | None, sha256: str | None, seed
             os.environ.setdefault("AWS_ENDPOINT_URL_S3", endpoint)
     model = build_model(model_name, checkpoint=checkpoint, sha256=sha256,
                         seed=None if checkpoint else seed).to(device)
+    if channels_last:
+        model.image_encoder.to(memory_format=torch.channels_last)
+    if compile_encoder:
+        model.image_encoder = torch.compile(model.image_encoder, dynamic=False)
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     return model, device, precision
@@ -61,9 +70,12 @@ class Embedder:
         out_dtype: str = "float16",
         storage_options: dict | None = None,
         num_threads: int | None = None,
+        compile_encoder: bool = False,
+        channels_last: bool = False,
     ) -> None:
         self.model, self.device, self.precision = load_model(
-            model_name, checkpoint, sha256, seed, precision, storage_options, num_threads)
+            model_name, checkpoint, sha256, seed, precision, storage_options, num_threads,
+            compile_encoder, channels_last)
         self.model_batch_size = model_batch_size
         self.out_dtype = np.dtype(out_dtype)
         self.model_name = model_name
@@ -78,6 +90,8 @@ class Embedder:
         for start in range(0, len(todo), self.model_batch_size):
             idx = todo[start : start + self.model_batch_size]
             pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][idx]))
+            if self.device.type == "cuda":  # page-locked: the copy overlaps with GPU work
+                pixels = pixels.pin_memory()
             pixels = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
             hws = torch.from_numpy(batch["input_hw"][idx].astype(np.int64)).to(self.device)
             with autocast(self.device, self.precision):

@@ -18,7 +18,8 @@ def run_autolabel(cfg: AutolabelConfig) -> RunSummary:
             checkpoint=cfg.model.checkpoint, sha256=cfg.model.sha256, seed=cfg.model.seed,
             precision=cfg.model.precision, encoder_batch_size=cfg.model.batch_size,
             decoder_batch_size=cfg.generator.decoder_batch_size,
-            upscale_batch_size=cfg.generator.upscale_batch_size),
+            upscale_batch_size=cfg.generator.upscale_batch_size,
+            compile_encoder=cfg.model.compile, channels_last=cfg.model.channels_last),
         read_mode="original",
         table="masks",
     )

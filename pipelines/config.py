@@ -67,6 +67,8 @@ class ModelConfig(_Strict):
     seed: int = 0  # random weights' seed when no checkpoint is given
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 CPU
     batch_size: int = Field(default=8, ge=1)  # images per encoder call
+    compile: bool = False  # torch.compile the image encoder (GPU runs; first batch compiles)
+    channels_last: bool = False  # NHWC encoder weights: conv encoders (mobile_sam, efficientvit)
 
     @field_validator("name")
     @classmethod
