@@ -18,7 +18,7 @@ from PIL import Image
 
 from models import MODEL_REGISTRY
 
-from .decode import DecodeError, decode_image
+from .decode import DecodeError, decode_image_for
 from .read import Sample, ShardEnd, image_id_from, iter_shard
 from .shards import Shard
 
@@ -61,18 +61,23 @@ def _row(shard: str, kind: str, size: int, dtype: np.dtype = np.uint8,
 
 
 def prepare_sample(sample: Sample, shard: str, model: torch.nn.Module, max_pixels: int,
-                   include_image: bool, mode: str = "padded") -> dict[str, Any]:
+                   include_image: bool, mode: str = "padded", jpeg_draft: bool = False
+                   ) -> dict[str, Any]:
     """One Sample -> one row with orig_hw, input_hw and "pixels": by `mode`, SxSx3 (the
     model's prepared input: resized, padded; uint8 or the model's float) or uint8 HxWx3 (the
-    decoded original). Error rows carry zeros of the same dtype."""
+    decoded original). Error rows carry zeros of the same dtype. jpeg_draft (padded mode):
+    decode JPEGs at a reduced DCT scale no smaller than the model's input; orig_hw stays the
+    original's."""
     size = 1 if mode == "original" else model.image_size
     dtype = np.uint8 if mode == "original" else input_dtype(model)
     base = dict(key=sample.key, source_uri=sample.source_uri,
                 image_id=image_id_from(sample.key, sample.meta) or -1)
     if sample.error:
         return _row(shard, "image", size, dtype, status="error", error=sample.error, **base)
+    draft = model.image_size if jpeg_draft and mode != "original" else None
     try:
-        image = decode_image(sample.image, max_pixels=max_pixels)
+        image, orig_hw = decode_image_for(sample.image, max_pixels=max_pixels,
+                                          draft_long_side=draft)
     except DecodeError as e:
         return _row(shard, "image", size, dtype, status="error",
                     error=f"{sample.image_name}: {e}", **base)
@@ -80,14 +85,14 @@ def prepare_sample(sample: Sample, shard: str, model: torch.nn.Module, max_pixel
         return _row(shard, "image", size, orig_hw=np.array(image.shape[:2], np.int32),
                     input_hw=np.array(model.input_hw(image.shape[:2]), np.int32),
                     pixels=image, **base)
-    padded, input_hw = model.prepare_image(image)
+    padded, input_hw = model.prepare_image(image)  # what the encoder sees
     jpeg = b""
     if include_image:
         buf = io.BytesIO()
         Image.fromarray(_to_uint8(padded[: input_hw[0], : input_hw[1]])).save(
             buf, "JPEG", quality=95)
         jpeg = buf.getvalue()
-    return _row(shard, "image", size, orig_hw=np.array(image.shape[:2], np.int32),
+    return _row(shard, "image", size, orig_hw=np.array(orig_hw, np.int32),
                 input_hw=np.array(input_hw, np.int32), pixels=padded, image_jpeg=jpeg, **base)
 
 
@@ -99,6 +104,7 @@ def read_and_prepare(
     max_pixels: int = 100_000_000,
     include_image: bool = False,
     mode: str = "padded",
+    jpeg_draft: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Ray Data flat_map: {"shard", "url", "kind"} -> a row per sample, then an end row.
 
@@ -115,4 +121,5 @@ def read_and_prepare(
                        shard_count=part.count, shard_error=part.error or "",
                        skipped_members=part.skipped_members)
         else:
-            yield prepare_sample(part, shard.name, model, max_pixels, include_image, mode)
+            yield prepare_sample(part, shard.name, model, max_pixels, include_image, mode,
+                                 jpeg_draft)

@@ -117,7 +117,7 @@ def run_sharded(cfg: Any, stage: Stage) -> RunSummary:
     ds = ds.flat_map(read_and_prepare, fn_kwargs=dict(
         model_name=cfg.model.name, storage_options=opts, fmt=cfg.input.format,
         max_pixels=cfg.input.max_image_pixels, include_image=include_image,
-        mode=stage.read_mode))
+        mode=stage.read_mode, jpeg_draft=cfg.input.jpeg_draft))
     # Run the model on the actor pool (GPU when the config or the cluster gives one)
     ds = ds.map_batches(
         stage.actor,
