@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -23,9 +23,19 @@ def _is_url(source: str) -> bool:
     return "://" in source and not source.startswith("file://")
 
 
-def read_checkpoint(source: str | os.PathLike, sha256: str | None = None) -> tuple[Any, str]:
+def _load_weights_only(target: str | BinaryIO) -> Any:
+    return torch.load(target, map_location="cpu", weights_only=True)
+
+
+def read_checkpoint(
+    source: str | os.PathLike,
+    sha256: str | None = None,
+    loader: Callable[[str | BinaryIO], Any] | None = None,
+) -> tuple[Any, str]:
     """torch.load a checkpoint from a local path or fsspec URL (s3://, gs://, https://, ...),
     on CPU with `weights_only=True`; if `sha256` is given the file's digest must equal it.
+    `loader(path or binary file)` replaces that torch.load for files of another format (e.g.
+    `ultralytics_checkpoint.load_ultralytics_state_dict`, itself restricted).
 
     Returns the loaded object and the file's hex sha256."""
     source = os.fspath(source)
@@ -57,7 +67,9 @@ def read_checkpoint(source: str | os.PathLike, sha256: str | None = None) -> tup
             f"got {digest.hexdigest()}"
         )
     try:
-        return torch.load(target, map_location="cpu", weights_only=True), digest.hexdigest()
+        return (loader or _load_weights_only)(target), digest.hexdigest()
+    except CheckpointError:
+        raise
     except Exception as e:
         raise CheckpointError(
             f"cannot load '{source}' as a weights-only torch checkpoint: {e}"

@@ -132,7 +132,8 @@ def build_model(
     model.eval()
     digest = None
     if checkpoint is not None:
-        loaded, digest = read_checkpoint(checkpoint, sha256=sha256)
+        loader = getattr(model, "checkpoint_loader", None)  # files that are not state dicts
+        loaded, digest = read_checkpoint(checkpoint, sha256=sha256, loader=loader)
         wrappers = getattr(model, "checkpoint_wrappers", ())
         load_state_dict_strict(model, unwrap_state_dict(loaded, wrappers))
     elif seed is not None:

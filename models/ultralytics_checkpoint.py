@@ -1,0 +1,182 @@
+"""Reading Ultralytics checkpoints (FastSAM-x.pt, FastSAM-s.pt) without running their pickles.
+
+An Ultralytics checkpoint is a pickled dict whose `model` (or `ema`) entry is a whole module
+tree: `SegmentationModel` -> `Sequential` of `Conv`, `C2f`, `SPPF`, ..., `Segment`, each holding
+its fp16 parameters and buffers. `torch.load(weights_only=True)` refuses such a file, and a plain
+`torch.load` would import Ultralytics and run whatever the file names. Here a restricted
+unpickler admits only an allow-list of globals:
+
+- the class names such files contain (Ultralytics modules, the torch.nn layers they are made of,
+  Ultralytics' namespace of training arguments); each becomes an inert `ModuleRecord` that only
+  stores its pickled attributes, so no constructor, `__setstate__` or import of the real class
+  runs;
+- torch's tensor and parameter rebuild functions, `collections.OrderedDict`, `builtins.set`.
+
+Any other global (`os.system`, `builtins.eval`, a class of another package) stops the load with
+a `CheckpointError` naming it, before anything it names is called. The module tree is then
+flattened into a plain state dict with the keys `nn.Module.state_dict()` would give, which the
+model loads strictly.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import pickle
+import types
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, BinaryIO
+
+import torch
+
+from .checkpoint import CheckpointError
+
+# Ultralytics module classes of a YOLOv8-seg checkpoint (and its detection parent), and its
+# training-argument namespace; the modules have moved between releases, so several paths.
+_ULTRALYTICS_CLASSES = frozenset({
+    "SegmentationModel", "DetectionModel", "Conv", "C2f", "Bottleneck", "SPPF", "Concat",
+    "Segment", "Detect", "Proto", "DFL", "IterableSimpleNamespace",
+})
+_ULTRALYTICS_MODULES = frozenset({
+    "ultralytics.nn.tasks",
+    "ultralytics.nn.modules",
+    "ultralytics.nn.modules.conv",
+    "ultralytics.nn.modules.block",
+    "ultralytics.nn.modules.head",
+    "ultralytics.yolo.utils",
+    "ultralytics.utils",
+})
+# torch.nn layers the Ultralytics modules are built from.
+_TORCH_NN_CLASSES = frozenset({
+    "Conv2d", "ConvTranspose2d", "BatchNorm2d", "SiLU", "Identity", "Sequential", "ModuleList",
+    "Upsample", "MaxPool2d",
+})
+_TORCH_FUNCTIONS = {
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("builtins", "set"): set,
+}
+
+
+class ModuleRecord:
+    """An inert stand-in for a pickled module or namespace: keeps the class path and the
+    pickled attributes (`attrs`), runs nothing."""
+
+    class_path = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # SimpleNamespace reduces to cls()
+        self.attrs: dict[str, Any] = dict(kwargs)
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2:  # (dict, slots) form
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if not isinstance(state, Mapping):
+            raise pickle.UnpicklingError(
+                f"expected a dict of attributes for {self.class_path}, got {type(state).__name__}"
+            )
+        self.attrs = dict(state)
+
+    def __repr__(self) -> str:
+        return f"ModuleRecord({self.class_path})"
+
+
+_RECORD_TYPES: dict[tuple[str, str], type[ModuleRecord]] = {}
+
+
+def _record_type(module: str, name: str) -> type[ModuleRecord]:
+    key = (module, name)
+    if key not in _RECORD_TYPES:
+        _RECORD_TYPES[key] = type(name, (ModuleRecord,), {"class_path": f"{module}.{name}"})
+    return _RECORD_TYPES[key]
+
+
+def _allowed_global(module: str, name: str) -> Any:
+    """The object the unpickler may use for global `module.name`, or raise."""
+    if (module, name) in _TORCH_FUNCTIONS:
+        return _TORCH_FUNCTIONS[(module, name)]
+    if module in _ULTRALYTICS_MODULES and name in _ULTRALYTICS_CLASSES:
+        return _record_type(module, name)
+    if module.startswith("torch.nn.modules.") and name in _TORCH_NN_CLASSES:
+        return _record_type(module, name)
+    raise pickle.UnpicklingError(
+        f"refusing to load global '{module}.{name}': not one of the classes an Ultralytics "
+        f"YOLOv8-seg checkpoint holds"
+    )
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """`pickle.Unpickler` that resolves globals only through the allow-list."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        # Protocol-2 pickles name builtins the Python 2 way (`__builtin__.set`); map them as
+        # pickle's own find_class does (those names mean nothing else).
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        return _allowed_global(module, name)
+
+
+def _restricted_load(file: BinaryIO, **kwargs: Any) -> Any:
+    return RestrictedUnpickler(file, **kwargs).load()
+
+
+# torch.load takes a pickle *module*; this one only offers the restricted unpickler.
+restricted_pickle = types.ModuleType("samdata_restricted_pickle")
+restricted_pickle.Unpickler = RestrictedUnpickler
+restricted_pickle.load = _restricted_load
+restricted_pickle.UnpicklingError = pickle.UnpicklingError
+
+
+def module_state_dict(record: ModuleRecord, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The state dict `nn.Module.state_dict()` gives for the pickled module tree `record`:
+    parameters and persistent buffers (None entries skipped), children depth first, in
+    registration order."""
+    if not isinstance(record, ModuleRecord):
+        raise CheckpointError(
+            f"expected a pickled module at '{prefix or '<root>'}', got {type(record).__name__}"
+        )
+    attrs = record.attrs
+    out: dict[str, torch.Tensor] = {}
+    for name, value in (attrs.get("_parameters") or {}).items():
+        if value is not None:
+            out[prefix + name] = value.detach() if isinstance(value, torch.Tensor) else value
+    skip = attrs.get("_non_persistent_buffers_set") or set()
+    for name, value in (attrs.get("_buffers") or {}).items():
+        if value is not None and name not in skip:
+            out[prefix + name] = value
+    for name, child in (attrs.get("_modules") or {}).items():
+        if child is not None:
+            out.update(module_state_dict(child, f"{prefix}{name}."))
+    bad = [k for k, v in out.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"expected tensors in the module tree, got non-tensors at {bad[:5]}")
+    return out
+
+
+def load_ultralytics_state_dict(source: str | BinaryIO) -> dict[str, torch.Tensor]:
+    """Path or binary file of an Ultralytics checkpoint -> plain state dict of its `ema` module
+    when present, else of its `model` module (fp16 tensors as stored; keys as
+    `model.state_dict()`: `model.0.conv.weight`, ..., `model.22.proto.cv1.conv.weight`).
+
+    Raises CheckpointError for a file holding any global outside the allow-list (nothing it
+    names is called) or without a module under `ema`/`model`."""
+    try:
+        obj = torch.load(source, map_location="cpu", pickle_module=restricted_pickle,
+                         weights_only=False)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"unsafe or unreadable Ultralytics checkpoint: {e}") from e
+    except Exception as e:
+        raise CheckpointError(f"cannot read an Ultralytics checkpoint: {e}") from e
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"expected an Ultralytics checkpoint dict with a 'model' entry, "
+            f"got {type(obj).__name__}"
+        )
+    for key in ("ema", "model"):
+        if isinstance(obj.get(key), ModuleRecord):
+            return module_state_dict(obj[key])
+    raise CheckpointError(
+        f"expected a pickled module under 'ema' or 'model', got keys {sorted(map(str, obj))[:10]}"
+    )

@@ -1,0 +1,151 @@
+"""The restricted Ultralytics checkpoint reader: files pickled like the official ones load into
+a plain state dict; files naming anything outside the allow-list are refused and run nothing."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from models.checkpoint import CheckpointError, read_checkpoint
+from models.ultralytics_checkpoint import load_ultralytics_state_dict
+from tests.fake_ultralytics import checkpoint_dict, fake_ultralytics, new_module, save
+
+
+def _small_tree(classes: dict[str, type[nn.Module]], seed: int) -> nn.Module:
+    """SegmentationModel -> Sequential(Conv, C2f(Conv, ModuleList(Bottleneck)), Upsample),
+    with seeded weights and non-trivial batch-norm statistics."""
+    torch.manual_seed(seed)
+
+    def conv(c_in: int, c_out: int) -> nn.Module:
+        return new_module(classes["Conv"], conv=nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False),
+                          bn=nn.BatchNorm2d(c_out, eps=1e-3, momentum=0.03), act=nn.SiLU())
+
+    bottleneck = new_module(classes["Bottleneck"], cv1=conv(4, 4), cv2=conv(4, 4))
+    c2f = new_module(classes["C2f"], cv1=conv(8, 8), cv2=conv(12, 8),
+                     m=nn.ModuleList([bottleneck]))
+    tree = new_module(classes["SegmentationModel"],
+                      model=nn.Sequential(conv(3, 8), c2f, nn.Upsample(None, 2, "nearest")))
+    for m in tree.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.num_batches_tracked.fill_(7)
+    tree.stride = torch.tensor([8.0, 16.0, 32.0])  # plain attributes, as Ultralytics sets
+    tree.names = {0: "object"}
+    tree.yaml = {"nc": 1, "scales": {"s": [0.33, 0.5, 1024]}}
+    tree.register_buffer("scratch", torch.zeros(2), persistent=False)
+    return tree
+
+
+@pytest.mark.filterwarnings("ignore:Couldn't retrieve source code")
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_module_tree_becomes_the_state_dict(tmp_path, legacy):
+    with fake_ultralytics() as classes:
+        tree = _small_tree(classes, seed=0)
+        path = tmp_path / "FastSAM-tiny.pt"
+        save(checkpoint_dict(tree), path, legacy=legacy)
+        expected = {k: v.clone() for k, v in tree.state_dict().items()}  # fp16, as saved
+    state = load_ultralytics_state_dict(str(path))
+    assert list(state) == list(expected)  # same keys, same order; no non-persistent buffer
+    assert "scratch" not in state and "model.0.bn.num_batches_tracked" in state
+    for key, value in expected.items():
+        assert state[key].dtype == value.dtype == (
+            torch.int64 if key.endswith("num_batches_tracked") else torch.float16), key
+        assert torch.equal(state[key], value), key
+
+
+def test_ema_is_preferred_over_model(tmp_path):
+    with fake_ultralytics() as classes:
+        model, ema = _small_tree(classes, seed=0), _small_tree(classes, seed=1)
+        path = tmp_path / "ckpt.pt"
+        save(checkpoint_dict(model, ema=ema), path)
+        want = ema.state_dict()["model.0.conv.weight"].clone()
+    got = load_ultralytics_state_dict(str(path))["model.0.conv.weight"]
+    assert torch.equal(got, want)
+
+
+def test_read_checkpoint_with_the_loader_hashes_and_loads(tmp_path):
+    with fake_ultralytics() as classes:
+        path = tmp_path / "ckpt.pt"
+        save(checkpoint_dict(_small_tree(classes, seed=0)), path)
+    state, digest = read_checkpoint(path, loader=load_ultralytics_state_dict)
+    assert len(digest) == 64 and "model.1.m.0.cv2.bn.weight" in state
+    # The default (weights-only) loader refuses the same file: it is not a state dict.
+    with pytest.raises(CheckpointError, match="weights-only"):
+        read_checkpoint(path)
+
+
+class _RunsACommand:
+    """Unpickles as a call to os.system: what a malicious checkpoint would hold."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _Evaluates:
+    def __reduce__(self):
+        return (eval, ("__import__('os').getcwd()",))
+
+
+def test_a_file_calling_os_system_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    with fake_ultralytics() as classes:
+        ckpt = checkpoint_dict(_small_tree(classes, seed=0))
+        ckpt["train_args"]["hook"] = _RunsACommand(str(marker))
+        path = tmp_path / "evil.pt"
+        save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"refusing to load global '(posix|os)\.system'"):
+        load_ultralytics_state_dict(str(path))
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="refusing"):
+        read_checkpoint(path, loader=load_ultralytics_state_dict)
+    assert not marker.exists()
+
+    # The payload alone is refused too, and a plain unpickler would really have run it.
+    bare = tmp_path / "bare.pt"
+    save({"model": None, "hook": _RunsACommand(str(marker))}, bare)
+    with pytest.raises(CheckpointError, match="refusing"):
+        load_ultralytics_state_dict(str(bare))
+    assert not marker.exists()
+    torch.load(bare, weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Couldn't retrieve source code")
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_eval_and_unknown_classes_are_refused(tmp_path, legacy):
+    path = tmp_path / "eval.pt"
+    save({"model": _Evaluates()}, path, legacy=legacy)
+    with pytest.raises(CheckpointError, match=r"'builtins\.eval'"):
+        load_ultralytics_state_dict(str(path))
+
+    # An allowed class name under a module outside the allow-list is refused too.
+    evil = type("Conv", (nn.Module,), {"__module__": "evil_package"})
+    import sys
+    import types
+
+    sys.modules["evil_package"] = types.ModuleType("evil_package")
+    sys.modules["evil_package"].Conv = evil
+    try:
+        save({"model": evil()}, path, legacy=legacy)
+    finally:
+        del sys.modules["evil_package"]
+    with pytest.raises(CheckpointError, match=r"'evil_package\.Conv'"):
+        load_ultralytics_state_dict(str(path))
+
+
+def test_a_file_without_a_module_is_a_clear_error(tmp_path):
+    path = tmp_path / "sd.pt"
+    torch.save({"model": {"w": torch.zeros(1)}}, path)
+    with pytest.raises(CheckpointError, match="expected a pickled module under 'ema' or 'model'"):
+        load_ultralytics_state_dict(str(path))
+    path.write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(CheckpointError, match="cannot read|expected an Ultralytics"):
+        load_ultralytics_state_dict(str(path))
