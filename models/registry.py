@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from . import efficientvit, tiny_vit
+from . import efficient_sam, efficientvit, tiny_vit
 from .checkpoint import (
     load_state_dict_strict,
     read_checkpoint,
@@ -98,6 +98,7 @@ MODEL_REGISTRY: dict[str, Callable[[], nn.Module]] = {
     "sam_tiny": build_sam_tiny,
     **tiny_vit.BUILDERS,
     **efficientvit.BUILDERS,
+    **efficient_sam.BUILDERS,
 }
 
 # Official checkpoint file names, for messages and docs.
@@ -107,6 +108,7 @@ OFFICIAL_CHECKPOINTS: dict[str, str] = {
     "sam_vit_b": "sam_vit_b_01ec64.pth",
     **tiny_vit.OFFICIAL_FILES,
     **efficientvit.OFFICIAL_FILES,
+    **efficient_sam.OFFICIAL_FILES,
 }
 
 
