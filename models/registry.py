@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from . import efficient_sam, efficientvit, tiny_vit
+from . import efficient_sam, efficientvit, tiny_vit, yolov8_seg
 from .checkpoint import (
     load_state_dict_strict,
     read_checkpoint,
@@ -99,6 +99,7 @@ MODEL_REGISTRY: dict[str, Callable[[], nn.Module]] = {
     **tiny_vit.BUILDERS,
     **efficientvit.BUILDERS,
     **efficient_sam.BUILDERS,
+    **yolov8_seg.BUILDERS,
 }
 
 # Official checkpoint file names, for messages and docs.
@@ -109,6 +110,7 @@ OFFICIAL_CHECKPOINTS: dict[str, str] = {
     **tiny_vit.OFFICIAL_FILES,
     **efficientvit.OFFICIAL_FILES,
     **efficient_sam.OFFICIAL_FILES,
+    **yolov8_seg.OFFICIAL_FILES,
 }
 
 

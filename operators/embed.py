@@ -28,7 +28,8 @@ def load_model(model_name: str, checkpoint: str | None, sha256: str | None, seed
 
     channels_last: the image encoder's weights in NHWC (faster convolutions on GPUs for the
     conv encoders: MobileSAM, EfficientViT-SAM). compile_encoder: `torch.compile` the image
-    encoder (inductor; compiled kernels are cached by torch between runs on a machine)."""
+    encoder (inductor; compiled kernels are cached by torch between runs on a machine). For a
+    one-pass model (FastSAM) both apply to its whole network."""
     if num_threads:
         torch.set_num_threads(num_threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -39,10 +40,13 @@ def load_model(model_name: str, checkpoint: str | None, sha256: str | None, seed
             os.environ.setdefault("AWS_ENDPOINT_URL_S3", endpoint)
     model = build_model(model_name, checkpoint=checkpoint, sha256=sha256,
                         seed=None if checkpoint else seed).to(device)
+    # One-pass models (FastSAM) have no separate encoder: the flags apply to the whole network.
     if channels_last:
-        model.image_encoder.to(memory_format=torch.channels_last)
-    if compile_encoder:
+        getattr(model, "image_encoder", model).to(memory_format=torch.channels_last)
+    if compile_encoder and hasattr(model, "image_encoder"):
         model.image_encoder = torch.compile(model.image_encoder, dynamic=False)
+    elif compile_encoder:
+        model.forward = torch.compile(model.forward, dynamic=False)
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     return model, device, precision

@@ -125,8 +125,33 @@ class _JobConfig(_Strict):
     storage: StorageConfig = StorageConfig()
 
 
+def embedding_models() -> list[str]:
+    """Registry models that have an image embedding (all but the one-pass FastSAM models)."""
+    import torch
+
+    from models import MODEL_REGISTRY
+
+    names = []
+    for name, builder in MODEL_REGISTRY.items():
+        with torch.device("meta"):  # no weights, no memory
+            if hasattr(builder(), "embed_images"):
+                names.append(name)
+    return names
+
+
 class EmbedConfig(_JobConfig):
     output: OutputConfig
+
+    @field_validator("model")
+    @classmethod
+    def _has_embedding(cls, v: ModelConfig) -> ModelConfig:
+        usable = embedding_models()
+        if v.name not in usable:
+            raise ValueError(
+                f"name: expected a model with an image embedding ({', '.join(usable)}), got "
+                f"'{v.name}', which segments in one pass (use it with `samdata autolabel`)"
+            )
+        return v
 
 
 class GeneratorConfig(_Strict):
