@@ -3,7 +3,8 @@
     python bench/models.py                       # every model but ViT-H/L, on this machine
     python bench/models.py --models mobile_sam efficientvit_sam_l0 --device cuda --precision bf16
 
-Per model: encoder images/s (prepare on the host excluded: the model input is ready on the
+Per model with an image encoder and a prompt decoder (FastSAM: bench/everything.py): encoder
+images/s (prepare on the host excluded: the model input is ready on the
 device), decoder prompts/s (single-point prompts, `--prompts` per call, multimask) and from it
 the decoder images/s of everything mode at 32x32 points (1024 prompts an image). Seeded random
 weights: speed does not depend on the values. Prints one JSON object.
@@ -78,11 +79,22 @@ def bench_model(name: str, device: torch.device, precision: str, batch: int, pro
     }
 
 
+def prompt_models() -> list[str]:
+    """Registry models with an encoder + prompt decoder (one-pass models such as FastSAM have
+    neither: bench/everything.py compares them), without ViT-H/L."""
+    names = []
+    for name, builder in MODEL_REGISTRY.items():
+        with torch.device("meta"):
+            one_pass = hasattr(builder(), "segment_everything")
+        if not one_pass and name not in ("sam_vit_h", "sam_vit_l"):
+            names.append(name)
+    return names
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="*",
-                    default=[n for n in MODEL_REGISTRY if n not in ("sam_vit_h", "sam_vit_l")])
+    ap.add_argument("--models", nargs="*", default=prompt_models())
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--batch", type=int, default=1, help="images per encoder call")
