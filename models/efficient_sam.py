@@ -41,7 +41,7 @@ from torch import nn
 
 from .common import LayerNorm2d
 from .prompt_encoder import PositionEmbeddingRandom
-from .transformer import Attention
+from .transformer import Attention, TwoWayAttentionBlock
 from .transforms import check_image
 
 IMAGE_SIZE = 1024  # the stretched square the encoder sees and the prompt frame
@@ -199,13 +199,12 @@ class GeluMLP(nn.Module):
         return self.fc(x)
 
 
-class TwoWayBlock(nn.Module):
-    """EfficientSAM's two-way block: token self-attention, tokens -> image, token MLP,
-    image -> tokens; each a residual add then LayerNorm.
-
-    Unlike SAM's block the first self-attention keeps its residual, and from the second block
-    on the query encoding is added to the token stream before self-attention (so it stays in
-    the residual)."""
+class TwoWayBlock(TwoWayAttentionBlock):
+    """EfficientSAM's two-way block: SAM's (token self-attention, tokens -> image, token MLP,
+    image -> tokens; each a residual add then LayerNorm) with a GELU MLP, and a different
+    self-attention step: the first block keeps its residual, and from the second block on the
+    query encoding is added to the token stream before self-attention (so it stays in the
+    residual)."""
 
     def __init__(
         self,
@@ -215,44 +214,14 @@ class TwoWayBlock(nn.Module):
         attention_downsample_rate: int,
         skip_first_layer_pe: bool,
     ) -> None:
-        super().__init__()
-        self.self_attn = Attention(embedding_dim, num_heads)
-        self.norm1 = nn.LayerNorm(embedding_dim, eps=DECODER_NORM_EPS)
-        self.cross_attn_token_to_image = Attention(
-            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
-        )
-        self.norm2 = nn.LayerNorm(embedding_dim, eps=DECODER_NORM_EPS)
-        self.mlp = GeluMLP(embedding_dim, mlp_dim, embedding_dim, num_layers=1)
-        self.norm3 = nn.LayerNorm(embedding_dim, eps=DECODER_NORM_EPS)
-        self.norm4 = nn.LayerNorm(embedding_dim, eps=DECODER_NORM_EPS)
-        self.cross_attn_image_to_token = Attention(
-            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
-        )
-        self.skip_first_layer_pe = skip_first_layer_pe
+        super().__init__(embedding_dim, num_heads, mlp_dim, attention_downsample_rate,
+                         skip_first_layer_pe, norm_eps=DECODER_NORM_EPS)
+        self.mlp = GeluMLP(embedding_dim, mlp_dim, embedding_dim, num_layers=1)  # same slot
 
-    def forward(
-        self,
-        queries: torch.Tensor,
-        keys: torch.Tensor,
-        query_pe: torch.Tensor,
-        key_pe: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """queries PxTxC, keys Px(h*w)xC (or 1x..), query_pe PxTxC, key_pe 1x(h*w)xC."""
-        # Self-attention of the tokens
+    def self_attention(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
         if not self.skip_first_layer_pe:
             queries = queries + query_pe
-        queries = self.norm1(queries + self.self_attn(q=queries, k=queries, v=queries))
-        # Tokens attend to the image
-        q = queries + query_pe
-        k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
-        # MLP on the tokens
-        queries = self.norm3(queries + self.mlp(queries))
-        # The image attends to the tokens
-        q = queries + query_pe
-        k = keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
-        return queries, keys
+        return self.norm1(queries + self.self_attn(q=queries, k=queries, v=queries))
 
 
 class TwoWayTransformer(nn.Module):

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .batch_size import choose_encoder_batch_size
 from .embed import autocast, load_model
 from .mask_generator import AMGSettings, MaskGenerator
 from .one_pass import OnePassGenerator, OnePassSettings
@@ -42,24 +43,29 @@ class AutoLabeler:
         sha256: str | None = None,
         seed: int | None = None,
         precision: str = "auto",
-        encoder_batch_size: int = 4,
+        encoder_batch_size: int | str = 4,
         decoder_batch_size: int | None = None,
         upscale_batch_size: int = 64,
         storage_options: dict | None = None,
         num_threads: int | None = None,
         compile_encoder: bool = False,
         channels_last: bool = False,
+        batch_limit: int = 64,
     ) -> None:
         self.model, self.device, self.precision = load_model(
             model_name, checkpoint, sha256, seed, precision, storage_options, num_threads,
             compile_encoder, channels_last)
+        if encoder_batch_size == "auto":  # crops per encoder call that fit the device
+            encoder_batch_size = (
+                choose_encoder_batch_size(self.model, self.device, self.precision, batch_limit)
+                if hasattr(self.model, "embed_images") else 1)
         if hasattr(self.model, "segment_everything"):
             self.settings = _pick(OnePassSettings, settings, ONE_PASS_NAMES)
             self.generator = OnePassGenerator(self.model, self.settings)
         else:
             self.settings = _pick(AMGSettings, settings)
             self.generator = MaskGenerator(self.model, self.settings,
-                                           encoder_batch_size=encoder_batch_size,
+                                           encoder_batch_size=int(encoder_batch_size),
                                            decoder_batch_size=decoder_batch_size,
                                            upscale_batch_size=upscale_batch_size)
         self.model_name = model_name

@@ -16,6 +16,8 @@ import torch
 
 from models import build_model
 
+from .batch_size import choose_encoder_batch_size
+
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -61,7 +63,10 @@ def autocast(device: torch.device, precision: str):
 
 class Embedder:
     """batch {"pixels": uint8 BxSxSx3, "input_hw": int32 Bx2, "status", "kind", ...} ->
-    the same batch plus "embedding" (BxCxHxW `out_dtype`), "model", "checkpoint_sha256"."""
+    the same batch plus "embedding" (BxCxHxW `out_dtype`), "model", "checkpoint_sha256".
+
+    model_batch_size: images per encoder call, or "auto" (the largest that fits the device,
+    at most `batch_limit`: the rows an actor call brings)."""
 
     def __init__(
         self,
@@ -70,17 +75,21 @@ class Embedder:
         sha256: str | None = None,
         seed: int | None = None,
         precision: str = "auto",
-        model_batch_size: int = 8,
+        model_batch_size: int | str = 8,
         out_dtype: str = "float16",
         storage_options: dict | None = None,
         num_threads: int | None = None,
         compile_encoder: bool = False,
         channels_last: bool = False,
+        batch_limit: int = 64,
     ) -> None:
         self.model, self.device, self.precision = load_model(
             model_name, checkpoint, sha256, seed, precision, storage_options, num_threads,
             compile_encoder, channels_last)
-        self.model_batch_size = model_batch_size
+        if model_batch_size == "auto":  # fit the device (operators/batch_size.py)
+            model_batch_size = choose_encoder_batch_size(self.model, self.device,
+                                                         self.precision, batch_limit)
+        self.model_batch_size = int(model_batch_size)
         self.out_dtype = np.dtype(out_dtype)
         self.model_name = model_name
         self.sha256 = self.model.checkpoint_sha256 or ""

@@ -68,7 +68,9 @@ class ModelConfig(_Strict):
     sha256: str | None = None  # expected digest of the checkpoint file
     seed: int = 0  # random weights' seed when no checkpoint is given
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 CPU
-    batch_size: int = Field(default=8, ge=1)  # images per encoder call
+    # images (autolabel: crops) per encoder call; auto: the largest power of two that fits the
+    # GPU's free memory (probed per actor), capped by compute.ray_batch_size; 4 on a CPU
+    batch_size: int | Literal["auto"] = 8
     compile: bool = False  # torch.compile the image encoder (GPU runs; first batch compiles)
     channels_last: bool = False  # NHWC encoder weights: conv encoders (mobile_sam, efficientvit)
 
@@ -79,6 +81,13 @@ class ModelConfig(_Strict):
 
         if v not in MODEL_REGISTRY:
             raise ValueError(f"expected one of {', '.join(MODEL_REGISTRY)}, got '{v}'")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"expected 'auto' or an integer >= 1, got {v}")
         return v
 
     @field_validator("sha256")

@@ -17,7 +17,8 @@ def run_embed(cfg: EmbedConfig) -> RunSummary:
             model_name=cfg.model.name, checkpoint=cfg.model.checkpoint, sha256=cfg.model.sha256,
             seed=cfg.model.seed, precision=cfg.model.precision,
             model_batch_size=cfg.model.batch_size, out_dtype=cfg.output.dtype,
-            compile_encoder=cfg.model.compile, channels_last=cfg.model.channels_last),
+            compile_encoder=cfg.model.compile, channels_last=cfg.model.channels_last,
+            batch_limit=cfg.compute.ray_batch_size),
         read_mode="padded",
         table="embeddings",
     )

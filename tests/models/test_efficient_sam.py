@@ -8,7 +8,6 @@ ViT-S is checked on the meta device."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -28,27 +27,13 @@ from tests.golden.make_efficient_sam import (
     golden_image,
     golden_state_dict,
 )
+from tests.models.common import cosine as _cosine
+from tests.models.common import manifest as _manifest
+from tests.models.common import meta_model
+from tests.models.common import rel as _rel
 
 DATA = Path(__file__).parent.parent / "data"
 NAMES = sorted(BUILDERS)
-
-
-def _manifest(name: str) -> dict:
-    return json.loads((DATA / f"{name}.manifest.json").read_text())
-
-
-def _meta(name: str) -> nn.Module:
-    with torch.device("meta"):  # shapes only, no memory, no initialisation
-        return BUILDERS[name]()
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return F.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b||"""
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +56,7 @@ def embedding(model) -> torch.Tensor:
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_equals_official_manifest(name):
     manifest = _manifest(name)
-    model = _meta(name)
+    model = meta_model(BUILDERS, name)
     state = model.state_dict()
     ours = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()]
     official = [(k, shape, dtype) for k, shape, dtype, _ in manifest["keys"]]
@@ -90,7 +75,7 @@ def test_state_dict_equals_official_manifest(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_norm_eps_equal_official(name):
     eps = _manifest(name)["norm_eps_by_class"]
-    model = _meta(name)
+    model = meta_model(BUILDERS, name)
 
     def eps_of(kind: str) -> list[float]:
         return sorted({m.eps for m in model.modules() if type(m).__name__ == kind})
@@ -105,7 +90,7 @@ def test_norm_eps_equal_official(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_frames(name):
     """A 1024 square for encoder and prompts, the whole square is image, float input."""
-    model = _meta(name)
+    model = meta_model(BUILDERS, name)
     assert model.image_size == model.prompt_size == 1024
     assert model.embedding_shape == (256, 64, 64)
     assert model.mask_threshold == 0.0
@@ -119,7 +104,7 @@ def test_frames(name):
 def test_prepare_image_stretches_in_float():
     """/255 in float32, then bilinear (no antialias) to 1024x1024 whatever the aspect; an
     image already 1024x1024 is only divided; `normalize` applies ImageNet mean/std."""
-    model = _meta("efficient_sam_vitt")
+    model = meta_model(BUILDERS, "efficient_sam_vitt")
     image = golden_image(5, (30, 70, 3))
     prepared, input_hw = model.prepare_image(image)
     assert prepared.dtype == np.float32 and prepared.shape == (1024, 1024, 3)
@@ -142,7 +127,7 @@ def test_prepare_image_stretches_in_float():
 
 
 def test_prompt_frame_and_postprocessing():
-    model = _meta("efficient_sam_vitt")
+    model = meta_model(BUILDERS, "efficient_sam_vitt")
     coords = torch.tensor([[320.0, 240.0], [0.0, 480.0], [-3.0, 100.0]])
     out = model.transform_coords(coords, (480, 640))
     assert out.dtype == torch.float64

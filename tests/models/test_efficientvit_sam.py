@@ -4,7 +4,6 @@ everything-mode generation."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,10 @@ from models.checkpoint import (
 from models.efficientvit import BUILDERS, OFFICIAL_FILES, LiteMLA
 from operators.mask_generator import AMGSettings, MaskGenerator
 from tests.golden.make_efficientvit_sam import golden_image, golden_state_dict
+from tests.models.common import cosine as _cosine
+from tests.models.common import manifest as _manifest
+from tests.models.common import meta_model
+from tests.models.common import rel as _rel
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -37,31 +40,13 @@ MANIFESTS = ["efficientvit_sam_l0", "efficientvit_sam_xl0"]
 SLOW = pytest.mark.slow
 
 
-def _manifest(name: str) -> dict:
-    return json.loads((DATA / f"{name}.manifest.json").read_text())
-
-
-def _meta(name: str) -> nn.Module:
-    with torch.device("meta"):  # shapes only, no memory, no initialisation
-        return BUILDERS[name]()
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b||"""
-    return ((a - b).norm() / b.norm()).item()
-
-
 # -- architecture ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", MANIFESTS)
 def test_state_dict_equals_official_manifest(name):
     manifest = _manifest(name)
-    model = _meta(name)
+    model = meta_model(BUILDERS, name)
     ours = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in
             model.state_dict().items()]
     official = [(k, shape, dtype) for k, shape, dtype, _ in manifest["keys"]]
@@ -77,7 +62,7 @@ def test_state_dict_equals_official_manifest(name):
 @pytest.mark.parametrize("name", MANIFESTS)
 def test_norm_eps_equal_official(name):
     eps = _manifest(name)["norm_eps_by_class"]
-    model = _meta(name)
+    model = meta_model(BUILDERS, name)
 
     def eps_of(kind: str) -> list[float]:
         return sorted({m.eps for m in model.modules() if type(m).__name__ == kind})
@@ -97,7 +82,7 @@ def test_norm_eps_equal_official(name):
 @pytest.mark.parametrize("name", sorted(PARAMETERS))
 def test_parameter_counts_equal_published(name):
     published, exact = PARAMETERS[name]
-    n = sum(p.numel() for p in _meta(name).parameters())
+    n = sum(p.numel() for p in meta_model(BUILDERS, name).parameters())
     assert round(n / 1e6, 1) == published
     assert n == exact
 
@@ -105,7 +90,7 @@ def test_parameter_counts_equal_published(name):
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_input_frames(name):
     """L runs the encoder at 512, XL at 1024; prompts always live in the 1024 frame."""
-    model = _meta(name)
+    model = meta_model(BUILDERS, name)
     assert model.image_size == (1024 if "_xl" in name else 512)
     assert model.prompt_size == 1024
     assert model.embedding_shape == (256, 64, 64)
@@ -145,7 +130,7 @@ def test_official_format_files_load_strictly(tmp_path, wrapped):
 
 
 def test_foreign_checkpoint_is_rejected(tmp_path):
-    model = _meta("efficientvit_sam_l0")
+    model = meta_model(BUILDERS, "efficientvit_sam_l0")
     with pytest.raises(CheckpointError, match="state dict"):
         unwrap_state_dict({"model": {"a": torch.zeros(1)}, "epoch": 3}, model.checkpoint_wrappers)
     state = {k: v for k, v in BUILDERS["efficientvit_sam_l0"]().state_dict().items()

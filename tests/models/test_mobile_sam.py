@@ -18,6 +18,8 @@ from models.sam import Sam
 from models.tiny_vit import BUILDERS, OFFICIAL_FILES, WindowAttention, attention_bias_index
 from operators.mask_generator import AMGSettings, MaskGenerator
 from tests.golden.make_mobile_sam import WEIGHT_SEED, golden_image, golden_state_dict
+from tests.models.common import cosine as _cosine
+from tests.models.common import rel as _rel
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -39,15 +41,6 @@ def weights() -> dict[str, torch.Tensor]:
 
 def _attentions(model: nn.Module) -> list[WindowAttention]:
     return [m for m in model.modules() if isinstance(m, WindowAttention)]
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b||"""
-    return ((a - b).norm() / b.norm()).item()
 
 
 # -- architecture ------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ everything mode with the official predictor (golden file from the same script), 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +25,13 @@ from models.yolov8_seg import (
     snap_full_image_box,
 )
 from tests.golden.make_fastsam import golden_image, golden_state_dict
+from tests.models.common import manifest as _manifest
+from tests.models.common import meta_model
 
 DATA = Path(__file__).parent.parent / "data"
 # Published sizes (FastSAM README: "68M" for FastSAM-x; YOLOv8x-seg is 71.8M with 80 classes).
 # Ours equal the official SegmentationModel(yolov8{s,x}-seg.yaml, nc=1) exactly.
 NUM_PARAMETERS = {"fastsam_s": 11_790_483, "fastsam_x": 71_751_811}
-
-
-def _manifest(name: str) -> dict:
-    return json.loads((DATA / f"{name}.manifest.json").read_text())
-
-
-def _meta(name: str) -> nn.Module:
-    with torch.device("meta"):  # shapes only, no memory, no initialisation
-        return BUILDERS[name]()
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -76,7 +68,7 @@ def official_result(model, golden) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("name", ["fastsam_s", "fastsam_x"])
 def test_state_dict_equals_official_manifest(name):
     manifest = _manifest(name)
-    model = _meta(name)
+    model = meta_model(BUILDERS, name)
     state = model.state_dict()
     ours = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()]
     official = [(k, shape, dtype) for k, shape, dtype, _ in manifest["keys"]]

@@ -1,0 +1,69 @@
+"""`model.batch_size: auto`: the encoder batch that fits the device, chosen per model.
+
+On CUDA the encoder is probed once per actor: the peak memory of a batch of 1 and of 2 gives
+the fixed part (weights, workspace) and the per-image part (activations), and the batch is the
+largest power of two whose peak stays within `HEADROOM` of the memory free on the device,
+capped by the rows an actor call brings. On a CPU larger batches buy nothing (the threads are
+busy with one image), so auto is `CPU_BATCH`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+HEADROOM = 0.8  # share of the free device memory a batch may take (fragmentation, decoder)
+CPU_BATCH = 4
+
+
+def fit_batch_size(free_bytes: int, fixed_bytes: int, per_item_bytes: int, limit: int) -> int:
+    """Largest power of two b <= limit with fixed + b * per_item <= HEADROOM * free (>= 1).
+
+    free_bytes: memory free on the device before the probe's tensors; fixed_bytes: peak of a
+    batch of 0 (extrapolated); per_item_bytes: peak growth per item."""
+    if limit < 1:
+        raise ValueError(f"expected a batch limit >= 1, got {limit}")
+    budget = HEADROOM * free_bytes - max(fixed_bytes, 0)
+    per_item = max(per_item_bytes, 1)
+    fits = int(budget // per_item) if budget > 0 else 0
+    best = 1
+    while best * 2 <= min(fits, limit):
+        best *= 2
+    return best
+
+
+def _peak_bytes(model: torch.nn.Module, device: torch.device, precision: str, n: int) -> int:
+    """Peak CUDA bytes allocated while encoding n prepared images (zeros of the input dtype)."""
+    from .embed import autocast
+    from .prepare import input_dtype
+
+    size = model.image_size
+    dtype = torch.from_numpy(np.zeros(0, input_dtype(model))).dtype
+    pixels = torch.zeros((n, 3, size, size), dtype=dtype, device=device)
+    hws = torch.tensor([[size, size]] * n, device=device)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    with torch.inference_mode(), autocast(device, precision):
+        model.embed_images(pixels, hws)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def choose_encoder_batch_size(model: torch.nn.Module, device: torch.device, precision: str,
+                              limit: int) -> int:
+    """The encoder batch for `model` on `device` (see the module docstring)."""
+    if device.type != "cuda":
+        return min(CPU_BATCH, limit)
+    one = _peak_bytes(model, device, precision, 1)
+    two = _peak_bytes(model, device, precision, 2)
+    free, _ = torch.cuda.mem_get_info(device)
+    per_image = max(two - one, 1)
+    batch = fit_batch_size(free, one - per_image, per_image, limit)
+    log.info("model.batch_size auto: %d (%.0f MiB per image, %.0f MiB free)", batch,
+             per_image / 2**20, free / 2**20)
+    return batch

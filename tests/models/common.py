@@ -1,0 +1,34 @@
+"""Helpers of the model tests: the official manifests in tests/data, models built on the meta
+device, and the two parity measures."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+def manifest(name: str) -> dict:
+    """tests/data/{name}.manifest.json: the official state dict's keys, shapes, dtypes, ..."""
+    return json.loads((DATA / f"{name}.manifest.json").read_text())
+
+
+def meta_model(builders: Mapping[str, Callable[[], nn.Module]], name: str) -> nn.Module:
+    """builders[name]() with shapes only: no memory, no initialisation."""
+    with torch.device("meta"):
+        return builders[name]()
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of two tensors, flattened."""
+    return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b||"""
+    return ((a - b).norm() / b.norm()).item()
