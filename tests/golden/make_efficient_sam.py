@@ -22,7 +22,7 @@ function its examples use, torchvision's `ToTensor`, is written out in `to_tenso
 HxWx3 -> float32 3xHxW divided by 255, what torchvision does for a numpy array).
 
 `--models vitt vits` also runs EfficientSAM-S (about 3x the encoder work of ViT-T, seconds on
-a CPU) and writes golden_efficient_sam_vits.npz; the tests use only the ViT-T file.
+a CPU) and writes golden_efficient_sam_vits.npz; the tests use both files.
 """
 
 from __future__ import annotations

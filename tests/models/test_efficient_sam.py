@@ -161,7 +161,19 @@ def test_official_format_file_loads_through_build_model(tmp_path):
 
 
 def test_matches_official_golden(model, embedding):
-    golden = np.load(DATA / "golden_efficient_sam_vitt.npz")
+    _check_golden(model, embedding, "efficient_sam_vitt")
+
+
+def test_vits_matches_official_golden():
+    net = BUILDERS["efficient_sam_vits"]().eval()
+    load_state_dict_strict(net, golden_state_dict(net, WEIGHT_SEED))
+    net.eval()
+    _check_golden(net, Predictor(net).embed([golden_image()]), "efficient_sam_vits")
+
+
+def _check_golden(model: EfficientSam, embedding: torch.Tensor, name: str) -> None:
+    """Our embedding / logits / IoU vs tests/data/golden_{name}.npz (the official model)."""
+    golden = np.load(DATA / f"golden_{name}.npz")
     assert int(golden["weight_seed"]) == WEIGHT_SEED
     image = golden_image(int(golden["image_seed"]), tuple(golden["image_shape"]))
     hw = image.shape[:2]
