@@ -438,6 +438,31 @@ def masks_native(
     return logits.masked_fill_(~in_x[:, None, :], -MASK_LOGIT_BOUND)
 
 
+@dataclass(frozen=True)
+class Detections:
+    """One image's everything-mode detections, highest score first: `boxes` float32 Nx4 XYXY
+    original pixels, `scores` float32 N, mask coefficients `coeffs` Nx32 and the image's
+    prototypes `protos` 32xhxw, from which `mask_logits` makes full-size masks on demand."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    coeffs: torch.Tensor
+    protos: torch.Tensor
+    orig_hw: tuple[int, int]
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def mask_logits(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """float32 KxHxW logits at the original size of detections start:stop (each mask is
+        computed on its own: chunks equal the whole up to the matmul's float rounding; see
+        `masks_native`)."""
+        sl = slice(start, stop)
+        if len(self.boxes[sl]) == 0:
+            return self.boxes.new_zeros((0, *self.orig_hw))
+        return masks_native(self.protos, self.coeffs[sl], self.boxes[sl], self.orig_hw)
+
+
 # -- model --------------------------------------------------------------------------------------
 
 
@@ -528,30 +553,23 @@ class YoloV8Seg(nn.Module):
         geom: LetterboxGeometry,
         conf: float,
         iou: float,
-    ) -> dict[str, torch.Tensor]:
-        """One image's detections (preds (5+32)xA, protos 32xhxw) -> the dict of
-        `segment_everything`."""
+    ) -> Detections:
+        """One image's network outputs (preds (5+32)xA, protos 32xhxw) -> its detections."""
         boxes, scores, coeffs = select_detections(preds, conf, iou)
-        h, w = geom.orig_hw
-        if boxes.shape[0] == 0:
-            return {
-                "mask_logits": boxes.new_zeros((0, h, w)),
-                "boxes": boxes.new_zeros((0, 4)),
-                "scores": boxes.new_zeros((0,)),
-            }
-        boxes = snap_full_image_box(boxes, geom.input_hw)
-        boxes = scale_boxes_to_original(boxes, geom)
-        logits = masks_native(protos, coeffs, boxes, geom.orig_hw)
-        return {"mask_logits": logits, "boxes": boxes, "scores": scores}
+        if boxes.shape[0]:
+            boxes = snap_full_image_box(boxes, geom.input_hw)
+            boxes = scale_boxes_to_original(boxes, geom)
+        return Detections(boxes=boxes, scores=scores, coeffs=coeffs, protos=protos,
+                          orig_hw=geom.orig_hw)
 
     @torch.inference_mode()
-    def segment_everything(
+    def detect_everything(
         self,
         images: Sequence[np.ndarray | torch.Tensor],
         conf: float = 0.4,
         iou: float = 0.9,
         imgsz: int = 1024,
-    ) -> list[dict[str, torch.Tensor]]:
+    ) -> list[Detections]:
         """FastSAM everything mode, as the official `FastSAM(...)(image, retina_masks=True,
         imgsz=1024, conf=0.4, iou=0.9)` run on each image alone.
 
@@ -560,13 +578,9 @@ class YoloV8Seg(nn.Module):
         converts its input to RGB before the network, as given here), scaled to [0, 1]; images
         with the same letterboxed size go through the network as one batch.
 
-        Returns per image, on the model's device, highest score first:
-        - "mask_logits": float32 NxHxW at the original size; `> mask_threshold` (0) is the
-          official mask (see `masks_native`);
-        - "boxes": float32 Nx4 XYXY in original pixels (after FastSAM's border / whole-image
-          adjustment, see `snap_full_image_box`);
-        - "scores": float32 N, the class confidence.
-        N <= 300; an image without detections gets N = 0."""
+        Returns per image its `Detections` (on the model's device, highest score first,
+        N <= 300, N = 0 without detections): boxes and scores now, the full-size masks on
+        demand, a chunk at a time (`Detections.mask_logits`)."""
         if not 0.0 <= conf <= 1.0:
             raise ValueError(f"expected conf in [0, 1], got {conf}")
         if not 0.0 <= iou <= 1.0:
@@ -587,7 +601,7 @@ class YoloV8Seg(nn.Module):
         groups: dict[tuple[int, int], list[int]] = {}
         for i, geom in enumerate(geoms):
             groups.setdefault(geom.input_hw, []).append(i)
-        results: list[dict[str, torch.Tensor]] = [{} for _ in tensors]
+        results: list[Detections | None] = [None for _ in tensors]
         for idx in groups.values():
             batch = torch.stack(
                 [letterbox(tensors[i].to(device).permute(2, 0, 1), geoms[i]) for i in idx]
@@ -596,6 +610,25 @@ class YoloV8Seg(nn.Module):
             for j, i in enumerate(idx):
                 results[i] = self._postprocess(preds[j], protos[j], geoms[i], conf, iou)
         return results
+
+
+    def segment_everything(
+        self,
+        images: Sequence[np.ndarray | torch.Tensor],
+        conf: float = 0.4,
+        iou: float = 0.9,
+        imgsz: int = 1024,
+    ) -> list[dict[str, torch.Tensor]]:
+        """`detect_everything` with every mask made at once. Per image:
+        - "mask_logits": float32 NxHxW at the original size; `> mask_threshold` (0) is the
+          official mask (see `masks_native`);
+        - "boxes": float32 Nx4 XYXY in original pixels (after FastSAM's border / whole-image
+          adjustment, see `snap_full_image_box`);
+        - "scores": float32 N, the class confidence.
+        N full-size float32 masks can be large (300 at 2250x1500: 4 GB); the auto-labeler
+        takes them in chunks from `detect_everything` instead."""
+        return [{"mask_logits": d.mask_logits(), "boxes": d.boxes, "scores": d.scores}
+                for d in self.detect_everything(images, conf=conf, iou=iou, imgsz=imgsz)]
 
 
 # -- builders -----------------------------------------------------------------------------------

@@ -61,7 +61,8 @@ class AutoLabeler:
                 if hasattr(self.model, "embed_images") else 1)
         if hasattr(self.model, "segment_everything"):
             self.settings = _pick(OnePassSettings, settings, ONE_PASS_NAMES)
-            self.generator = OnePassGenerator(self.model, self.settings)
+            self.generator = OnePassGenerator(self.model, self.settings,
+                                              mask_batch_size=upscale_batch_size)
         else:
             self.settings = _pick(AMGSettings, settings)
             self.generator = MaskGenerator(self.model, self.settings,

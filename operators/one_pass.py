@@ -37,15 +37,23 @@ class OnePassSettings:
 
 
 class OnePassGenerator:
-    """Everything-mode annotations from a model offering `segment_everything(images, conf,
-    iou, imgsz) -> [{"mask_logits": NxHxW, "boxes": Nx4, "scores": N}]` and `mask_threshold`."""
+    """Everything-mode annotations from a model offering `detect_everything(images, conf, iou,
+    imgsz)` (per image: `boxes` Nx4, `scores` N, `len()` and `mask_logits(start, stop)` ->
+    KxHxW at the original size) and `mask_threshold`.
 
-    def __init__(self, model: nn.Module, settings: OnePassSettings | None = None) -> None:
-        if not hasattr(model, "segment_everything"):
-            raise ValueError(f"expected a one-pass model with segment_everything(), got "
+    mask_batch_size: full-size masks made at once (float32 HxW each), which bounds memory
+    whatever the image size and detection count."""
+
+    def __init__(self, model: nn.Module, settings: OnePassSettings | None = None,
+                 mask_batch_size: int = 64) -> None:
+        if not hasattr(model, "detect_everything"):
+            raise ValueError(f"expected a one-pass model with detect_everything(), got "
                              f"{type(model).__name__}")
+        if mask_batch_size < 1:
+            raise ValueError(f"expected mask_batch_size >= 1, got {mask_batch_size}")
         self.model = model.eval()
         self.settings = settings or OnePassSettings()
+        self.mask_batch_size = mask_batch_size
 
     @torch.inference_mode()
     def generate(self, images: list[np.ndarray]) -> list[list[dict]]:
@@ -54,29 +62,33 @@ class OnePassGenerator:
         for image in images:
             check_image(image)
         s = self.settings
-        found = self.model.segment_everything(images, conf=s.conf, iou=s.iou, imgsz=s.imgsz)
-        out = []
-        for image, raw in zip(images, found, strict=True):
-            h, w = image.shape[:2]
-            logits = torch.as_tensor(raw["mask_logits"]).float()
-            threshold = float(self.model.mask_threshold)
-            stability = stability_score(logits, threshold, s.stability_score_offset)
+        found = self.model.detect_everything(images, conf=s.conf, iou=s.iou, imgsz=s.imgsz)
+        return [self._annotations(image, det) for image, det in zip(images, found, strict=True)]
+
+    def _annotations(self, image: np.ndarray, det) -> list[dict]:
+        h, w = image.shape[:2]
+        threshold = float(self.model.mask_threshold)
+        scores = torch.as_tensor(det.scores).float().cpu()
+        anns = []
+        for start in range(0, len(det), self.mask_batch_size):
+            logits = det.mask_logits(start, start + self.mask_batch_size).float()
+            stability = stability_score(logits, threshold, self.settings.stability_score_offset)
             binary = logits > threshold
+            del logits
             boxes = masks_to_boxes(binary)
-            scores = torch.as_tensor(raw["scores"]).float()
-            anns = []
-            for k in range(len(binary)):
-                if not binary[k].any():
+            areas = binary.flatten(1).sum(1).tolist()
+            binary = binary.cpu().numpy()
+            for k, area in enumerate(areas):
+                if not area:
                     continue  # a detection whose mask vanished at the threshold
                 x0, y0, x1, y1 = (int(v) for v in boxes[k].tolist())
                 anns.append({
-                    "segmentation": mask_to_rle(binary[k].cpu().numpy()),
-                    "area": int(binary[k].sum()),
+                    "segmentation": mask_to_rle(binary[k]),
+                    "area": int(area),
                     "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "predicted_iou": float(scores[k]),
+                    "predicted_iou": float(scores[start + k]),
                     "point_coords": [],
                     "stability_score": float(stability[k]),
                     "crop_box": [0, 0, w, h],
                 })
-            out.append(anns)
-        return out
+        return anns
