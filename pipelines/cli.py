@@ -299,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read shards, generate masks for everything in each image on a Ray actor "
         "pool (SamAutomaticMaskGenerator semantics and defaults), write one Parquet row per "
         "image with its SA-1B annotations (COCO RLE). Same shard commits and resume as embed. "
+        "FastSAM (model.name=fastsam_x|fastsam_s) runs its one-pass everything mode instead "
+        "(generator.detection_*; predicted_iou is the detection confidence). "
         "See configs/autolabel_sa1b.yaml for every field.",
     )
     _job_arguments(p)
