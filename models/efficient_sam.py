@@ -393,7 +393,7 @@ class EfficientSamMaskDecoder(nn.Module):
             dim=1,
         )  # (P, tokens, C_up)
         b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, hyper_in.shape[1], h, w)
         # Predict mask quality
         return masks, self.iou_prediction_head(iou_token_out)
 

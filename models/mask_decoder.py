@@ -97,7 +97,7 @@ class MaskDecoder(nn.Module):
             dim=1,
         )  # (P, tokens, C/8)
         b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, hyper_in.shape[1], h, w)
         # Predict mask quality
         iou_pred = self.iou_prediction_head(iou_token_out)
         return masks, iou_pred

@@ -26,10 +26,12 @@ class PositionEmbeddingRandom(nn.Module):
 
     def _encode(self, coords: torch.Tensor) -> torch.Tensor:
         """...x2 coordinates in [0, 1] -> ...x(2*num_pos_feats) features."""
-        coords = 2 * coords - 1
-        coords = coords @ self.positional_encoding_gaussian_matrix
-        coords = 2 * math.pi * coords
-        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+        # float32 under autocast too: bf16 Fourier features move point tokens by ~0.1
+        with torch.autocast(coords.device.type, enabled=False):
+            coords = 2 * coords.float() - 1
+            coords = coords @ self.positional_encoding_gaussian_matrix.float()
+            coords = 2 * math.pi * coords
+            return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
 
     def forward(self, size: tuple[int, int]) -> torch.Tensor:
         """Encoding of the centre of every cell of an HxW grid: CxHxW float32."""

@@ -51,12 +51,70 @@ _TORCH_NN_CLASSES = frozenset({
     "Conv2d", "ConvTranspose2d", "BatchNorm2d", "SiLU", "Identity", "Sequential", "ModuleList",
     "Upsample", "MaxPool2d",
 })
+
+
+class _Guarded:
+    """A callable the pickle may call but not modify: BUILD on it (which would `setattr` on
+    torch's own function, e.g. its defaults, for every later load in the process) is refused,
+    and it refuses the arguments a weights file does not need (hooks, tensor metadata,
+    parameter state)."""
+
+    __slots__ = ("_fn", "_check")
+
+    def __init__(self, fn: Any, check: Any) -> None:
+        object.__setattr__(self, "_fn", fn)
+        object.__setattr__(self, "_check", check)
+
+    def __call__(self, *args: Any) -> Any:
+        self._check(args)
+        return self._fn(*args)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise pickle.UnpicklingError("refusing to modify an allowed function")
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("refusing to modify an allowed function")
+
+
+def _empty(value: Any, what: str) -> None:
+    if value:  # None, {} and OrderedDict() are what weights carry
+        raise pickle.UnpicklingError(f"refusing {what} in a weights file, got {value!r}"[:200])
+
+
+def _check_tensor_args(args: tuple) -> None:
+    # (storage, offset, size, stride, requires_grad, backward_hooks[, metadata])
+    if len(args) not in (6, 7):
+        raise pickle.UnpicklingError(f"expected 6 or 7 tensor rebuild arguments, got {len(args)}")
+    _empty(args[5], "backward hooks")
+    if len(args) == 7:
+        _empty(args[6], "tensor metadata")
+
+
+def _check_parameter_args(args: tuple) -> None:
+    # (data, requires_grad, backward_hooks[, state])
+    if len(args) not in (3, 4):
+        raise pickle.UnpicklingError(f"expected 3 or 4 parameter arguments, got {len(args)}")
+    if not isinstance(args[0], torch.Tensor):
+        raise pickle.UnpicklingError(f"expected a tensor, got {type(args[0]).__name__}")
+    _empty(args[2], "backward hooks")
+    if len(args) == 4:
+        _empty(args[3], "parameter state")
+
+
+def _no_check(args: tuple) -> None:
+    if len(args) > 1:
+        raise pickle.UnpicklingError(f"expected at most one argument, got {len(args)}")
+
+
 _TORCH_FUNCTIONS = {
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
-    ("collections", "OrderedDict"): OrderedDict,
-    ("builtins", "set"): set,
+    ("torch._utils", "_rebuild_tensor_v2"): _Guarded(torch._utils._rebuild_tensor_v2,
+                                                     _check_tensor_args),
+    ("torch._utils", "_rebuild_parameter"): _Guarded(torch._utils._rebuild_parameter,
+                                                     _check_parameter_args),
+    ("torch._utils", "_rebuild_parameter_with_state"): _Guarded(
+        torch._utils._rebuild_parameter_with_state, _check_parameter_args),
+    ("collections", "OrderedDict"): _Guarded(OrderedDict, _no_check),
+    ("builtins", "set"): _Guarded(set, _no_check),
 }
 
 
@@ -155,6 +213,23 @@ def module_state_dict(record: ModuleRecord, prefix: str = "") -> dict[str, torch
     return out
 
 
+def _require_zip(source: str | BinaryIO) -> None:
+    """Refuse anything but torch's zip format (every Ultralytics release writes it): the
+    pre-1.6 format lets a pickle make torch write files (module source-change patches)."""
+    if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+        with open(source, "rb") as f:
+            magic = f.read(4)
+    else:
+        pos = source.tell()
+        magic = source.read(4)
+        source.seek(pos)
+    if magic != b"PK\x03\x04":
+        raise CheckpointError(
+            f"expected a torch zip checkpoint (as Ultralytics writes), got a file starting "
+            f"{magic!r}: the legacy torch format is refused (it can write files while loading)"
+        )
+
+
 def load_ultralytics_state_dict(source: str | BinaryIO) -> dict[str, torch.Tensor]:
     """Path or binary file of an Ultralytics checkpoint -> plain state dict of its `ema` module
     when present, else of its `model` module (fp16 tensors as stored; keys as
@@ -162,6 +237,7 @@ def load_ultralytics_state_dict(source: str | BinaryIO) -> dict[str, torch.Tenso
 
     Raises CheckpointError for a file holding any global outside the allow-list (nothing it
     names is called) or without a module under `ema`/`model`."""
+    _require_zip(source)
     try:
         obj = torch.load(source, map_location="cpu", pickle_module=restricted_pickle,
                          weights_only=False)

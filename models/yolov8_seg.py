@@ -229,12 +229,17 @@ class SegmentHead(nn.Module):
         coeffs = _run_levels(self.cv4, feats)  # (B, 32, A)
         box = _run_levels(self.cv2, feats)  # (B, 64, A)
         cls = _run_levels(self.cv3, feats)  # (B, nc, A)
-        anchors, strides = make_anchors([f.shape[2:] for f in feats], box.dtype, box.device)
-        anchors, strides = anchors.T.unsqueeze(0), strides.T  # (1, 2, A), (1, A)
-        lt, rb = self.dfl(box).chunk(2, 1)  # distances to the sides, grid units
-        top_left, bottom_right = anchors - lt, anchors + rb
-        xywh = torch.cat(((top_left + bottom_right) / 2, bottom_right - top_left), 1) * strides
-        return torch.cat((xywh, cls.sigmoid(), coeffs), 1), protos
+        # Box decoding, scores and coefficients in float32 even under autocast: bf16 would
+        # round box sides to 4 px above 512 and scores to ~0.004 (the official runs fp32).
+        with torch.autocast(box.device.type, enabled=False):
+            box, cls, coeffs = box.float(), cls.float(), coeffs.float()
+            anchors, strides = make_anchors([f.shape[2:] for f in feats], torch.float32,
+                                            box.device)
+            anchors, strides = anchors.T.unsqueeze(0), strides.T  # (1, 2, A), (1, A)
+            lt, rb = self.dfl(box).chunk(2, 1)  # distances to the sides, grid units
+            top_left, bottom_right = anchors - lt, anchors + rb
+            xywh = torch.cat(((top_left + bottom_right) / 2, bottom_right - top_left), 1)
+            return torch.cat((xywh * strides, cls.sigmoid(), coeffs), 1), protos.float()
 
 
 # -- preprocessing ------------------------------------------------------------------------------
@@ -272,7 +277,8 @@ def letterbox_geometry(orig_hw: tuple[int, int], imgsz: int = 1024) -> Letterbox
         raise ValueError(f"expected a non-empty image, got size {h}x{w}")
     side = input_size(imgsz)
     r = min(side / h, side / w)
-    new_h, new_w = int(round(h * r)), int(round(w * r))
+    # at least one pixel a side (an image over 2*imgsz:1 would round to 0 and crash)
+    new_h, new_w = max(1, int(round(h * r))), max(1, int(round(w * r)))
     dh, dw = ((side - new_h) % STRIDE) / 2, ((side - new_w) % STRIDE) / 2
     top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
     left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
@@ -420,7 +426,8 @@ def masks_native(
     float32 KxHxW."""
     c, mh, mw = protos.shape
     h, w = orig_hw
-    logits = (coeffs.float() @ protos.float().view(c, -1)).view(-1, mh, mw)
+    with torch.autocast(protos.device.type, enabled=False):  # float32 masks under autocast
+        logits = (coeffs.float() @ protos.float().view(c, -1)).view(-1, mh, mw)
     gain = min(mh / h, mw / w)
     pad_w, pad_h = (mw - w * gain) / 2, (mh - h * gain) / 2
     top, left = int(pad_h), int(pad_w)

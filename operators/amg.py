@@ -48,8 +48,9 @@ def crop_boxes(im_hw: tuple[int, int], n_layers: int, overlap_ratio: float
 
 def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
     """...xHxW logits -> ... float: |logits > t+o| / |logits > t-o| (IoU of two thresholds)."""
-    inter = (logits > threshold + offset).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
-    union = (logits > threshold - offset).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
+    # int32 row sums: int16 (the official's) overflows on rows wider than 32767 px
+    inter = (logits > threshold + offset).sum(-1, dtype=torch.int32).sum(-1, dtype=torch.int32)
+    union = (logits > threshold - offset).sum(-1, dtype=torch.int32).sum(-1, dtype=torch.int32)
     return inter / union
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .batch_size import choose_encoder_batch_size
+from .batch_size import CPU_BATCH, choose_encoder_batch_size
 from .embed import autocast, load_model
 from .mask_generator import AMGSettings, MaskGenerator
 from .one_pass import OnePassGenerator, OnePassSettings
@@ -58,11 +58,12 @@ class AutoLabeler:
         if encoder_batch_size == "auto":  # crops per encoder call that fit the device
             encoder_batch_size = (
                 choose_encoder_batch_size(self.model, self.device, self.precision, batch_limit)
-                if hasattr(self.model, "embed_images") else 1)
+                if hasattr(self.model, "embed_images") else CPU_BATCH)
         if hasattr(self.model, "segment_everything"):
             self.settings = _pick(OnePassSettings, settings, ONE_PASS_NAMES)
-            self.generator = OnePassGenerator(self.model, self.settings,
-                                              mask_batch_size=upscale_batch_size)
+            self.generator = OnePassGenerator(
+                self.model, self.settings, mask_batch_size=upscale_batch_size,
+                image_batch_size=int(encoder_batch_size))
         else:
             self.settings = _pick(AMGSettings, settings)
             self.generator = MaskGenerator(self.model, self.settings,

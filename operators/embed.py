@@ -48,7 +48,7 @@ def load_model(model_name: str, checkpoint: str | None, sha256: str | None, seed
     if compile_encoder and hasattr(model, "image_encoder"):
         model.image_encoder = torch.compile(model.image_encoder, dynamic=False)
     elif compile_encoder:
-        model.forward = torch.compile(model.forward, dynamic=False)
+        model.forward = torch.compile(model.forward)  # shapes vary with the aspect ratio
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     return model, device, precision

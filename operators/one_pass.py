@@ -22,6 +22,9 @@ from models.transforms import check_image
 
 from .amg import mask_to_rle, masks_to_boxes, stability_score
 
+# Pixels of full-size masks made at once (64 masks of 1024x1024: 256 MiB of float32 logits).
+MASK_PIXEL_BUDGET = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class OnePassSettings:
@@ -41,16 +44,20 @@ class OnePassGenerator:
     imgsz)` (per image: `boxes` Nx4, `scores` N, `len()` and `mask_logits(start, stop)` ->
     KxHxW at the original size) and `mask_threshold`.
 
-    mask_batch_size: full-size masks made at once (float32 HxW each), which bounds memory
-    whatever the image size and detection count."""
+    image_batch_size: images per network call. mask_batch_size: full-size masks made at once
+    (float32 HxW each), fewer for large images so that a chunk stays within
+    MASK_PIXEL_BUDGET pixels: memory is bounded whatever the image size and detection count."""
 
     def __init__(self, model: nn.Module, settings: OnePassSettings | None = None,
-                 mask_batch_size: int = 64) -> None:
+                 mask_batch_size: int = 64, image_batch_size: int = 4) -> None:
         if not hasattr(model, "detect_everything"):
             raise ValueError(f"expected a one-pass model with detect_everything(), got "
                              f"{type(model).__name__}")
-        if mask_batch_size < 1:
-            raise ValueError(f"expected mask_batch_size >= 1, got {mask_batch_size}")
+        for name, value in (("mask_batch_size", mask_batch_size),
+                            ("image_batch_size", image_batch_size)):
+            if value < 1:
+                raise ValueError(f"expected {name} >= 1, got {value}")
+        self.image_batch_size = image_batch_size
         self.model = model.eval()
         self.settings = settings or OnePassSettings()
         self.mask_batch_size = mask_batch_size
@@ -62,16 +69,21 @@ class OnePassGenerator:
         for image in images:
             check_image(image)
         s = self.settings
-        found = self.model.detect_everything(images, conf=s.conf, iou=s.iou, imgsz=s.imgsz)
-        return [self._annotations(image, det) for image, det in zip(images, found, strict=True)]
+        out = []
+        for start in range(0, len(images), self.image_batch_size):
+            chunk = images[start : start + self.image_batch_size]
+            found = self.model.detect_everything(chunk, conf=s.conf, iou=s.iou, imgsz=s.imgsz)
+            out += [self._annotations(image, det) for image, det in zip(chunk, found, strict=True)]
+        return out
 
     def _annotations(self, image: np.ndarray, det) -> list[dict]:
         h, w = image.shape[:2]
         threshold = float(self.model.mask_threshold)
         scores = torch.as_tensor(det.scores).float().cpu()
         anns = []
-        for start in range(0, len(det), self.mask_batch_size):
-            logits = det.mask_logits(start, start + self.mask_batch_size).float()
+        step = max(1, min(self.mask_batch_size, MASK_PIXEL_BUDGET // (h * w)))
+        for start in range(0, len(det), step):
+            logits = det.mask_logits(start, start + step).float()
             stability = stability_score(logits, threshold, self.settings.stability_score_offset)
             binary = logits > threshold
             del logits

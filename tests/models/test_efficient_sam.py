@@ -267,3 +267,17 @@ def test_mask_generator_runs(model):
         assert 0 <= ann["area"] <= 96 * 128
         x, y = ann["point_coords"][0]
         assert 0 <= x <= 128 and 0 <= y <= 96
+
+
+def test_zero_prompts_and_autocast_prompt_encoding(model, embedding):
+    """No prompts give empty outputs (not a reshape error); the Fourier point encoding stays
+    float32 under bf16 autocast (in bf16 it moved point tokens by ~0.1)."""
+    with torch.inference_mode():
+        low_res, iou = model.decode(embedding, torch.zeros(0, 1, 2), torch.ones(0, 1))
+        assert low_res.shape == (0, 3, 256, 256) and iou.shape == (0, 3)
+        coords = torch.rand(4, 6, 2)
+        pe = model.prompt_encoder.pe_layer
+        plain = pe._encode(coords)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = pe._encode(coords)
+        assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)

@@ -41,13 +41,11 @@ def _small_tree(classes: dict[str, type[nn.Module]], seed: int) -> nn.Module:
     return tree
 
 
-@pytest.mark.filterwarnings("ignore:Couldn't retrieve source code")
-@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
-def test_module_tree_becomes_the_state_dict(tmp_path, legacy):
+def test_module_tree_becomes_the_state_dict(tmp_path):
     with fake_ultralytics() as classes:
         tree = _small_tree(classes, seed=0)
         path = tmp_path / "FastSAM-tiny.pt"
-        save(checkpoint_dict(tree), path, legacy=legacy)
+        save(checkpoint_dict(tree), path)
         expected = {k: v.clone() for k, v in tree.state_dict().items()}  # fp16, as saved
     state = load_ultralytics_state_dict(str(path))
     assert list(state) == list(expected)  # same keys, same order; no non-persistent buffer
@@ -119,10 +117,44 @@ def test_a_file_calling_os_system_is_refused_and_nothing_runs(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Couldn't retrieve source code")
-@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
-def test_eval_and_unknown_classes_are_refused(tmp_path, legacy):
+def test_the_legacy_format_is_refused_before_unpickling(tmp_path):
+    # torch's pre-1.6 format can make torch write files while loading (source patches)
+    with fake_ultralytics() as classes:
+        path = tmp_path / "old.pt"
+        save(checkpoint_dict(_small_tree(classes, seed=0)), path, legacy=True)
+    with pytest.raises(CheckpointError, match="expected a torch zip checkpoint"):
+        load_ultralytics_state_dict(str(path))
+    with open(path, "rb") as f, pytest.raises(CheckpointError, match="legacy torch format"):
+        load_ultralytics_state_dict(f)
+
+
+def _zip_checkpoint(path, pickled: bytes) -> None:
+    """A torch zip file whose data.pkl is `pickled`, written by hand."""
+    writer = torch._C.PyTorchFileWriter(str(path))
+    writer.write_record("data.pkl", pickled, len(pickled))
+    writer.write_record("version", b"3\n", 2)
+    writer.write_end_of_file()
+
+
+def test_an_allowed_function_cannot_be_modified(tmp_path):
+    """BUILD on an allowed global would setattr on torch's own function (here its defaults,
+    which would corrupt every later load in the process)."""
+    before = torch._utils._rebuild_tensor_v2.__defaults__
+    state = pickle.dumps((None, {"__defaults__": ({"neg": True},)}), protocol=2)[2:-1]
+    pickled = (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n" + state + b"b0}.")
+    path = tmp_path / "tamper.pt"
+    _zip_checkpoint(path, pickled)
+    with pytest.raises(CheckpointError, match="refusing to modify an allowed function"):
+        load_ultralytics_state_dict(str(path))
+    assert torch._utils._rebuild_tensor_v2.__defaults__ == before
+    benign = tmp_path / "ones.pt"
+    torch.save({"w": torch.ones(3)}, benign)
+    assert torch.equal(torch.load(benign, weights_only=True)["w"], torch.ones(3))
+
+
+def test_eval_and_unknown_classes_are_refused(tmp_path):
     path = tmp_path / "eval.pt"
-    save({"model": _Evaluates()}, path, legacy=legacy)
+    save({"model": _Evaluates()}, path)
     with pytest.raises(CheckpointError, match=r"'builtins\.eval'"):
         load_ultralytics_state_dict(str(path))
 
@@ -134,7 +166,7 @@ def test_eval_and_unknown_classes_are_refused(tmp_path, legacy):
     sys.modules["evil_package"] = types.ModuleType("evil_package")
     sys.modules["evil_package"].Conv = evil
     try:
-        save({"model": evil()}, path, legacy=legacy)
+        save({"model": evil()}, path)
     finally:
         del sys.modules["evil_package"]
     with pytest.raises(CheckpointError, match=r"'evil_package\.Conv'"):
@@ -147,5 +179,5 @@ def test_a_file_without_a_module_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="expected a pickled module under 'ema' or 'model'"):
         load_ultralytics_state_dict(str(path))
     path.write_bytes(pickle.dumps([1, 2, 3]))
-    with pytest.raises(CheckpointError, match="cannot read|expected an Ultralytics"):
+    with pytest.raises(CheckpointError, match="expected a torch zip checkpoint"):
         load_ultralytics_state_dict(str(path))

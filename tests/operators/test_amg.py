@@ -152,3 +152,12 @@ def test_cleanup_and_batching_equal_the_official_generator():
 def test_generator_refuses_bad_knobs():
     with pytest.raises(ValueError, match="decoder_batch_size"):
         MaskGenerator(build_model("sam_tiny"), decoder_batch_size=0)
+
+
+def test_stability_score_on_rows_wider_than_int16():
+    """Row sums are int32: 35000 of 40000 pixels (int16 would wrap both counts)."""
+    from operators.amg import stability_score
+
+    logits = torch.full((1, 2, 40000), 0.5)
+    logits[..., :35000] = 2.0
+    assert stability_score(logits, 0.0, 1.0).item() == pytest.approx(35000 / 40000)

@@ -62,3 +62,42 @@ def test_generator_refuses_bad_arguments(model):
         OnePassGenerator(model, SETTINGS, mask_batch_size=0)
     with pytest.raises(ValueError, match="expected a one-pass model"):
         OnePassGenerator(build_model("sam_tiny"), SETTINGS)
+
+
+def test_image_batches_and_pixel_budget_do_not_change_the_annotations(model, monkeypatch):
+    import operators.one_pass as one_pass
+
+    # (images of one letterbox size share a forward pass: batched convolutions round
+    # differently, so these three have three sizes)
+    images = [golden_image(), golden_image(seed=1, shape=(150, 260, 3)),
+              golden_image(seed=2, shape=(260, 200, 3))]
+    whole = OnePassGenerator(model, SETTINGS, image_batch_size=1).generate(images)
+    monkeypatch.setattr(one_pass, "MASK_PIXEL_BUDGET", 300 * 200 * 3)  # 3 masks a chunk
+    calls = []
+    detect = model.detect_everything
+    monkeypatch.setattr(model, "detect_everything",
+                        lambda imgs, **kw: calls.append(len(imgs)) or detect(imgs, **kw))
+    assert OnePassGenerator(model, SETTINGS, image_batch_size=2).generate(images) == whole
+    assert calls == [2, 1]
+
+
+def test_bf16_autocast_keeps_boxes_scores_and_masks_in_float32(model):
+    """The backbone may run in bf16; box decoding, scores and masks stay float32 (bf16 would
+    put every box side above 512 px on a 4 px grid)."""
+    image = golden_image(shape=(600, 900, 3))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        preds, protos = model(torch.rand(1, 3, 640, 1024))
+        det = model.detect_everything([image], conf=0.2, iou=0.9, imgsz=1024)[0]
+        logits = det.mask_logits(0, 4)
+    assert preds.dtype == protos.dtype == logits.dtype == det.boxes.dtype == torch.float32
+    x_centres = preds[0, 0][preds[0, 0] > 512]
+    assert len(x_centres) > 100 and (x_centres % 4 != 0).float().mean() > 0.1  # bf16: 0
+
+
+def test_extreme_aspect_ratio_gets_one_pixel_not_a_crash(model):
+    from models.yolov8_seg import letterbox_geometry
+
+    assert letterbox_geometry((1, 3000), 1024).resized_hw == (1, 1024)
+    out = OnePassGenerator(model, OnePassSettings(conf=0.4, iou=0.9, imgsz=256)).generate(
+        [np.full((1, 3000, 3), 128, np.uint8)])
+    assert len(out) == 1 and all(a["segmentation"]["size"] == [1, 3000] for a in out[0])
