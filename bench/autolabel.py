@@ -33,6 +33,7 @@ from pycocotools import mask as mask_utils
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import build_model  # noqa: E402
+from operators.embed import autocast  # noqa: E402
 from operators.mask_generator import AMGSettings, MaskGenerator  # noqa: E402
 from tests.models.test_sam_parity import _official_tiny  # noqa: E402
 from tests.official import official  # noqa: E402
@@ -84,6 +85,11 @@ def agreement(ref: list[list[dict]], got: list[list[dict]]) -> tuple[float, floa
     return same / max(total, 1), close / max(total, 1)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,10 +105,16 @@ def main() -> None:
     ap.add_argument("--decoder-batch-size", type=int, default=64,
                     help="prompts per decoder call (SAM's decoder: ~25 MB each in fp32)")
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="both generators run there (the official one in fp32, as it does)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                    help="ours only (the identical-mask figures assume fp32)")
     args = ap.parse_args()
+    device = torch.device(args.device)
 
     torch.manual_seed(0)
     sa, ours, theirs = models(args.model, args.seed)
+    ours, theirs = ours.to(device), theirs.to(device)
     ims = images(args.images, args.height, args.width, args.seed)
     # Random weights predict IoUs anywhere; shift the IoU head so that, as with a real
     # checkpoint at the default 0.88, about 40% of the grid's masks pass the IoU filter.
@@ -113,9 +125,10 @@ def main() -> None:
     ious = []
     with torch.inference_mode():
         for start in range(0, len(pts), 64):  # the decoder needs ~25 MB a prompt in fp32
-            chunk = pts[start : start + 64, None, :].float()
-            ious.append(predictor.predict_torch(chunk, torch.ones(len(chunk), 1, dtype=torch.int),
-                                                multimask_output=True)[1].flatten())
+            chunk = pts[start : start + 64, None, :].float().to(device)
+            labels = torch.ones(len(chunk), 1, dtype=torch.int, device=device)
+            ious.append(predictor.predict_torch(chunk, labels,
+                                                multimask_output=True)[1].flatten().cpu())
     shift = 0.88 - float(torch.quantile(torch.cat(ious).float(), 0.6))
     for model in (ours, theirs):
         model.mask_decoder.iou_prediction_head.layers[-1].bias.data += shift
@@ -126,22 +139,29 @@ def main() -> None:
     # The official generator, one image at a time
     reference = sa.SamAutomaticMaskGenerator(theirs, output_mode="coco_rle",
                                              **settings.as_dict())
+    _sync(device)
     start = time.perf_counter()
     ref = [reference.generate(im) for im in ims]
+    _sync(device)
     t_ref = time.perf_counter() - start
 
     # Ours, all images in one call
     generator = MaskGenerator(ours, settings, encoder_batch_size=args.encoder_batch_size,
                               decoder_batch_size=args.decoder_batch_size)
+    _sync(device)
     start = time.perf_counter()
-    got = generator.generate(ims)
+    with autocast(device, args.precision):
+        got = generator.generate(ims)
+    _sync(device)
     t_ours = time.perf_counter() - start
 
     same, close = agreement(ref, got)
     n_ref, n_ours = sum(map(len, ref)), sum(map(len, got))
     print(json.dumps({
-        "bench": "autolabel", "model": args.model, "device": "cpu",
-        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "bench": "autolabel", "model": args.model, "device": str(device),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else platform.processor() or platform.machine()),
+        "precision_ours": args.precision, "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "images": len(ims),
         "image_hw": [args.height, args.width], "settings": settings.as_dict(),
         "encoder_batch_size": args.encoder_batch_size,

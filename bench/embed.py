@@ -1,11 +1,19 @@
 """Embedding pipeline vs a bare loop of the same model over the same images, in one run.
 
     python bench/embed.py --model sam_tiny --shards 4 --images-per-shard 32
+    python bench/embed.py --model sam_vit_h --shards 8 --images-per-shard 32 --batch-size auto
+        # on a GPU machine: CUDA, bf16, one actor with the GPU
+
 prints JSON: bare images/s, pipeline images/s (Ray started beforehand; reading, decoding,
 resizing, the actor pool and Parquet writing included) and their ratio; the encoder's FLOPs per
-image (torch's FLOP counter) and the bare loop's share of the device's peak (on a CPU the peak
-is measured: a large fp32 matmul; on a GPU, --peak-tflops from the data sheet); the peak RSS
-of the driver and all Ray processes during the pipeline run, and peak device memory on CUDA.
+image (torch's FLOP counter) and the bare loop's share of the device's peak (measured: a large
+matmul, fp32 on a CPU, bf16 on a GPU; `--peak-tflops` adds the share of a data-sheet figure);
+the peak RSS of the driver and all Ray processes during the pipeline run, and the bare loop's
+peak device memory on CUDA.
+
+The bare loop: on a CPU, prepare_image + encoder over pre-decoded images (1 thread less than
+the cores, as the pipeline's actor); on CUDA, the encoder alone over inputs prepared
+beforehand and copied from pinned host memory per batch, synchronised at the end.
 """
 
 from __future__ import annotations
@@ -27,47 +35,77 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.memory import Peak  # noqa: E402
 from models import build_model  # noqa: E402
+from operators.batch_size import choose_encoder_batch_size  # noqa: E402
 from operators.decode import decode_image  # noqa: E402
+from operators.embed import autocast  # noqa: E402
 from operators.sample import write_sample_corpus  # noqa: E402
 from pipelines.config import parse_config  # noqa: E402
 from pipelines.embed import run_embed  # noqa: E402
 from pipelines.ray_env import init_ray  # noqa: E402
 
 
-def bare_loop(model_name: str, images: list, batch_size: int, threads: int) -> float:
-    """images/s of prepare_image + encoder over pre-decoded images, in model batches."""
+def bare_loop(model_name: str, images: list, batch_size: int | str, threads: int,
+              device: torch.device, precision: str) -> tuple[float, int, int | None]:
+    """(images/s, the batch size used, peak device memory in bytes or None) of the encoder
+    over pre-decoded images (see the module docstring for what is timed where)."""
     torch.set_num_threads(threads)
-    model = build_model(model_name, seed=0)
-    start = time.perf_counter()
-    with torch.inference_mode():
+    model = build_model(model_name, seed=0).to(device)
+    if batch_size == "auto":
+        batch_size = choose_encoder_batch_size(model, device, precision, 64)
+    if device.type != "cuda":
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for i in range(0, len(images), batch_size):
+                chunk = images[i : i + batch_size]
+                prepared = [model.prepare_image(im) for im in chunk]
+                pixels = torch.stack([torch.from_numpy(p).permute(2, 0, 1) for p, _ in prepared])
+                model.embed_images(pixels, [hw for _, hw in prepared]).to(torch.float16)
+        return len(images) / (time.perf_counter() - start), batch_size, None
+    prepared = [model.prepare_image(im) for im in images]
+    host = torch.stack([torch.from_numpy(p).permute(2, 0, 1) for p, _ in prepared]).pin_memory()
+    hws = torch.tensor([hw for _, hw in prepared], device=device)
+    with torch.inference_mode(), autocast(device, precision):
+        model.embed_images(host[:batch_size].to(device), hws[:batch_size])  # warm-up
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
         for i in range(0, len(images), batch_size):
-            chunk = images[i : i + batch_size]
-            prepared = [model.prepare_image(im) for im in chunk]
-            pixels = torch.stack([torch.from_numpy(p).permute(2, 0, 1) for p, _ in prepared])
-            model.embed_images(pixels, [hw for _, hw in prepared]).to(torch.float16)
-    return len(images) / (time.perf_counter() - start)
+            pixels = host[i : i + batch_size].to(device, non_blocking=True)
+            model.embed_images(pixels, hws[i : i + batch_size]).to(torch.float16)
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return len(images) / seconds, batch_size, torch.cuda.max_memory_allocated(device)
 
 
-def encoder_flops(model_name: str) -> int:
+def encoder_flops(model_name: str, device: torch.device) -> int:
     """FLOPs of one image through the encoder (matmuls and convolutions, 2 per MAC)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = build_model(model_name, seed=0)
+    model = build_model(model_name, seed=0).to(device)
     s = model.image_size
-    pixels = torch.zeros(1, 3, s, s, dtype=torch.uint8)
+    pixels = torch.zeros(1, 3, s, s, dtype=torch.uint8, device=device)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model.embed_images(pixels, [(s, s)])
     return int(counter.get_total_flops())
 
 
-def cpu_peak_flops(threads: int, n: int = 2048, reps: int = 5) -> float:
-    """Measured fp32 matmul FLOP/s of this CPU with `threads` threads (a practical peak)."""
+def measured_peak_flops(device: torch.device, threads: int) -> float:
+    """A practical peak: FLOP/s of a large matmul, fp32 with `threads` threads on a CPU
+    (2048^3), bf16 on a GPU (8192^3)."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    cuda = device.type == "cuda"
+    n, reps = (8192, 20) if cuda else (2048, 5)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
+    if cuda:
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
+    if cuda:
+        torch.cuda.synchronize(device)
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
@@ -78,8 +116,19 @@ def main() -> None:
     ap.add_argument("--images-per-shard", type=int, default=32)
     ap.add_argument("--min-side", type=int, default=480)
     ap.add_argument("--max-side", type=int, default=800)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=lambda v: v if v == "auto" else int(v), default=8,
+                    help="images per encoder call, or auto (fit the device)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                    help="default: bf16 on CUDA, fp32 on a CPU")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="the device's data-sheet dense peak, for a second %% figure")
+    ap.add_argument("--ray-batch-size", type=int, default=None,
+                    help="rows per actor call (default: the batch size, or 64 with auto)")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    ray_batch = args.ray_batch_size or (64 if args.batch_size == "auto" else args.batch_size)
 
     cpus = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,16 +142,22 @@ def main() -> None:
                 for m in tar:
                     if m.name.endswith(".jpg"):
                         images.append(decode_image(tar.extractfile(m).read()))
-        bare = bare_loop(args.model, images, args.batch_size, threads=max(1, cpus - 1))
+        threads = max(1, cpus - 1)
+        bare, batch, device_peak = bare_loop(args.model, images, args.batch_size, threads,
+                                             device, precision)
 
-        flops = encoder_flops(args.model)
-        peak = cpu_peak_flops(threads=max(1, cpus - 1))
+        flops = encoder_flops(args.model, device)
+        peak = measured_peak_flops(device, threads)
 
         init_ray(None, num_cpus=cpus)
+        gpu = device.type == "cuda"
         cfg = parse_config({
             "input": {"urls": [corpus]}, "output": {"path": os.path.join(tmp, "out")},
-            "model": {"name": args.model, "batch_size": args.batch_size},
-            "compute": {"ray_batch_size": args.batch_size, "cpus_per_actor": max(1, cpus - 1)},
+            "model": {"name": args.model, "batch_size": args.batch_size,
+                      "precision": precision},
+            "compute": {"ray_batch_size": ray_batch, "actors": 1,
+                        "gpus_per_actor": 1 if gpu else 0,
+                        "cpus_per_actor": 1 if gpu else threads},
         })
         rss = Peak()
         rss.start()
@@ -110,18 +165,23 @@ def main() -> None:
         rss.stop()
     pipeline = summary.images_per_s
     print(json.dumps({
-        "bench": "embed", "model": args.model, "device": "cpu",
-        "cpu": platform.processor() or platform.machine(), "cores": cpus,
+        "bench": "embed", "model": args.model, "device": str(device),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else platform.processor() or platform.machine()),
+        "cores": cpus, "precision": precision, "batch_size": batch,
         "images": len(images), "bare_images_per_s": round(bare, 3),
         "pipeline_images_per_s": round(pipeline, 3),
         "pipeline_to_bare": round(pipeline / bare, 3),
         "encoder_gflops_per_image": round(flops / 1e9, 2),
         "device_peak_gflops_measured": round(peak / 1e9, 1),
         "bare_percent_of_peak": round(100 * bare * flops / peak, 1),
+        "bare_percent_of_datasheet": (round(100 * bare * flops / (args.peak_tflops * 1e12), 1)
+                                      if args.peak_tflops else None),
         "bytes_written": summary.bytes_written,
         "peak_rss_mib": round(rss.total / 1024),
         "peak_rss_mib_driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "peak_device_memory_mib": None,  # CPU run
+        "peak_device_memory_mib": (round(device_peak / 2**20) if device_peak is not None
+                                   else None),  # the bare loop's
     }))
 
 
