@@ -41,7 +41,8 @@ from torch import nn
 
 from .common import LayerNorm2d
 from .prompt_encoder import PositionEmbeddingRandom
-from .transformer import Attention, TwoWayAttentionBlock
+from .transformer import TwoWayAttentionBlock
+from .transformer import TwoWayTransformer as SamTwoWayTransformer
 from .transforms import check_image
 
 IMAGE_SIZE = 1024  # the stretched square the encoder sees and the prompt frame
@@ -213,9 +214,10 @@ class TwoWayBlock(TwoWayAttentionBlock):
         mlp_dim: int,
         attention_downsample_rate: int,
         skip_first_layer_pe: bool,
+        norm_eps: float = DECODER_NORM_EPS,
     ) -> None:
         super().__init__(embedding_dim, num_heads, mlp_dim, attention_downsample_rate,
-                         skip_first_layer_pe, norm_eps=DECODER_NORM_EPS)
+                         skip_first_layer_pe, norm_eps=norm_eps)
         self.mlp = GeluMLP(embedding_dim, mlp_dim, embedding_dim, num_layers=1)  # same slot
 
     def self_attention(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
@@ -224,41 +226,11 @@ class TwoWayBlock(TwoWayAttentionBlock):
         return self.norm1(queries + self.self_attn(q=queries, k=queries, v=queries))
 
 
-class TwoWayTransformer(nn.Module):
-    """PxCxhxw image embedding, 1xCxhxw positional encoding, PxTxC tokens ->
-    (PxTxC tokens, Px(h*w)xC image tokens)."""
+class TwoWayTransformer(SamTwoWayTransformer):
+    """SAM's two-way transformer with EfficientSAM's blocks: PxCxhxw image embedding, 1xCxhxw
+    positional encoding, PxTxC tokens -> (PxTxC tokens, Px(h*w)xC image tokens)."""
 
-    def __init__(
-        self,
-        depth: int,
-        embedding_dim: int,
-        num_heads: int,
-        mlp_dim: int,
-        attention_downsample_rate: int = 2,
-    ) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            TwoWayBlock(embedding_dim, num_heads, mlp_dim, attention_downsample_rate,
-                        skip_first_layer_pe=i == 0)
-            for i in range(depth)
-        )
-        self.final_attn_token_to_image = Attention(
-            embedding_dim, num_heads, downsample_rate=attention_downsample_rate
-        )
-        self.norm_final_attn = nn.LayerNorm(embedding_dim, eps=DECODER_NORM_EPS)
-
-    def forward(
-        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = image_embedding.flatten(2).permute(0, 2, 1)  # (P, h*w, C)
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)  # (1, h*w, C)
-        queries = tokens
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, query_pe=tokens, key_pe=key_pe)
-        q = queries + tokens
-        k = keys + key_pe
-        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q=q, k=k, v=keys))
-        return queries, keys
+    block_class = TwoWayBlock
 
 
 class PointPromptEncoder(nn.Module):

@@ -103,6 +103,8 @@ class TwoWayTransformer(nn.Module):
     """BxCxhxw image embedding, its positional encoding and BxNxC tokens ->
     (BxNxC tokens, Bx(h*w)xC image tokens)."""
 
+    block_class: type[TwoWayAttentionBlock] = TwoWayAttentionBlock  # a family may swap it
+
     def __init__(
         self,
         depth: int,
@@ -116,7 +118,7 @@ class TwoWayTransformer(nn.Module):
         self.depth = depth
         self.embedding_dim = embedding_dim
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(
+            self.block_class(
                 embedding_dim=embedding_dim,
                 num_heads=num_heads,
                 mlp_dim=mlp_dim,
