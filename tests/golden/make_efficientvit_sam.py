@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tests.golden.common import random_image, seeded_indices
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
 
@@ -65,15 +67,12 @@ def golden_state_dict(model: nn.Module, seed: int = WEIGHT_SEED) -> dict[str, to
 
 def golden_image(seed: int = IMAGE_SEED, shape: tuple[int, ...] = IMAGE_SHAPE) -> np.ndarray:
     """Seeded random uint8 HxWx3 RGB image."""
-    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    return random_image(seed, shape)
 
 
 def sample_indices(embedding_numel: int, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Seeded flat indices: EMBED_SAMPLES into the embedding, MASK_PIXELS into an HxW mask."""
-    rng = np.random.default_rng(SAMPLE_SEED)
-    emb = np.sort(rng.choice(embedding_numel, EMBED_SAMPLES, replace=False)).astype(np.int64)
-    pix = np.sort(rng.choice(hw[0] * hw[1], MASK_PIXELS, replace=False)).astype(np.int64)
-    return emb, pix
+    return seeded_indices(embedding_numel, hw, EMBED_SAMPLES, MASK_PIXELS, SAMPLE_SEED)
 
 
 # -- the official code (only for main) ----------------------------------------------------------
