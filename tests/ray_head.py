@@ -17,10 +17,19 @@ from pathlib import Path
 RAY = str(Path(sys.executable).parent / "ray")
 
 
+_HANDED_OUT: set[int] = set()  # ports given to a node in this process: never twice
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before by this process (the OS may return the same
+    ephemeral port to consecutive probes, and Ray refuses two components on one port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _ports() -> list[str]:
@@ -92,16 +101,23 @@ class RayCluster:
                     "HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0",
                     # job entrypoints run `python`: the venv's, as in the cluster image
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-        self.gcs_port, self.dashboard_port = free_port(), free_port()
-        self.address = f"http://127.0.0.1:{self.dashboard_port}"
-        self.head = RayNode(
-            ["--head", "--node-ip-address", "127.0.0.1", "--port", str(self.gcs_port),
-             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-             "--ray-client-server-port", str(free_port()), "--num-cpus", str(num_cpus),
-             "--temp-dir", self.temp_dir, "--include-dashboard", "true", *_ports()],
-            self.env, root / "head.log")
         self.nodes: list[RayNode] = []
-        self._wait_up()
+        for attempt in range(3):  # a port taken by another process in between: new ports
+            self.gcs_port, self.dashboard_port = free_port(), free_port()
+            self.address = f"http://127.0.0.1:{self.dashboard_port}"
+            self.head = RayNode(
+                ["--head", "--node-ip-address", "127.0.0.1", "--port", str(self.gcs_port),
+                 "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+                 "--ray-client-server-port", str(free_port()), "--num-cpus", str(num_cpus),
+                 "--temp-dir", self.temp_dir, "--include-dashboard", "true", *_ports()],
+                self.env, root / f"head{attempt}.log")
+            try:
+                self._wait_up()
+                return
+            except RuntimeError as e:
+                self.head.kill(signal.SIGTERM)
+                if "port" not in str(e) or attempt == 2:
+                    raise
 
     def add_node(self, num_cpus: int = 1, resources: str | None = None) -> RayNode:
         args = ["--address", f"127.0.0.1:{self.gcs_port}", "--node-ip-address", "127.0.0.1",
