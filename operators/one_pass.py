@@ -79,7 +79,7 @@ class OnePassGenerator:
     def _annotations(self, image: np.ndarray, det) -> list[dict]:
         h, w = image.shape[:2]
         threshold = float(self.model.mask_threshold)
-        scores = torch.as_tensor(det.scores).float().cpu()
+        scores = torch.as_tensor(det.scores).float().cpu().tolist()
         anns = []
         step = max(1, min(self.mask_batch_size, MASK_PIXEL_BUDGET // (h * w)))
         for start in range(0, len(det), step):
@@ -87,13 +87,15 @@ class OnePassGenerator:
             stability = stability_score(logits, threshold, self.settings.stability_score_offset)
             binary = logits > threshold
             del logits
-            boxes = masks_to_boxes(binary)
+            # one device->host copy per chunk, not one per mask
+            boxes = masks_to_boxes(binary).tolist()
             areas = binary.flatten(1).sum(1).tolist()
+            stability = stability.tolist()
             binary = binary.cpu().numpy()
             for k, area in enumerate(areas):
                 if not area:
                     continue  # a detection whose mask vanished at the threshold
-                x0, y0, x1, y1 = (int(v) for v in boxes[k].tolist())
+                x0, y0, x1, y1 = (int(v) for v in boxes[k])
                 anns.append({
                     "segmentation": mask_to_rle(binary[k]),
                     "area": int(area),
