@@ -62,6 +62,8 @@ def choose_encoder_batch_size(model: torch.nn.Module, device: torch.device, prec
     one = _peak_bytes(model, device, precision, 1)
     two = _peak_bytes(model, device, precision, 2)
     free, _ = torch.cuda.mem_get_info(device)
+    # the probes' blocks stay in torch's cache: reserved but reusable, so count them as free
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     per_image = max(two - one, 1)
     batch = fit_batch_size(free, one - per_image, per_image, limit)
     log.info("model.batch_size auto: %d (%.0f MiB per image, %.0f MiB free)", batch,
