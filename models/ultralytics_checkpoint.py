@@ -10,7 +10,11 @@ unpickler admits only an allow-list of globals:
   Ultralytics' namespace of training arguments); each becomes an inert `ModuleRecord` that only
   stores its pickled attributes, so no constructor, `__setstate__` or import of the real class
   runs;
-- torch's tensor and parameter rebuild functions, `collections.OrderedDict`, `builtins.set`.
+- torch's tensor and parameter rebuild functions, `collections.OrderedDict`, `builtins.set`,
+  `_codecs.encode` for latin-1 only (how protocol 2 writes bytes), each behind a guard that
+  checks its arguments;
+- the few other values a training loop leaves in the dict (numpy scalars and dtypes, `pathlib`
+  paths), as `OpaqueValue`s that keep nothing.
 
 Any other global (`os.system`, `builtins.eval`, a class of another package) stops the load with
 a `CheckpointError` naming it, before anything it names is called. The module tree is then
@@ -21,6 +25,7 @@ model loads strictly.
 from __future__ import annotations
 
 import _compat_pickle
+import codecs
 import pickle
 import types
 from collections import OrderedDict
@@ -106,6 +111,12 @@ def _no_check(args: tuple) -> None:
         raise pickle.UnpicklingError(f"expected at most one argument, got {len(args)}")
 
 
+def _check_latin1(args: tuple) -> None:
+    # protocol 2 writes bytes (a numpy scalar's payload) as _codecs.encode(str, "latin1")
+    if len(args) != 2 or not isinstance(args[0], str) or args[1] not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"expected _codecs.encode(str, 'latin1'), got {args!r}"[:200])
+
+
 _TORCH_FUNCTIONS = {
     ("torch._utils", "_rebuild_tensor_v2"): _Guarded(torch._utils._rebuild_tensor_v2,
                                                      _check_tensor_args),
@@ -115,6 +126,7 @@ _TORCH_FUNCTIONS = {
         torch._utils._rebuild_parameter_with_state, _check_parameter_args),
     ("collections", "OrderedDict"): _Guarded(OrderedDict, _no_check),
     ("builtins", "set"): _Guarded(set, _no_check),
+    ("_codecs", "encode"): _Guarded(codecs.encode, _check_latin1),
 }
 
 
@@ -140,13 +152,33 @@ class ModuleRecord:
         return f"ModuleRecord({self.class_path})"
 
 
+class OpaqueValue(ModuleRecord):
+    """An inert stand-in for a value the training loop left in the file that the weights do
+    not need (a numpy float `best_fitness`, its dtype, a `pathlib` path in `train_args`):
+    takes any arguments and state, keeps nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.attrs = {}
+
+    def __setstate__(self, state: Any) -> None:
+        self.attrs = {}
+
+
+# Training-loop values (module, name) that become OpaqueValue; numpy moved `core` to `_core`.
+_OPAQUE = frozenset({
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "dtype"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"),
+})
+
 _RECORD_TYPES: dict[tuple[str, str], type[ModuleRecord]] = {}
 
 
-def _record_type(module: str, name: str) -> type[ModuleRecord]:
+def _record_type(module: str, name: str, base: type[ModuleRecord] = ModuleRecord
+                 ) -> type[ModuleRecord]:
     key = (module, name)
     if key not in _RECORD_TYPES:
-        _RECORD_TYPES[key] = type(name, (ModuleRecord,), {"class_path": f"{module}.{name}"})
+        _RECORD_TYPES[key] = type(name, (base,), {"class_path": f"{module}.{name}"})
     return _RECORD_TYPES[key]
 
 
@@ -158,6 +190,8 @@ def _allowed_global(module: str, name: str) -> Any:
         return _record_type(module, name)
     if module.startswith("torch.nn.modules.") and name in _TORCH_NN_CLASSES:
         return _record_type(module, name)
+    if (module, name) in _OPAQUE:
+        return _record_type(module, name, OpaqueValue)
     raise pickle.UnpicklingError(
         f"refusing to load global '{module}.{name}': not one of the classes an Ultralytics "
         f"YOLOv8-seg checkpoint holds"
@@ -251,7 +285,8 @@ def load_ultralytics_state_dict(source: str | BinaryIO) -> dict[str, torch.Tenso
             f"got {type(obj).__name__}"
         )
     for key in ("ema", "model"):
-        if isinstance(obj.get(key), ModuleRecord):
+        value = obj.get(key)
+        if isinstance(value, ModuleRecord) and not isinstance(value, OpaqueValue):
             return module_state_dict(obj[key])
     raise CheckpointError(
         f"expected a pickled module under 'ema' or 'model', got keys {sorted(map(str, obj))[:10]}"

@@ -56,6 +56,36 @@ def test_module_tree_becomes_the_state_dict(tmp_path):
         assert torch.equal(state[key], value), key
 
 
+def test_training_leftovers_load(tmp_path):
+    """What a training loop leaves in a real file loads too: a numpy `best_fitness`, paths in
+    `train_args`, the model's argument namespace (an Ultralytics SimpleNamespace)."""
+    import pathlib
+    import sys
+    import types
+
+    import numpy as np
+
+    with fake_ultralytics() as classes:
+        namespace = type("IterableSimpleNamespace", (types.SimpleNamespace,),
+                         {"__module__": "ultralytics.yolo.utils"})
+        sys.modules["ultralytics.yolo"] = types.ModuleType("ultralytics.yolo")
+        sys.modules["ultralytics.yolo.utils"] = types.ModuleType("ultralytics.yolo.utils")
+        sys.modules["ultralytics.yolo.utils"].IterableSimpleNamespace = namespace
+        try:
+            tree = _small_tree(classes, seed=0)
+            tree.args = namespace(imgsz=1024, save_dir="runs/segment/train")
+            ckpt = checkpoint_dict(tree)
+            ckpt["best_fitness"] = np.float64(0.6125)
+            ckpt["train_args"]["project"] = pathlib.PurePosixPath("runs/segment")
+            path = tmp_path / "trained.pt"
+            save(ckpt, path)
+            expected = tree.state_dict()["model.0.conv.weight"].clone()
+        finally:
+            del sys.modules["ultralytics.yolo.utils"], sys.modules["ultralytics.yolo"]
+    state = load_ultralytics_state_dict(str(path))
+    assert torch.equal(state["model.0.conv.weight"], expected)
+
+
 def test_ema_is_preferred_over_model(tmp_path):
     with fake_ultralytics() as classes:
         model, ema = _small_tree(classes, seed=0), _small_tree(classes, seed=1)
