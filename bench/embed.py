@@ -77,6 +77,48 @@ def bare_loop(model_name: str, images: list, batch_size: int | str, threads: int
     return len(images) / seconds, batch_size, torch.cuda.max_memory_allocated(device)
 
 
+def profile_encoder(model_name: str, images: list, batch_size: int, device: torch.device,
+                    precision: str, trace: str | None) -> dict:
+    """Where the bare encoder's time goes, over up to 4 batches after a warm-up: wall time,
+    the device's busy time (CUDA kernels; on a CPU the operators' self time) and its share,
+    the rest being waiting (launch, copies, Python); the 5 costliest operators. `trace`: also
+    write a Chrome trace there (chrome://tracing, Perfetto)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = build_model(model_name, seed=0).to(device)
+    prepared = [model.prepare_image(im) for im in images[: 4 * batch_size]]
+    pixels = torch.stack([torch.from_numpy(p).permute(2, 0, 1) for p, _ in prepared])
+    hws = [hw for _, hw in prepared]
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+
+    def run() -> None:
+        for i in range(0, len(prepared), batch_size):
+            model.embed_images(pixels[i : i + batch_size].to(device, non_blocking=True),
+                               hws[i : i + batch_size])
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    with torch.inference_mode(), autocast(device, precision):
+        run()  # warm-up
+        with profile(activities=activities) as prof:
+            start = time.perf_counter()  # the profiler's own start and stop not counted
+            run()
+            wall_us = (time.perf_counter() - start) * 1e6
+    events = prof.key_averages()
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    busy_us = sum(getattr(e, attr) for e in events)
+    top = sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:5]
+    if trace:
+        prof.export_chrome_trace(trace)
+    return {
+        "wall_ms": round(wall_us / 1e3, 1), "busy_ms": round(busy_us / 1e3, 1),
+        "busy_share": round(min(busy_us / wall_us, 1.0), 3) if cuda else None,
+        "top_ops": [{"op": e.key, "ms": round(getattr(e, attr) / 1e3, 1)} for e in top],
+        "trace": trace,
+    }
+
+
 def encoder_flops(model_name: str, device: torch.device) -> int:
     """FLOPs of one image through the encoder (matmuls and convolutions, 2 per MAC)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -123,6 +165,9 @@ def main() -> None:
                     help="default: bf16 on CUDA, fp32 on a CPU")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="the device's data-sheet dense peak, for a second %% figure")
+    ap.add_argument("--profile", nargs="?", const="", default=None, metavar="TRACE.json",
+                    help="profile the bare encoder (device busy time vs wall, top operators);"
+                    " with a path, also write a Chrome trace")
     ap.add_argument("--ray-batch-size", type=int, default=None,
                     help="rows per actor call (default: the batch size, or 64 with auto)")
     args = ap.parse_args()
@@ -146,6 +191,9 @@ def main() -> None:
         bare, batch, device_peak = bare_loop(args.model, images, args.batch_size, threads,
                                              device, precision)
 
+        profiled = (profile_encoder(args.model, images, batch, device, precision,
+                                    args.profile or None)
+                    if args.profile is not None else None)
         flops = encoder_flops(args.model, device)
         peak = measured_peak_flops(device, threads)
 
@@ -180,6 +228,7 @@ def main() -> None:
         "bytes_written": summary.bytes_written,
         "peak_rss_mib": round(rss.total / 1024),
         "peak_rss_mib_driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "profile": profiled,
         "peak_device_memory_mib": (round(device_peak / 2**20) if device_peak is not None
                                    else None),  # the bare loop's
     }))
