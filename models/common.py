@@ -22,6 +22,21 @@ class LayerNorm2d(nn.Module):
         return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
+class PromptModelProperties:
+    """`device` and `embedding_shape` of a promptable model holding a `pixel_mean` buffer and a
+    `prompt_encoder` (SAM and EfficientSAM)."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def embedding_shape(self) -> tuple[int, int, int]:
+        """CxHxW of one image embedding (256x64x64 for the official models)."""
+        h, w = self.prompt_encoder.image_embedding_size
+        return (self.prompt_encoder.embed_dim, h, w)
+
+
 class MLPBlock(nn.Module):
     """Two linear layers with an activation between: ...xD -> ...xM -> ...xD."""
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, PromptModelProperties
 from .prompt_encoder import PositionEmbeddingRandom
 from .transformer import TwoWayAttentionBlock
 from .transformer import TwoWayTransformer as SamTwoWayTransformer
@@ -373,7 +373,7 @@ class EfficientSamMaskDecoder(nn.Module):
 # -- the model ----------------------------------------------------------------------------------
 
 
-class EfficientSam(nn.Module):
+class EfficientSam(PromptModelProperties, nn.Module):
     """EfficientSAM with the SAM-family protocol of `models.sam.Sam` (see models/sam.py), so
     pipelines and the predictor use it unchanged; only the pre- and post-processing differ
     (stretch to a float square, no padding, bicubic upscaling)."""
@@ -399,16 +399,6 @@ class EfficientSam(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.image_size = image_encoder.img_size
         self.prompt_size = prompt_encoder.input_image_size[0]
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    @property
-    def embedding_shape(self) -> tuple[int, int, int]:
-        """CxHxW of one image embedding (256x64x64)."""
-        h, w = self.prompt_encoder.image_embedding_size
-        return (self.prompt_encoder.embed_dim, h, w)
 
     # -- images -------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import PromptModelProperties
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -28,7 +29,7 @@ SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-class Sam(nn.Module):
+class Sam(PromptModelProperties, nn.Module):
     """Segment Anything: image encoder, prompt encoder and mask decoder."""
 
     mask_threshold: float = 0.0
@@ -51,16 +52,6 @@ class Sam(nn.Module):
         # The square the encoder sees; prompts live in the prompt encoder's frame.
         self.image_size = image_size or image_encoder.img_size
         self.prompt_size = prompt_encoder.input_image_size[0]
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    @property
-    def embedding_shape(self) -> tuple[int, int, int]:
-        """CxHxW of one image embedding (256x64x64 for the official SAM)."""
-        h, w = self.prompt_encoder.image_embedding_size
-        return (self.prompt_encoder.embed_dim, h, w)
 
     # -- images -------------------------------------------------------------------------------
 

@@ -32,3 +32,17 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b||"""
     return ((a - b).norm() / b.norm()).item()
+
+
+def assert_matches_manifest(model: nn.Module, manifest_: dict) -> None:
+    """`model.state_dict()` has the manifest's keys, shapes and dtypes in its order, the same
+    parameters and the same parameter count."""
+    ours = [(k, list(v.shape), str(v.dtype).removeprefix("torch."))
+            for k, v in model.state_dict().items()]
+    official = [(k, shape, dtype) for k, shape, dtype, _ in manifest_["keys"]]
+    assert sorted(set(k for k, *_ in official) - set(k for k, *_ in ours)) == []
+    assert sorted(set(k for k, *_ in ours) - set(k for k, *_ in official)) == []
+    assert ours == official  # same shapes, dtypes and even the same order
+    params = {k for k, _, _, is_param in manifest_["keys"] if is_param}
+    assert {k for k, _ in model.named_parameters()} == params
+    assert sum(p.numel() for p in model.parameters()) == manifest_["num_parameters"]

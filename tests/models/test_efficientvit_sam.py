@@ -21,9 +21,9 @@ from models.checkpoint import (
 from models.efficientvit import BUILDERS, OFFICIAL_FILES, LiteMLA
 from operators.mask_generator import AMGSettings, MaskGenerator
 from tests.golden.make_efficientvit_sam import golden_image, golden_state_dict
+from tests.models.common import assert_matches_manifest, meta_model
 from tests.models.common import cosine as _cosine
 from tests.models.common import manifest as _manifest
-from tests.models.common import meta_model
 from tests.models.common import rel as _rel
 
 DATA = Path(__file__).parent.parent / "data"
@@ -47,15 +47,7 @@ SLOW = pytest.mark.slow
 def test_state_dict_equals_official_manifest(name):
     manifest = _manifest(name)
     model = meta_model(BUILDERS, name)
-    ours = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in
-            model.state_dict().items()]
-    official = [(k, shape, dtype) for k, shape, dtype, _ in manifest["keys"]]
-    assert sorted(set(k for k, *_ in official) - set(k for k, *_ in ours)) == []
-    assert sorted(set(k for k, *_ in ours) - set(k for k, *_ in official)) == []
-    assert ours == official  # same shapes, dtypes and even the same order
-    params = {k for k, _, _, is_param in manifest["keys"] if is_param}
-    assert {k for k, _ in model.named_parameters()} == params
-    assert sum(p.numel() for p in model.parameters()) == manifest["num_parameters"]
+    assert_matches_manifest(model, manifest)
     assert OFFICIAL_FILES[name] == manifest["checkpoint"]
 
 

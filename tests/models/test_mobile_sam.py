@@ -18,6 +18,7 @@ from models.sam import Sam
 from models.tiny_vit import BUILDERS, OFFICIAL_FILES, WindowAttention, attention_bias_index
 from operators.mask_generator import AMGSettings, MaskGenerator
 from tests.golden.make_mobile_sam import WEIGHT_SEED, golden_image, golden_state_dict
+from tests.models.common import assert_matches_manifest
 from tests.models.common import cosine as _cosine
 from tests.models.common import rel as _rel
 
@@ -50,14 +51,7 @@ def test_state_dict_equals_official_manifest():
     manifest = _manifest()
     model = _meta()
     state = model.state_dict()
-    ours = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()]
-    official = [(k, shape, dtype) for k, shape, dtype, _ in manifest["keys"]]
-    assert sorted(set(k for k, *_ in official) - set(k for k, *_ in ours)) == []
-    assert sorted(set(k for k, *_ in ours) - set(k for k, *_ in official)) == []
-    assert ours == official  # same shapes, dtypes and even the same order
-    params = {k for k, _, _, is_param in manifest["keys"] if is_param}
-    assert {k for k, _ in model.named_parameters()} == params
-    assert sum(p.numel() for p in model.parameters()) == manifest["num_parameters"]
+    assert_matches_manifest(model, manifest)
     # pixel_mean/std, the bias index and the eval cache `ab` are buffers left out of the file
     non_persistent = {k for k, _ in model.named_buffers()} - set(state)
     assert non_persistent == set(manifest["non_persistent_buffers"])

@@ -25,8 +25,8 @@ from models.yolov8_seg import (
     snap_full_image_box,
 )
 from tests.golden.make_fastsam import golden_image, golden_state_dict
+from tests.models.common import assert_matches_manifest, meta_model
 from tests.models.common import manifest as _manifest
-from tests.models.common import meta_model
 
 DATA = Path(__file__).parent.parent / "data"
 # Published sizes (FastSAM README: "68M" for FastSAM-x; YOLOv8x-seg is 71.8M with 80 classes).
@@ -70,14 +70,7 @@ def test_state_dict_equals_official_manifest(name):
     manifest = _manifest(name)
     model = meta_model(BUILDERS, name)
     state = model.state_dict()
-    ours = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()]
-    official = [(k, shape, dtype) for k, shape, dtype, _ in manifest["keys"]]
-    assert sorted(set(k for k, *_ in official) - set(k for k, *_ in ours)) == []
-    assert sorted(set(k for k, *_ in ours) - set(k for k, *_ in official)) == []
-    assert ours == official  # same shapes, dtypes and order
-    params = {k for k, _, _, is_param in manifest["keys"] if is_param}
-    assert {k for k, _ in model.named_parameters()} == params
-    assert sum(p.numel() for p in model.parameters()) == manifest["num_parameters"]
+    assert_matches_manifest(model, manifest)
     assert manifest["num_parameters"] == NUM_PARAMETERS[name]
     assert {k for k, _ in model.named_buffers()} - set(state) == set(
         manifest["non_persistent_buffers"]
