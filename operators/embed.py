@@ -19,6 +19,7 @@ from models import build_model
 from .batch_size import choose_encoder_batch_size
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_TORCH_DTYPE = {"float16": torch.float16, "float32": torch.float32}
 
 
 def load_model(model_name: str, checkpoint: str | None, sha256: str | None, seed: int | None,
@@ -83,6 +84,8 @@ class Embedder:
         channels_last: bool = False,
         batch_limit: int = 64,
     ) -> None:
+        if out_dtype not in _TORCH_DTYPE:
+            raise ValueError(f"expected out_dtype {' or '.join(_TORCH_DTYPE)}, got {out_dtype}")
         self.model, self.device, self.precision = load_model(
             model_name, checkpoint, sha256, seed, precision, storage_options, num_threads,
             compile_encoder, channels_last)
@@ -100,18 +103,51 @@ class Embedder:
         c, h, w = self.model.embedding_shape
         out = np.zeros((n, c, h, w), dtype=self.out_dtype)
         todo = np.flatnonzero((batch["kind"] == "image") & (batch["status"] == "ok"))
+        # Each model batch's embeddings are copied back while the next batch runs: at most one
+        # batch is in flight on the device while the host gathers and uploads the next.
+        pending: list[tuple[np.ndarray, torch.Tensor, Any]] = []
         for start in range(0, len(todo), self.model_batch_size):
             idx = todo[start : start + self.model_batch_size]
-            pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][idx]))
-            if self.device.type == "cuda":  # page-locked: the copy overlaps with GPU work
-                pixels = pixels.pin_memory()
-            pixels = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-            hws = torch.from_numpy(batch["input_hw"][idx].astype(np.int64)).to(self.device)
-            with autocast(self.device, self.precision):
-                emb = self.model.embed_images(pixels, hws)
-            out[idx] = emb.float().cpu().numpy().astype(self.out_dtype)
+            pending.append((idx, *self._embed_async(batch["pixels"][idx],
+                                                    batch["input_hw"][idx])))
+            if len(pending) > 1:
+                self._collect(pending.pop(0), out)
+        for item in pending:
+            self._collect(item, out)
         result = {k: v for k, v in batch.items() if k != "pixels"}
         result["embedding"] = out
         result["model"] = np.full(n, self.model_name, dtype=object)
         result["checkpoint_sha256"] = np.full(n, self.sha256, dtype=object)
         return result
+
+    def _embed_async(self, pixels: np.ndarray, input_hw: np.ndarray
+                     ) -> tuple[torch.Tensor, Any]:
+        """uint8 (or the model's float) BxSxSx3 + int32 Bx2 -> (BxCxHxW `out_dtype` host
+        tensor, CUDA event or None). On CUDA the work is only queued: the host tensor is
+        page-locked and complete once the event has fired; on a CPU it is complete."""
+        cuda = self.device.type == "cuda"
+        x = torch.from_numpy(np.ascontiguousarray(pixels))
+        hws = torch.from_numpy(input_hw.astype(np.int64))
+        if cuda:  # page-locked: the uploads overlap with the batch before
+            x, hws = x.pin_memory(), hws.pin_memory()
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        hws = hws.to(self.device, non_blocking=True)
+        with autocast(self.device, self.precision):
+            emb = self.model.embed_images(x, hws)
+        # Cast on the device: a float16 copy back is half the bytes of a float32 one
+        emb = emb.to(_TORCH_DTYPE[self.out_dtype.name])
+        if not cuda:
+            return emb, None
+        host = torch.empty(emb.shape, dtype=emb.dtype, pin_memory=True)
+        host.copy_(emb, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+
+    @staticmethod
+    def _collect(item: tuple[np.ndarray, torch.Tensor, Any], out: np.ndarray) -> None:
+        """Wait for one queued batch and put its embeddings into their rows of `out`."""
+        idx, host, event = item
+        if event is not None:
+            event.synchronize()
+        out[idx] = host.numpy()

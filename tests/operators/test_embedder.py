@@ -1,0 +1,54 @@
+"""The embedding actor: rows in any order of ok, error and end rows come back with each ok
+row's own embedding (model batches queued and collected in order), zeros elsewhere, and a
+float16 output that is the float32 embedding rounded once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from operators.embed import Embedder
+
+
+def _batch(size: int, kinds: list[str], statuses: list[str], seed: int = 0) -> dict:
+    n = len(kinds)
+    rng = np.random.default_rng(seed)
+    hw = rng.integers(size // 2, size + 1, (n, 2)).astype(np.int32)
+    return {"kind": np.array(kinds, dtype=object), "status": np.array(statuses, dtype=object),
+            "pixels": rng.integers(0, 256, (n, size, size, 3), np.uint8), "input_hw": hw,
+            "key": np.array([f"k{i}" for i in range(n)], dtype=object)}
+
+
+@pytest.mark.parametrize("model_batch_size", [1, 3, 16])
+def test_rows_get_their_own_embedding(model_batch_size):
+    kinds = ["image", "image", "image", "end", "image", "image", "image", "image"]
+    statuses = ["ok", "error", "ok", "end", "ok", "ok", "ok", "ok"]
+    emb = Embedder("sam_tiny", seed=0, model_batch_size=model_batch_size, out_dtype="float32")
+    batch = _batch(emb.model.image_size, kinds, statuses)
+    out = emb(batch)
+    assert "pixels" not in out and list(out["key"]) == list(batch["key"])
+    with torch.inference_mode():
+        for i, (kind, status) in enumerate(zip(kinds, statuses, strict=True)):
+            got = out["embedding"][i]
+            if kind != "image" or status != "ok":
+                assert not got.any(), f"row {i} ({kind}/{status}) should be zeros"
+                continue
+            x = torch.from_numpy(batch["pixels"][i : i + 1]).permute(0, 3, 1, 2)
+            want = emb.model.embed_images(x, [tuple(batch["input_hw"][i])])[0].numpy()
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"row {i}")
+
+
+def test_float16_output_is_the_float32_embedding_rounded():
+    kinds, statuses = ["image"] * 5, ["ok"] * 5
+    ref = Embedder("sam_tiny", seed=0, model_batch_size=2, out_dtype="float32")
+    half = Embedder("sam_tiny", seed=0, model_batch_size=2, out_dtype="float16")
+    batch = _batch(ref.model.image_size, kinds, statuses, seed=1)
+    got = half(batch)["embedding"]
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, ref(batch)["embedding"].astype(np.float16))
+
+
+def test_unknown_output_dtype_is_refused():
+    with pytest.raises(ValueError, match="expected out_dtype float16 or float32, got int8"):
+        Embedder("sam_tiny", seed=0, out_dtype="int8")
