@@ -34,22 +34,31 @@ def tensor_array(values: np.ndarray, valid: np.ndarray) -> pa.ExtensionArray:
     return pa.ExtensionArray.from_storage(ext_type, storage)
 
 
+def pair_array(values: np.ndarray, valid: np.ndarray) -> pa.FixedSizeListArray:
+    """int Bx2 numpy -> Arrow fixed_size_list<int32>[2], null where not `valid`."""
+    flat = pa.array(np.ascontiguousarray(values, dtype=np.int32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, 2, mask=pa.array(~valid))
+
+
+def image_id_array(ids: np.ndarray) -> pa.Array:
+    """int B numpy, -1 for none -> Arrow int64, null where negative."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return pa.array(ids, pa.int64(), mask=ids < 0)
+
+
 def embedding_table(batch: dict[str, Any], include_image: bool) -> pa.Table:
     """Rows of one shard (kind == image) -> the output table (see README: Data out)."""
     ok = batch["status"] == "ok"
-    hw = pa.list_(pa.int32(), 2)
     cols = {
-        "image_id": pa.array([None if i < 0 else int(i) for i in batch["image_id"]], pa.int64()),
+        "image_id": image_id_array(batch["image_id"]),
         "key": pa.array(batch["key"].tolist(), pa.string()),
         "shard": pa.array(batch["shard"].tolist(), pa.string()),
         "source_uri": pa.array(batch["source_uri"].tolist(), pa.string()),
         "model": pa.array(batch["model"].tolist(), pa.string()),
         "checkpoint_sha256": pa.array([s or None for s in batch["checkpoint_sha256"]],
                                       pa.string()),
-        "orig_hw": pa.array([list(map(int, v)) if o else None
-                             for v, o in zip(batch["orig_hw"], ok, strict=True)], hw),
-        "input_hw": pa.array([list(map(int, v)) if o else None
-                              for v, o in zip(batch["input_hw"], ok, strict=True)], hw),
+        "orig_hw": pair_array(batch["orig_hw"], ok),
+        "input_hw": pair_array(batch["input_hw"], ok),
         "embedding": tensor_array(batch["embedding"], ok),
         "status": pa.array(batch["status"].tolist(), pa.string()),
         "error": pa.array([e or None for e in batch["error"]], pa.string()),
@@ -77,15 +86,14 @@ def masks_table(batch: dict[str, Any], include_image: bool = False) -> pa.Table:
     """Rows of one shard (kind == image) -> the mask table: one row per image, `annotations`
     a list of SA-1B annotation structs (COCO RLE segmentation, XYWH bbox)."""
     ok = batch["status"] == "ok"
-    hw = [list(map(int, v)) for v in batch["orig_hw"]]
+    hw = np.asarray(batch["orig_hw"], dtype=np.int32).reshape(-1, 2)
     return pa.table({
-        "image_id": pa.array([None if i < 0 else int(i) for i in batch["image_id"]], pa.int64()),
+        "image_id": image_id_array(batch["image_id"]),
         "key": pa.array(batch["key"].tolist(), pa.string()),
         "shard": pa.array(batch["shard"].tolist(), pa.string()),
         "source_uri": pa.array(batch["source_uri"].tolist(), pa.string()),
-        "width": pa.array([v[1] if o else None for v, o in zip(hw, ok, strict=True)], pa.int32()),
-        "height": pa.array([v[0] if o else None for v, o in zip(hw, ok, strict=True)],
-                           pa.int32()),
+        "width": pa.array(hw[:, 1], pa.int32(), mask=~ok),
+        "height": pa.array(hw[:, 0], pa.int32(), mask=~ok),
         "model": pa.array(batch["model"].tolist(), pa.string()),
         "checkpoint_sha256": pa.array([s or None for s in batch["checkpoint_sha256"]],
                                       pa.string()),
@@ -119,7 +127,10 @@ def write_batch(batch: dict[str, np.ndarray], root: str, storage_options: dict |
         of_shard = batch["shard"] == shard
         images = np.flatnonzero(of_shard & (kinds == "image"))
         if len(images):
-            part = {k: v[images] for k, v in batch.items()}
+            # a run of rows is a view (no copy of the embeddings), scattered rows a gather
+            rows = (slice(images[0], images[-1] + 1)
+                    if images[-1] - images[0] + 1 == len(images) else images)
+            part = {k: v[rows] for k, v in batch.items()}
             table_ = TABLES[table](part, include_image)
             first = min(part["key"].tolist())
             path = f"{base}/{shard}/{shard}-{_safe(first)}.parquet"
