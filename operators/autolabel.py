@@ -51,13 +51,16 @@ class AutoLabeler:
         compile_encoder: bool = False,
         channels_last: bool = False,
         batch_limit: int = 64,
+        device: str = "auto",
+        gpu_share: float = 1.0,
     ) -> None:
         self.model, self.device, self.precision = load_model(
             model_name, checkpoint, sha256, seed, precision, storage_options, num_threads,
-            compile_encoder, channels_last)
+            compile_encoder, channels_last, device)
         if encoder_batch_size == "auto":  # crops per encoder call that fit the device
             encoder_batch_size = (
-                choose_encoder_batch_size(self.model, self.device, self.precision, batch_limit)
+                choose_encoder_batch_size(self.model, self.device, self.precision, batch_limit,
+                                          gpu_share)
                 if hasattr(self.model, "embed_images") else CPU_BATCH)
         if hasattr(self.model, "segment_everything"):
             self.settings = _pick(OnePassSettings, settings, ONE_PASS_NAMES)

@@ -43,7 +43,8 @@ def _peak_bytes(model: torch.nn.Module, device: torch.device, precision: str, n:
 
     size = model.image_size
     dtype = torch.from_numpy(np.zeros(0, input_dtype(model))).dtype
-    pixels = torch.zeros((n, 3, size, size), dtype=dtype, device=device)
+    # NHWC memory seen as NCHW, as the actors feed it (a compiled encoder then sees its shape)
+    pixels = torch.zeros((n, size, size, 3), dtype=dtype, device=device).permute(0, 3, 1, 2)
     hws = torch.tensor([[size, size]] * n, device=device)
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -55,8 +56,12 @@ def _peak_bytes(model: torch.nn.Module, device: torch.device, precision: str, n:
 
 
 def choose_encoder_batch_size(model: torch.nn.Module, device: torch.device, precision: str,
-                              limit: int) -> int:
-    """The encoder batch for `model` on `device` (see the module docstring)."""
+                              limit: int, gpu_share: float = 1.0) -> int:
+    """The encoder batch for `model` on `device` (see the module docstring). gpu_share: this
+    actor's share of the GPU (Ray's fractional `num_gpus`): actors sharing a GPU probe at the
+    same time, so each sizes its batch to its share of the free memory."""
+    if not 0 < gpu_share <= 1:
+        raise ValueError(f"expected a GPU share in (0, 1], got {gpu_share}")
     if device.type != "cuda":
         return min(CPU_BATCH, limit)
     one = _peak_bytes(model, device, precision, 1)
@@ -64,6 +69,7 @@ def choose_encoder_batch_size(model: torch.nn.Module, device: torch.device, prec
     free, _ = torch.cuda.mem_get_info(device)
     # the probes' blocks stay in torch's cache: reserved but reusable, so count them as free
     free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    free = int(free * gpu_share)
     per_image = max(two - one, 1)
     batch = fit_batch_size(free, one - per_image, per_image, limit)
     log.info("model.batch_size auto: %d (%.0f MiB per image, %.0f MiB free)", batch,

@@ -22,12 +22,27 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _TORCH_DTYPE = {"float16": torch.float16, "float32": torch.float32}
 
 
+def pick_device(device: str = "auto") -> torch.device:
+    """"cuda" (the worker was given a GPU: refuse to fall back to the CPU silently), "cpu", or
+    "auto" (CUDA when torch sees one)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"expected CUDA on this worker (it was given a GPU), got torch {torch.__version__} "
+            f"with torch.cuda.is_available() False (a CPU build of torch, or a driver mismatch)")
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"expected device auto, cuda or cpu, got {device}")
+    return torch.device(device)
+
+
 def load_model(model_name: str, checkpoint: str | None, sha256: str | None, seed: int | None,
                precision: str, storage_options: dict | None, num_threads: int | None,
-               compile_encoder: bool = False, channels_last: bool = False
+               compile_encoder: bool = False, channels_last: bool = False, device: str = "auto"
                ) -> tuple[torch.nn.Module, torch.device, str]:
-    """Build a registry model on this worker's device (CUDA when the worker has one: Ray gave
-    it the GPU). Returns (model, device, resolved precision: auto -> bf16 on CUDA, else fp32).
+    """Build a registry model on `device` (see pick_device; the pipelines say "cuda" for an
+    actor Ray gave a GPU, else "cpu"). Returns (model, device, resolved precision: auto ->
+    bf16 on CUDA, else fp32).
 
     channels_last: the image encoder's weights in NHWC (faster convolutions on GPUs for the
     conv encoders: MobileSAM, EfficientViT-SAM). compile_encoder: `torch.compile` the image
@@ -35,7 +50,9 @@ def load_model(model_name: str, checkpoint: str | None, sha256: str | None, seed
     one-pass model (FastSAM) both apply to its whole network."""
     if num_threads:
         torch.set_num_threads(num_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(device)
+    if device.type == "cuda":  # fixed input shapes: let cuDNN pick its fastest convolutions
+        torch.backends.cudnn.benchmark = True
     if storage_options and checkpoint and "://" in checkpoint:
         # fsspec reads the endpoint from the environment for s3:// checkpoints
         endpoint = storage_options.get("client_kwargs", {}).get("endpoint_url")
@@ -66,8 +83,9 @@ class Embedder:
     """batch {"pixels": uint8 BxSxSx3, "input_hw": int32 Bx2, "status", "kind", ...} ->
     the same batch plus "embedding" (BxCxHxW `out_dtype`), "model", "checkpoint_sha256".
 
-    model_batch_size: images per encoder call, or "auto" (the largest that fits the device,
-    at most `batch_limit`: the rows an actor call brings)."""
+    model_batch_size: images per encoder call, or "auto" (the largest that fits the device's
+    `gpu_share`, at most `batch_limit`: the rows an actor call brings). With compile_encoder a
+    short last batch is padded to model_batch_size, so the compiled encoder sees one shape."""
 
     def __init__(
         self,
@@ -83,16 +101,19 @@ class Embedder:
         compile_encoder: bool = False,
         channels_last: bool = False,
         batch_limit: int = 64,
+        device: str = "auto",
+        gpu_share: float = 1.0,
     ) -> None:
         if out_dtype not in _TORCH_DTYPE:
             raise ValueError(f"expected out_dtype {' or '.join(_TORCH_DTYPE)}, got {out_dtype}")
         self.model, self.device, self.precision = load_model(
             model_name, checkpoint, sha256, seed, precision, storage_options, num_threads,
-            compile_encoder, channels_last)
+            compile_encoder, channels_last, device)
         if model_batch_size == "auto":  # fit the device (operators/batch_size.py)
             model_batch_size = choose_encoder_batch_size(self.model, self.device,
-                                                         self.precision, batch_limit)
+                                                         self.precision, batch_limit, gpu_share)
         self.model_batch_size = int(model_batch_size)
+        self.pad_batches = compile_encoder
         self.out_dtype = np.dtype(out_dtype)
         self.model_name = model_name
         self.sha256 = self.model.checkpoint_sha256 or ""
@@ -126,6 +147,12 @@ class Embedder:
         tensor, CUDA event or None). On CUDA the work is only queued: the host tensor is
         page-locked and complete once the event has fired; on a CPU it is complete."""
         cuda = self.device.type == "cuda"
+        n = len(pixels)
+        if self.pad_batches and n < self.model_batch_size:  # one shape for the compiled encoder
+            pad = self.model_batch_size - n
+            pixels = np.concatenate([pixels, np.zeros((pad, *pixels.shape[1:]), pixels.dtype)])
+            input_hw = np.concatenate([input_hw, np.full((pad, 2), pixels.shape[1],
+                                                         input_hw.dtype)])
         x = torch.from_numpy(np.ascontiguousarray(pixels))
         hws = torch.from_numpy(input_hw.astype(np.int64))
         if cuda:  # page-locked: the uploads overlap with the batch before
@@ -135,7 +162,7 @@ class Embedder:
         with autocast(self.device, self.precision):
             emb = self.model.embed_images(x, hws)
         # Cast on the device: a float16 copy back is half the bytes of a float32 one
-        emb = emb.to(_TORCH_DTYPE[self.out_dtype.name])
+        emb = emb[:n].to(_TORCH_DTYPE[self.out_dtype.name])
         if not cuda:
             return emb, None
         host = torch.empty(emb.shape, dtype=emb.dtype, pin_memory=True)

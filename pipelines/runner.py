@@ -123,7 +123,9 @@ def run_sharded(cfg: Any, stage: Stage) -> RunSummary:
         stage.actor,
         fn_constructor_kwargs=dict(
             stage.actor_kwargs, storage_options=opts,
-            num_threads=None if gpus else max(1, int(cfg.compute.cpus_per_actor))),
+            num_threads=None if gpus else max(1, int(cfg.compute.cpus_per_actor)),
+            # an actor given a GPU must use it; one given none stays on the CPU
+            device="cuda" if gpus else "cpu", gpu_share=min(gpus, 1.0) if gpus else 1.0),
         batch_size=cfg.compute.ray_batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(

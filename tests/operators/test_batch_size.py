@@ -31,7 +31,8 @@ def test_fit_batch_size_refuses_a_zero_limit():
         fit_batch_size(GIB, 0, 1, 0)
 
 
-def test_auto_on_a_cpu_is_the_cpu_batch(tmp_path):
+def test_auto_on_a_cpu_is_the_cpu_batch(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU worker, also on GPUs
     emb = Embedder("sam_tiny", seed=0, model_batch_size="auto", batch_limit=64)
     assert emb.model_batch_size == CPU_BATCH
     assert Embedder("sam_tiny", seed=0, model_batch_size="auto",

@@ -43,7 +43,8 @@ def test_channels_last_and_compiled_encoder_agree_with_plain(batch):
                     channels_last=True)(batch)
     np.testing.assert_allclose(nhwc["embedding"], ref["embedding"], rtol=1e-4, atol=1e-5)
     compiled = Embedder("sam_tiny", seed=0, precision="fp32", out_dtype="float32",
-                        compile_encoder=True)
+                        compile_encoder=True, model_batch_size=2)  # 3 rows: 2 + 1 padded
+    assert compiled.pad_batches
     assert type(compiled.model.image_encoder).__name__ == "OptimizedModule"
     out = compiled(batch)
     assert (_cosines(out["embedding"], ref["embedding"]) >= 0.99999).all()

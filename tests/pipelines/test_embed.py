@@ -23,8 +23,9 @@ from tests.bad_corpus import EXPECTED_BAD, write_bad_corpus
 
 
 def _cfg(inp, out, **extra):
-    data = {"input": {"urls": [inp]}, "output": {"path": out}, "model": {"name": "sam_tiny"},
-            "compute": {"ray_batch_size": 4}}
+    # fp32: the outputs are compared with a direct fp32 call (auto would be bf16 on a GPU)
+    data = {"input": {"urls": [inp]}, "output": {"path": out},
+            "model": {"name": "sam_tiny", "precision": "fp32"}, "compute": {"ray_batch_size": 4}}
     for section, values in extra.items():
         data.setdefault(section, {}).update(values)
     return parse_config(data)
