@@ -164,6 +164,8 @@ class MaskGenerator:
             labels = torch.ones((len(own), 1), dtype=torch.int, device=self.device)
             low_res, iou = self.model.decode(emb, point_coords=coords, point_labels=labels,
                                              multimask_output=True)
+            # float32 before the threshold: under bf16 autocast 0.88 itself rounds to 0.8789
+            iou = iou.float()
             for k in range(first, last + 1):
                 rows = (own == k).nonzero()[:, 0]
                 if len(rows):
