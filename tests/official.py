@@ -44,25 +44,24 @@ def _shim_torchvision() -> None:
 
     def batched_nms(boxes, scores, idxs, iou_threshold):
         # Greedy NMS per class, highest score first; drop IoU > threshold (torchvision's rule).
+        # On the host with one IoU matrix, as torchvision's own kernel is a single call: a
+        # per-pair loop would slow the official generator down on a GPU and flatter ours.
         import torch
 
-        order = torch.argsort(scores, descending=True, stable=True)  # ties: lower index first
+        b, c = boxes.detach().cpu(), idxs.detach().cpu().numpy()
+        area = box_area(b)
+        lt = torch.maximum(b[:, None, :2], b[None, :, :2])
+        rb = torch.minimum(b[:, None, 2:], b[None, :, 2:])
+        inter = (rb - lt).clamp(min=0).prod(-1)
+        over = (inter / (area[:, None] + area[None, :] - inter) > iou_threshold).numpy()
+        order = torch.argsort(scores.detach().cpu(), descending=True, stable=True).tolist()
+        suppressed = np.zeros(len(order), dtype=bool)
         keep: list[int] = []
-        for i in order.tolist():
-            ok = True
-            for j in keep:
-                if idxs[i] != idxs[j]:
-                    continue
-                lt = torch.maximum(boxes[i, :2], boxes[j, :2])
-                rb = torch.minimum(boxes[i, 2:], boxes[j, 2:])
-                inter = (rb - lt).clamp(min=0).prod()
-                union = box_area(boxes[i : i + 1])[0] + box_area(boxes[j : j + 1])[0] - inter
-                if inter / union > iou_threshold:
-                    ok = False
-                    break
-            if ok:
+        for i in order:  # ties: lower index first
+            if not suppressed[i]:
                 keep.append(i)
-        return torch.tensor(keep, dtype=torch.long)
+                suppressed |= over[i] & (c == c[i])
+        return torch.tensor(keep, dtype=torch.long, device=boxes.device)
 
     ops = types.ModuleType("torchvision.ops")
     ops_boxes = types.ModuleType("torchvision.ops.boxes")
