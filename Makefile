@@ -24,6 +24,10 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+# Every performance figure, side by side in one run, on this machine's device (CPU: ~15 min)
+bench: $(STAMP)
+	$(PY) bench/all.py --markdown --out bench-results.json
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 

@@ -16,16 +16,20 @@ End to end, a pipeline run carries a fixed start-up (Ray Data's planning, the ac
 build and, with `auto`, its batch probe: ~7 s here) that a corpus of SA-1B's size never sees.
 The steady-state rate takes it out: the pipeline also runs on the first `--warmup-shards` shards
 alone, and (images of all - images of the first) / (seconds of all - seconds of the first) is
-the rate at which the extra images went through, the fixed costs cancelling.
+the rate at which the extra images went through, the fixed costs cancelling. A third, untimed
+run of the first shards goes before both: the first run in a fresh Ray also starts and warms
+its worker processes, a cost the later runs do not pay.
 
 The bare loop: on a CPU, prepare_image + encoder over pre-decoded images (1 thread less than
-the cores, as the pipeline's actor); on CUDA, the encoder alone over inputs prepared
-beforehand and copied from pinned host memory per batch, synchronised at the end.
+the cores, as the pipeline's actor) after one untimed warm-up batch; on CUDA, the encoder alone
+over inputs prepared beforehand and copied from pinned host memory per batch, synchronised at
+the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -36,6 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -46,9 +51,6 @@ from operators.batch_size import choose_encoder_batch_size  # noqa: E402
 from operators.decode import decode_image  # noqa: E402
 from operators.embed import autocast  # noqa: E402
 from operators.sample import write_sample_corpus  # noqa: E402
-from pipelines.config import parse_config  # noqa: E402
-from pipelines.embed import run_embed  # noqa: E402
-from pipelines.ray_env import init_ray  # noqa: E402
 
 
 def bare_loop(model_name: str, images: list, batch_size: int | str, threads: int,
@@ -60,24 +62,30 @@ def bare_loop(model_name: str, images: list, batch_size: int | str, threads: int
     if batch_size == "auto":
         batch_size = choose_encoder_batch_size(model, device, precision, 64)
     if device.type != "cuda":
-        start = time.perf_counter()
-        with torch.inference_mode():
-            for i in range(0, len(images), batch_size):
-                chunk = images[i : i + batch_size]
-                prepared = [model.prepare_image(im) for im in chunk]
-                pixels = torch.stack([torch.from_numpy(p).permute(2, 0, 1) for p, _ in prepared])
+        def step(chunk: list) -> None:
+            prepared = [model.prepare_image(im) for im in chunk]
+            # NHWC memory seen as NCHW, as the Embedder feeds it
+            pixels = torch.from_numpy(np.stack([p for p, _ in prepared])).permute(0, 3, 1, 2)
+            with autocast(device, precision):
                 model.embed_images(pixels, [hw for _, hw in prepared]).to(torch.float16)
+
+        with torch.inference_mode():
+            step(images[:batch_size])  # warm-up (oneDNN builds its kernels on first use)
+            start = time.perf_counter()
+            for i in range(0, len(images), batch_size):
+                step(images[i : i + batch_size])
         return len(images) / (time.perf_counter() - start), batch_size, None
     prepared = [model.prepare_image(im) for im in images]
-    host = torch.stack([torch.from_numpy(p).permute(2, 0, 1) for p, _ in prepared]).pin_memory()
+    host = torch.from_numpy(np.stack([p for p, _ in prepared])).pin_memory()  # BxSxSx3
     hws = torch.tensor([hw for _, hw in prepared], device=device)
     with torch.inference_mode(), autocast(device, precision):
-        model.embed_images(host[:batch_size].to(device), hws[:batch_size])  # warm-up
+        model.embed_images(host[:batch_size].to(device).permute(0, 3, 1, 2),
+                           hws[:batch_size])  # warm-up
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         for i in range(0, len(images), batch_size):
-            pixels = host[i : i + batch_size].to(device, non_blocking=True)
+            pixels = host[i : i + batch_size].to(device, non_blocking=True).permute(0, 3, 1, 2)
             model.embed_images(pixels, hws[i : i + batch_size]).to(torch.float16)
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -94,7 +102,7 @@ def profile_encoder(model_name: str, images: list, batch_size: int, device: torc
 
     model = build_model(model_name, seed=0).to(device)
     prepared = [model.prepare_image(im) for im in images[: 4 * batch_size]]
-    pixels = torch.stack([torch.from_numpy(p).permute(2, 0, 1) for p, _ in prepared])
+    pixels = torch.from_numpy(np.stack([p for p, _ in prepared])).permute(0, 3, 1, 2)  # NHWC
     hws = [hw for _, hw in prepared]
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -178,6 +186,8 @@ def main() -> None:
     ap.add_argument("--warmup-shards", type=int, default=None,
                     help="shards of the short pipeline run for the steady-state rate "
                     "(default: half of --shards; 0: skip it)")
+    ap.add_argument("--bare-only", action="store_true",
+                    help="skip the pipeline runs (no Ray needed): bare loop, FLOPs, profile")
     ap.add_argument("--ray-batch-size", type=int, default=None,
                     help="rows per actor call (default: the batch size, or 64 with auto)")
     args = ap.parse_args()
@@ -210,10 +220,17 @@ def main() -> None:
         flops = encoder_flops(args.model, device)
         peak = measured_peak_flops(device, threads)
 
-        init_ray(None, num_cpus=cpus)
         gpu = device.type == "cuda"
+        if gpu:  # the bare loop's cached blocks would look taken to the actor's batch probe
+            gc.collect()
+            torch.cuda.empty_cache()
 
         def pipeline_run(limit: int | None, out: str):
+            from pipelines.config import parse_config
+            from pipelines.embed import run_embed
+            from pipelines.ray_env import init_ray
+
+            init_ray(None, num_cpus=cpus)
             cfg = parse_config({
                 "input": {"urls": [corpus], "limit": limit},
                 "output": {"path": os.path.join(tmp, out)},
@@ -225,27 +242,31 @@ def main() -> None:
             })
             return run_embed(cfg)
 
-        short = pipeline_run(warmup, "out-short") if warmup else None
+        short = None
+        if warmup and not args.bare_only:
+            pipeline_run(warmup, "out-warm")  # Ray's first run also starts and imports workers
+            short = pipeline_run(warmup, "out-short")
         rss = Peak()
         rss.start()
-        summary = pipeline_run(None, "out")
+        summary = None if args.bare_only else pipeline_run(None, "out")
         rss.stop()
     steady = None
-    if short is not None:
+    if short is not None and summary is not None:
         extra_images = (summary.images_ok + summary.images_failed
                         - short.images_ok - short.images_failed)
         extra_seconds = summary.seconds - short.seconds
         steady = extra_images / extra_seconds if extra_seconds > 0 else None
-    pipeline = summary.images_per_s
+    pipeline = summary.images_per_s if summary else None
     print(json.dumps({
         "bench": "embed", "model": args.model, "device": str(device),
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                         else platform.processor() or platform.machine()),
         "cores": cpus, "precision": precision, "batch_size": batch,
         "images": len(images), "bare_images_per_s": round(bare, 3),
-        "pipeline_images_per_s": round(pipeline, 3),
-        "pipeline_to_bare": round(pipeline / bare, 3),
-        "pipeline_seconds": round(summary.seconds, 2),
+        "pipeline_images_per_s": round(pipeline, 3) if summary else None,
+        "pipeline_to_bare": round(pipeline / bare, 3) if summary else None,
+        "pipeline_seconds": round(summary.seconds, 2) if summary else None,
+        "pipeline_short_seconds": round(short.seconds, 2) if short else None,
         "pipeline_steady_images_per_s": round(steady, 3) if steady else None,
         "pipeline_steady_to_bare": round(steady / bare, 3) if steady else None,
         "warmup_shards": warmup,
@@ -256,8 +277,8 @@ def main() -> None:
                                             if steady else None),
         "bare_percent_of_datasheet": (round(100 * bare * flops / (args.peak_tflops * 1e12), 1)
                                       if args.peak_tflops else None),
-        "bytes_written": summary.bytes_written,
-        "peak_rss_mib": round(rss.total / 1024),
+        "bytes_written": summary.bytes_written if summary else None,
+        "peak_rss_mib": round(rss.total / 1024) if summary else None,
         "peak_rss_mib_driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "profile": profiled,
         "peak_device_memory_mib": (round(device_peak / 2**20) if device_peak is not None

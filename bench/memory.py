@@ -22,9 +22,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from operators.sample import write_sample_corpus  # noqa: E402
-from pipelines.config import parse_config  # noqa: E402
-from pipelines.embed import run_embed  # noqa: E402
-from pipelines.ray_env import init_ray  # noqa: E402
 
 RAY_NAMES = ("ray::", "raylet", "gcs_server", "plasma")
 
@@ -81,6 +78,10 @@ def main() -> None:
     ap.add_argument("--shards", type=int, nargs="+", default=[10, 40])
     ap.add_argument("--images-per-shard", type=int, default=8)
     args = ap.parse_args()
+    from pipelines.config import parse_config  # Ray only here: Peak is used without it
+    from pipelines.embed import run_embed
+    from pipelines.ray_env import init_ray
+
     init_ray(None, num_cpus=os.cpu_count())
     results = []
     with tempfile.TemporaryDirectory() as tmp:

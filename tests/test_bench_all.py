@@ -1,0 +1,44 @@
+"""bench/all.py: finding each script's JSON in its output, and the headline table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.all import SUITES, headline, last_json, markdown
+
+
+def test_last_json_takes_the_final_object_on_one_line_or_indented():
+    noise = "2026-11-25 INFO worker.py: started\n{not json\n"
+    assert last_json(noise + json.dumps({"a": 1})) == {"a": 1}
+    assert last_json(noise + '{"a": 0}\n' + json.dumps({"b": [1, 2]}, indent=1)) == {"b": [1, 2]}
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        last_json("Traceback (most recent call last):\n  ...\n")
+
+
+def test_headline_reports_targets_and_failed_parts():
+    parts = {
+        "memory": {"runs": [{"shards": 10}, {"shards": 40}],
+                   "peak_rss_ratio_largest_to_smallest": 1.01},
+        "everything": {"points_per_side": 32, "results": [
+            {"model": "mobile_sam", "mode": "point grid", "images_per_s": 21.5},
+            {"model": "fastsam_s", "mode": "one-pass", "images_per_s": 90.0}]},
+        "embed": {"failed": 1, "stderr": "CUDA out of memory"},
+    }
+    rows = headline(parts)
+    assert ("peak RSS 40 vs 10 shards", "<= 1.2", 1.01) in rows
+    assert ("everything mode img/s, mobile_sam, 32x32", ">= 20 (H100, 32x32)", 21.5) in rows
+    assert ("everything mode img/s, fastsam_s", ">= 20 (H100, 32x32)", 90.0) in rows
+    assert ("embed: FAILED", "-", 1) in rows
+    table = markdown(rows).splitlines()
+    assert table[0] == "| figure | target | value |" and len(table) == 2 + len(rows)
+
+
+def test_every_suite_names_existing_scripts():
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent.parent / "bench"
+    for suite in SUITES.values():
+        for script, _ in suite.values():
+            assert (here / script).is_file(), script
