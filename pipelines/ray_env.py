@@ -14,8 +14,10 @@ FORWARDED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKE
 JOB_RUNTIME_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to `address` (or start a local Ray) unless already connected."""
+def init_ray(address: str | None = None, num_cpus: int | None = None,
+             num_gpus: int | None = None) -> None:
+    """Connect to `address` (or start a local Ray, with `num_cpus`/`num_gpus` when given:
+    else Ray counts the machine's) unless already connected."""
     import ray
 
     if ray.is_initialized():
@@ -28,6 +30,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     kwargs: dict = {"runtime_env": {"env_vars": env}} if env else {}
     if address is None and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
+    if address is None and num_gpus is not None:
+        kwargs["num_gpus"] = num_gpus
     ray.init(address=address, log_to_driver=True, **kwargs)
 
 

@@ -46,12 +46,13 @@ def s3_bucket(s3_endpoint, request):
 
 @pytest.fixture(scope="session")
 def ray_local(s3_endpoint):
-    """One local Ray for the whole session (2 CPUs), started after the S3 test credentials
-    are in the environment so that its workers get them."""
+    """One local Ray for the whole session (2 CPUs and no GPU, so that on a GPU machine too the
+    actors run the CPU path that the tests compare with), started after the S3 test
+    credentials are in the environment so that its workers get them."""
     import ray
 
     from pipelines.ray_env import init_ray
 
-    init_ray(None, num_cpus=2)
+    init_ray(None, num_cpus=2, num_gpus=0)
     yield ray
     ray.shutdown()
