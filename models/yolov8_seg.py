@@ -325,13 +325,35 @@ def xywh_to_xyxy(xywh: torch.Tensor) -> torch.Tensor:
     return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), -1)
 
 
-def nms(boxes: torch.Tensor, iou_threshold: float, max_keep: int = MAX_DET) -> torch.Tensor:
+MATRIX_NMS_MAX = 4096  # up to this many candidates, NMS takes one NxN IoU matrix to the host
+
+
+def nms(boxes: torch.Tensor, iou_threshold: float, max_keep: int = MAX_DET,
+        matrix_max: int = MATRIX_NMS_MAX) -> torch.Tensor:
     """Greedy NMS over boxes already sorted by score, highest first (float Nx4 XYXY): keep a
     box, drop every later one with IoU > `iou_threshold` with it, go on with the next one left.
     Stops after `max_keep` kept boxes, which is the official `nms(...)[:max_det]` (the greedy
     order is the score order). Returns int64 K indices into `boxes`, ascending. IoU is
-    torchvision's: intersection / (area_a + area_b - intersection), areas (x2-x1)(y2-y1)."""
+    torchvision's: intersection / (area_a + area_b - intersection), areas (x2-x1)(y2-y1).
+
+    Up to `matrix_max` boxes the IoUs are one NxN matrix on the device and the sweep runs on
+    the host after a single copy; beyond, one kept box at a time on the device (each step
+    waits for the device). Both give the same indices: the same float operations per pair."""
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    if boxes.shape[0] <= matrix_max:
+        lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
+        rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+        inter = (rb - lt).clamp(min=0).prod(2)
+        over = (inter / (areas[:, None] + areas[None, :] - inter) > iou_threshold).cpu().numpy()
+        alive = np.ones(boxes.shape[0], dtype=bool)
+        kept: list[int] = []
+        for i in range(boxes.shape[0]):
+            if alive[i]:
+                kept.append(i)
+                if len(kept) == max_keep:
+                    break
+                alive[i + 1 :] &= ~over[i, i + 1 :]
+        return torch.tensor(kept, dtype=torch.long, device=boxes.device)
     remaining = torch.arange(boxes.shape[0], device=boxes.device)
     keep: list[torch.Tensor] = []
     while remaining.numel() > 0 and len(keep) < max_keep:

@@ -246,16 +246,30 @@ def test_segment_everything_no_detections_and_errors(model):
 # -- post-processing pieces --------------------------------------------------------------------
 
 
-def test_nms_greedy_in_score_order():
+@pytest.mark.parametrize("matrix_max", [0, 4096])  # one box at a time / one IoU matrix
+def test_nms_greedy_in_score_order(matrix_max):
     boxes = torch.tensor([
         [0.0, 0.0, 10.0, 10.0],
         [0.0, 0.0, 10.0, 9.5],  # IoU 0.95 with box 0: dropped
         [0.0, 0.0, 10.0, 9.0],  # IoU 0.9 with box 0: kept (drop needs IoU > 0.9)
         [20.0, 20.0, 30.0, 30.0],
     ])
-    assert nms(boxes, 0.9).tolist() == [0, 2, 3]
-    assert nms(boxes, 0.9, max_keep=2).tolist() == [0, 2]
-    assert nms(boxes[:0], 0.9).tolist() == []
+    assert nms(boxes, 0.9, matrix_max=matrix_max).tolist() == [0, 2, 3]
+    assert nms(boxes, 0.9, max_keep=2, matrix_max=matrix_max).tolist() == [0, 2]
+    assert nms(boxes[:0], 0.9, matrix_max=matrix_max).tolist() == []
+
+
+@pytest.mark.parametrize(("iou", "max_keep"), [(0.9, 300), (0.5, 300), (0.7, 7)])
+def test_nms_matrix_and_stepwise_agree(iou, max_keep):
+    g = torch.Generator().manual_seed(5)
+    centres = torch.rand(40, 2, generator=g) * 900  # clusters of near-duplicates
+    xy = centres[torch.randint(0, 40, (600,), generator=g)] + torch.randn(600, 2, generator=g) * 4
+    wh = 20 + torch.rand(600, 2, generator=g) * 80
+    boxes = torch.cat([xy, xy + wh], 1)
+    stepwise = nms(boxes, iou, max_keep=max_keep, matrix_max=0)
+    matrix = nms(boxes, iou, max_keep=max_keep)
+    assert 0 < len(stepwise) <= max_keep and len(stepwise) < 600
+    assert torch.equal(matrix, stepwise)
 
 
 def test_snap_full_image_box():
