@@ -74,13 +74,17 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
 
 def near_crop_edge(boxes: torch.Tensor, crop_box: list[int], orig_box: list[int],
                    atol: float = 20.0) -> torch.Tensor:
-    """bool N: boxes (XYXY, crop frame) within `atol` of a crop edge that is not an image edge."""
-    crop = torch.as_tensor(crop_box, dtype=torch.float, device=boxes.device)
-    orig = torch.as_tensor(orig_box, dtype=torch.float, device=boxes.device)
-    boxes = (boxes + crop.new_tensor([crop_box[0], crop_box[1]] * 2)).float()
-    at_crop = torch.isclose(boxes, crop[None], atol=atol, rtol=0)
-    at_image = torch.isclose(boxes, orig[None], atol=atol, rtol=0)
-    return (at_crop & ~at_image).any(dim=1)
+    """bool N: boxes (XYXY, crop frame) within `atol` of a crop edge that is not an image edge.
+    Python scalars only: a small tensor made from a list would be a copy that waits for the
+    device."""
+    b = boxes.float()
+    x0, y0 = crop_box[0], crop_box[1]
+    near = torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)
+    for col, shift, crop_edge, image_edge in zip(range(4), (x0, y0, x0, y0), crop_box, orig_box,
+                                                 strict=True):
+        v = b[:, col] + shift  # image frame
+        near |= ((v - crop_edge).abs() <= atol) & ~((v - image_edge).abs() <= atol)
+    return near
 
 
 def uncrop_masks(masks: torch.Tensor, crop_box: list[int], orig_hw: tuple[int, int]

@@ -158,9 +158,10 @@ class MaskGenerator:
             own = owner_all[sl]
             first, last = int(own[0]), int(own[-1])
             # One embedding row per prompt, unless they all share one
+            # (host -> device copies without non_blocking would each wait for the device)
             emb = (embeddings[first : first + 1] if first == last
-                   else embeddings[own.to(self.device)])
-            coords = prompts_all[sl].to(self.device)[:, None, :]
+                   else embeddings[own.to(self.device, non_blocking=True)])
+            coords = prompts_all[sl].to(self.device, non_blocking=True)[:, None, :]
             labels = torch.ones((len(own), 1), dtype=torch.int, device=self.device)
             low_res, iou = self.model.decode(emb, point_coords=coords, point_labels=labels,
                                              multimask_output=True)
@@ -169,21 +170,25 @@ class MaskGenerator:
             for k in range(first, last + 1):
                 rows = (own == k).nonzero()[:, 0]
                 if len(rows):
-                    rows_d = rows.to(self.device)
+                    rows_d = rows.to(self.device, non_blocking=True)
                     self._filter(chunk[k], low_res[rows_d], iou[rows_d], points_all[sl][rows])
 
     def _filter(self, crop: _Crop, low_res: torch.Tensor, iou: torch.Tensor,
                 points: torch.Tensor) -> None:
         """Keep the masks of one crop's prompts that pass the IoU, stability and crop-edge
-        filters. low_res PxCxhxw logits, iou PxC, points float64 Px2 (crop pixels, host)."""
+        filters. low_res PxCxhxw logits, iou PxC, points float64 Px2 (crop pixels, host).
+
+        Each filter step waits for the device once, to learn which masks are left (index sets
+        go to the host, then back without waiting); boolean indexing would wait at every use."""
         s, model = self.settings, self.model
         per_prompt = low_res.shape[1]
         low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)  # (P*C, h, w), (P*C,)
         points = points.repeat_interleave(per_prompt, dim=0)
         # Filter by predicted IoU before upscaling
         if s.pred_iou_thresh > 0:
-            keep = iou > s.pred_iou_thresh
-            low_res, iou, points = low_res[keep], iou[keep], points[keep.cpu()]
+            kept = (iou > s.pred_iou_thresh).cpu().nonzero()[:, 0]
+            kept_d = kept.to(self.device, non_blocking=True)
+            low_res, iou, points = low_res[kept_d], iou[kept_d], points[kept]
         orig_box = [0, 0, crop.orig_hw[1], crop.orig_hw[0]]
         for start in range(0, len(iou), self.upscale_batch_size):
             sl = slice(start, start + self.upscale_batch_size)
@@ -192,16 +197,19 @@ class MaskGenerator:
             stab = stability_score(logits, model.mask_threshold, s.stability_score_offset)
             keep = (stab >= s.stability_score_thresh if s.stability_score_thresh > 0
                     else torch.ones_like(stab, dtype=torch.bool))
-            binary = logits[keep] > model.mask_threshold
+            idx = keep.cpu().nonzero()[:, 0]
+            idx_d = idx.to(self.device, non_blocking=True)
+            binary = logits[idx_d] > model.mask_threshold
             # Drop masks touching an inner crop edge
             boxes = masks_to_boxes(binary)
-            inner = ~near_crop_edge(boxes, crop.box, orig_box)
-            idx = keep.nonzero()[:, 0][inner]
-            crop.masks.append(binary[inner].cpu())
-            crop.boxes.append(boxes[inner])
-            crop.iou.append(iou[sl][idx])
-            crop.stability.append(stab[idx])
-            crop.points.append(points[sl][idx.cpu()])
+            inner = (~near_crop_edge(boxes, crop.box, orig_box)).cpu().nonzero()[:, 0]
+            inner_d = inner.to(self.device, non_blocking=True)
+            idx, idx_d = idx[inner], idx_d[inner_d]
+            crop.masks.append(binary[inner_d].cpu())
+            crop.boxes.append(boxes[inner_d])
+            crop.iou.append(iou[sl][idx_d])
+            crop.stability.append(stab[idx_d])
+            crop.points.append(points[sl][idx])
 
     def _crop_nms(self, crop: _Crop) -> dict:
         """NMS within one crop; boxes and points moved to the image frame."""
