@@ -81,8 +81,10 @@ class Sam(PromptModelProperties, nn.Module):
         )  # (B, S, S)
         return torch.where(inside[:, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
 
-    def embed_images(self, images: torch.Tensor, input_hws: list[tuple[int, int]]) -> torch.Tensor:
-        """uint8 Bx3xSxS prepared images -> image embeddings Bx256x64x64."""
+    def embed_images(self, images: torch.Tensor,
+                     input_hws: list[tuple[int, int]] | torch.Tensor) -> torch.Tensor:
+        """uint8 Bx3xSxS prepared images, input_hws Bx2 (list or int tensor on the images'
+        device) -> image embeddings Bx256x64x64."""
         return self.image_encoder(self.normalize(images, input_hws))
 
     # -- prompts ------------------------------------------------------------------------------

@@ -134,9 +134,11 @@ class MaskGenerator:
             # Encode the crops together
             pixels = [images[c.image][c.box[1] : c.box[3], c.box[0] : c.box[2]] for c in chunk]
             prepared = [self.model.prepare_image(p) for p in pixels]
-            batch = torch.stack([torch.from_numpy(p).permute(2, 0, 1) for p, _ in prepared])
-            embeddings = self.model.embed_images(batch.to(self.device),
-                                                 [hw for _, hw in prepared])
+            # NHWC memory seen as NCHW, as the Embedder feeds it (and the batch probe sizes it)
+            batch = torch.from_numpy(np.stack([p for p, _ in prepared])).permute(0, 3, 1, 2)
+            hws = torch.tensor([hw for _, hw in prepared])
+            embeddings = self.model.embed_images(batch.to(self.device, non_blocking=True),
+                                                 hws.to(self.device, non_blocking=True))
             # Decode the point prompts of all of them, filtering as we go
             self._decode(chunk, embeddings)
             for crop in chunk:
