@@ -338,8 +338,11 @@ def nms(boxes: torch.Tensor, iou_threshold: float, max_keep: int = MAX_DET,
 
     Up to `matrix_max` boxes the IoUs are one NxN matrix on the device and the sweep runs on
     the host after a single copy; beyond, one kept box at a time on the device (each step
-    waits for the device). Both give the same indices: the same float operations per pair."""
+    waits for the device). Both give the same indices: the same float operations per pair, and
+    a NaN IoU (0/0, two empty boxes) suppresses nothing in either, as in torchvision."""
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    if max_keep <= 0 or boxes.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
     if boxes.shape[0] <= matrix_max:
         lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
         rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
@@ -363,7 +366,7 @@ def nms(boxes: torch.Tensor, iou_threshold: float, max_keep: int = MAX_DET,
         rb = torch.minimum(boxes[best, 2:], boxes[rest, 2:])
         inter = (rb - lt).clamp(min=0).prod(1)
         iou = inter / (areas[best] + areas[rest] - inter)
-        remaining = rest[iou <= iou_threshold]
+        remaining = rest[~(iou > iou_threshold)]  # a NaN IoU (two empty boxes) suppresses not
     if not keep:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     return torch.stack(keep)

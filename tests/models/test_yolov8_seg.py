@@ -259,6 +259,13 @@ def test_nms_greedy_in_score_order(matrix_max):
     assert nms(boxes[:0], 0.9, matrix_max=matrix_max).tolist() == []
 
 
+@pytest.mark.parametrize("matrix_max", [0, 4096])
+def test_nms_nan_ious_and_no_keep(matrix_max):
+    boxes = torch.tensor([[5.0, 5, 5, 9], [5, 5, 5, 9], [0, 0, 10, 10]])  # two zero-area boxes
+    assert nms(boxes, 0.9, matrix_max=matrix_max).tolist() == [0, 1, 2]  # 0/0 suppresses not
+    assert nms(boxes, 0.9, max_keep=0, matrix_max=matrix_max).tolist() == []
+
+
 @pytest.mark.parametrize(("iou", "max_keep"), [(0.9, 300), (0.5, 300), (0.7, 7)])
 def test_nms_matrix_and_stepwise_agree(iou, max_keep):
     g = torch.Generator().manual_seed(5)
