@@ -64,7 +64,8 @@ def choose_encoder_batch_size(model: torch.nn.Module, device: torch.device, prec
         raise ValueError(f"expected a GPU share in (0, 1], got {gpu_share}")
     if device.type != "cuda":
         return min(CPU_BATCH, limit)
-    _peak_bytes(model, device, precision, 1)  # warm-up: cuBLAS/cuDNN workspaces, lazy inits
+    for n in (1, 2):  # warm-up: cuBLAS workspaces, cuDNN's autotuning of both shapes
+        _peak_bytes(model, device, precision, n)
     one = _peak_bytes(model, device, precision, 1)
     two = _peak_bytes(model, device, precision, 2)
     free, _ = torch.cuda.mem_get_info(device)

@@ -85,7 +85,8 @@ class Embedder:
 
     model_batch_size: images per encoder call, or "auto" (the largest that fits the device's
     `gpu_share`, at most `batch_limit`: the rows an actor call brings). With compile_encoder a
-    short last batch is padded to model_batch_size, so the compiled encoder sees one shape."""
+    short batch is padded to min(model_batch_size, batch_limit), so the compiled encoder sees
+    one shape."""
 
     def __init__(
         self,
@@ -114,6 +115,7 @@ class Embedder:
                                                          self.precision, batch_limit, gpu_share)
         self.model_batch_size = int(model_batch_size)
         self.pad_batches = compile_encoder
+        self.pad_to = min(self.model_batch_size, batch_limit)  # no call brings more rows
         self.out_dtype = np.dtype(out_dtype)
         self.model_name = model_name
         self.sha256 = self.model.checkpoint_sha256 or ""
@@ -148,8 +150,8 @@ class Embedder:
         page-locked and complete once the event has fired; on a CPU it is complete."""
         cuda = self.device.type == "cuda"
         n = len(pixels)
-        if self.pad_batches and n < self.model_batch_size:  # one shape for the compiled encoder
-            pad = self.model_batch_size - n
+        if self.pad_batches and n < self.pad_to:  # one shape for the compiled encoder
+            pad = self.pad_to - n
             pixels = np.concatenate([pixels, np.zeros((pad, *pixels.shape[1:]), pixels.dtype)])
             input_hw = np.concatenate([input_hw, np.full((pad, 2), pixels.shape[1],
                                                          input_hw.dtype)])
