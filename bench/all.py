@@ -64,26 +64,33 @@ SUITES: dict[str, dict[str, tuple[str, list[str]]]] = {
 
 
 def last_json(text: str) -> dict:
-    """The last JSON object a script printed: from the last line that starts with "{" (the
-    scripts print one object, on one line or indented) to the end."""
+    """The last JSON object a script printed: the object that starts on the last line
+    beginning with "{" and parses (the scripts print one object, on one line or indented);
+    whatever follows it (late log lines) is ignored."""
     lines = text.splitlines()
     starts = [i for i, line in enumerate(lines) if line.startswith("{")]
     for i in reversed(starts):
         try:
-            return json.loads("\n".join(lines[i:]))
+            obj, _ = json.JSONDecoder().raw_decode("\n".join(lines[i:]))
         except json.JSONDecodeError:
             continue
+        if isinstance(obj, dict):
+            return obj
     raise ValueError(f"expected a JSON object in the output, got: {text[-500:]!r}")
 
 
-def run_part(name: str, script: str, args: list[str], timeout: float | None) -> dict:
-    """Run one benchmark script; its JSON output, or {"failed": exit status, "stderr": tail}."""
+def run_part(name: str, script: str, args: list[str], timeout: float | None,
+             device: str = "cuda") -> dict:
+    """Run one benchmark script; its JSON output, or {"failed": exit status, "stderr": tail}.
+    For the CPU suite the part sees no GPU (each script would otherwise take one it sees)."""
     cmd = [sys.executable, str(HERE / script), *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
     print(f"[bench/all] {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as e:
         return {"failed": "timeout", "seconds": timeout,
                 "stderr": (e.stderr or b"")[-2000:].decode(errors="replace")
@@ -186,7 +193,8 @@ def main() -> None:
                  for n, (script, a) in suite.items()}
 
     start = time.perf_counter()
-    parts = {n: run_part(n, *suite[n], args.timeout) for n in names if n not in args.skip}
+    parts = {n: run_part(n, *suite[n], args.timeout, args.device)
+             for n in names if n not in args.skip}
     rows = headline(parts)
     result = {
         "bench": "all", "date": date.today().isoformat(), "device": args.device,

@@ -58,6 +58,8 @@ def bare_loop(model_name: str, images: list, batch_size: int | str, threads: int
     """(images/s, the batch size used, peak device memory in bytes or None) of the encoder
     over pre-decoded images (see the module docstring for what is timed where)."""
     torch.set_num_threads(threads)
+    if device.type == "cuda":  # as the actors (operators/embed.py load_model)
+        torch.backends.cudnn.benchmark = True
     model = build_model(model_name, seed=0).to(device)
     if batch_size == "auto":
         batch_size = choose_encoder_batch_size(model, device, precision, 64)
@@ -234,7 +236,8 @@ def main() -> None:
             cfg = parse_config({
                 "input": {"urls": [corpus], "limit": limit},
                 "output": {"path": os.path.join(tmp, out)},
-                "model": {"name": args.model, "batch_size": args.batch_size,
+                # the bare loop's batch (auto resolved there): both sides run the same batches
+                "model": {"name": args.model, "batch_size": batch,
                           "precision": precision},
                 "compute": {"ray_batch_size": ray_batch, "actors": 1,
                             "gpus_per_actor": 1 if gpu else 0,

@@ -13,6 +13,7 @@ def test_last_json_takes_the_final_object_on_one_line_or_indented():
     noise = "2026-11-25 INFO worker.py: started\n{not json\n"
     assert last_json(noise + json.dumps({"a": 1})) == {"a": 1}
     assert last_json(noise + '{"a": 0}\n' + json.dumps({"b": [1, 2]}, indent=1)) == {"b": [1, 2]}
+    assert last_json(json.dumps({"c": 3}) + "\n(raylet) late worker line\n") == {"c": 3}
     with pytest.raises(ValueError, match="expected a JSON object"):
         last_json("Traceback (most recent call last):\n  ...\n")
 
