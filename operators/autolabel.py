@@ -72,7 +72,8 @@ class AutoLabeler:
             self.generator = MaskGenerator(self.model, self.settings,
                                            encoder_batch_size=int(encoder_batch_size),
                                            decoder_batch_size=decoder_batch_size,
-                                           upscale_batch_size=upscale_batch_size)
+                                           upscale_batch_size=upscale_batch_size,
+                                           pad_encoder_batches=compile_encoder)
         self.model_name = model_name
         self.sha256 = self.model.checkpoint_sha256 or ""
         self.settings_json = json.dumps(self.settings.as_dict(), sort_keys=True)

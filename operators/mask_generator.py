@@ -84,11 +84,14 @@ class MaskGenerator:
     instead of points_per_side. Throughput knobs, which do not change the result beyond
     float rounding: encoder_batch_size crops per encoder call; decoder_batch_size prompts per
     decoder call (default points_per_batch), taken across crops and images;
-    upscale_batch_size masks upscaled at once."""
+    upscale_batch_size masks upscaled at once. pad_encoder_batches: a short encoder batch is
+    padded to the call's first one, so a compiled encoder sees one shape per call size."""
 
     def __init__(self, model: nn.Module, settings: AMGSettings | None = None,
                  point_grids: list[np.ndarray] | None = None, encoder_batch_size: int = 4,
-                 decoder_batch_size: int | None = None, upscale_batch_size: int = 64) -> None:
+                 decoder_batch_size: int | None = None, upscale_batch_size: int = 64,
+                 pad_encoder_batches: bool = False) -> None:
+        self.pad_encoder_batches = pad_encoder_batches
         self.model = model.eval()
         self.settings = settings or AMGSettings()
         s = self.settings
@@ -129,16 +132,21 @@ class MaskGenerator:
             crops += [_Crop(i, box, layer, image.shape[:2])
                       for box, layer in zip(boxes, layers, strict=True)]
         parts: list[list[dict]] = [[] for _ in images]
+        pad_to = min(self.encoder_batch_size, len(crops)) if self.pad_encoder_batches else 0
         for start in range(0, len(crops), self.encoder_batch_size):
             chunk = crops[start : start + self.encoder_batch_size]
             # Encode the crops together
             pixels = [images[c.image][c.box[1] : c.box[3], c.box[0] : c.box[2]] for c in chunk]
             prepared = [self.model.prepare_image(p) for p in pixels]
             # NHWC memory seen as NCHW, as the Embedder feeds it (and the batch probe sizes it)
-            batch = torch.from_numpy(np.stack([p for p, _ in prepared])).permute(0, 3, 1, 2)
-            hws = torch.tensor([hw for _, hw in prepared])
-            embeddings = self.model.embed_images(batch.to(self.device, non_blocking=True),
-                                                 hws.to(self.device, non_blocking=True))
+            arrays, hws = [p for p, _ in prepared], [hw for _, hw in prepared]
+            if len(arrays) < pad_to:  # zeros of the full input size, dropped after the encoder
+                arrays += [np.zeros_like(arrays[0])] * (pad_to - len(arrays))
+                hws += [arrays[0].shape[:2]] * (pad_to - len(hws))
+            batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+            embeddings = self.model.embed_images(
+                batch.to(self.device, non_blocking=True),
+                torch.tensor(hws).to(self.device, non_blocking=True))[: len(chunk)]
             # Decode the point prompts of all of them, filtering as we go
             self._decode(chunk, embeddings)
             for crop in chunk:

@@ -161,3 +161,22 @@ def test_stability_score_on_rows_wider_than_int16():
     logits = torch.full((1, 2, 40000), 0.5)
     logits[..., :35000] = 2.0
     assert stability_score(logits, 0.0, 1.0).item() == pytest.approx(35000 / 40000)
+
+
+def test_padded_encoder_batches_give_the_same_masks():
+    """With pad_encoder_batches (a compiled encoder), a short crop batch is padded with zero
+    images that are dropped after the encoder: the masks stay those of the unpadded run."""
+    _, ours, _ = _models()
+    settings = AMGSettings(points_per_side=4, points_per_batch=32, pred_iou_thresh=-1,
+                           stability_score_thresh=0.6, crop_n_layers=1, box_nms_thresh=1.0)
+    images = [_image(120, 170, seed=3), _image(90, 64, seed=4)]  # 10 crops: 4 + 4 + 2
+    plain = MaskGenerator(ours, settings, encoder_batch_size=4).generate(images)
+    padded = MaskGenerator(ours, settings, encoder_batch_size=4,
+                           pad_encoder_batches=True).generate(images)
+    for a_anns, b_anns in zip(plain, padded, strict=True):
+        assert len(a_anns) == len(b_anns) > 0
+        for a, b in zip(a_anns, b_anns, strict=True):
+            ma, mb = mask_utils.decode(a["segmentation"]), mask_utils.decode(b["segmentation"])
+            assert (ma & mb).sum() / max((ma | mb).sum(), 1) >= 0.99
+            assert a["crop_box"] == b["crop_box"] and a["point_coords"] == b["point_coords"]
+            assert abs(a["predicted_iou"] - b["predicted_iou"]) < 1e-4
