@@ -46,7 +46,8 @@ SUITES: dict[str, dict[str, tuple[str, list[str]]]] = {
     "cuda": {
         "embed": ("embed.py", ["--model", "sam_vit_h", "--shards", "16",
                                "--images-per-shard", "32", "--batch-size", "auto",
-                               "--warmup-shards", "4", "--peak-tflops", "989"]),
+                               "--warmup-shards", "4", "--repeats", "3",
+                               "--peak-tflops", "989"]),
         "profile": ("embed.py", ["--model", "sam_vit_h", "--shards", "1",
                                  "--images-per-shard", "32", "--batch-size", "auto",
                                  "--warmup-shards", "0", "--profile"]),

@@ -18,7 +18,8 @@ The steady-state rate takes it out: the pipeline also runs on the first `--warmu
 alone, and (images of all - images of the first) / (seconds of all - seconds of the first) is
 the rate at which the extra images went through, the fixed costs cancelling. A third, untimed
 run of the first shards goes before both: the first run in a fresh Ray also starts and warms
-its worker processes, a cost the later runs do not pay.
+its worker processes, a cost the later runs do not pay. `--repeats N` runs N such pairs and
+reports their median (and each pair's ratio to bare).
 
 The bare loop: on a CPU, prepare_image + encoder over pre-decoded images (1 thread less than
 the cores, as the pipeline's actor) after one untimed warm-up batch; on CUDA, the encoder alone
@@ -34,6 +35,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import sys
 import tarfile
 import tempfile
@@ -188,6 +190,8 @@ def main() -> None:
     ap.add_argument("--warmup-shards", type=int, default=None,
                     help="shards of the short pipeline run for the steady-state rate "
                     "(default: half of --shards; 0: skip it)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="short + full pipeline pairs; the steady-state rate is their median")
     ap.add_argument("--bare-only", action="store_true",
                     help="skip the pipeline runs (no Ray needed): bare loop, FLOPs, profile")
     ap.add_argument("--ray-batch-size", type=int, default=None,
@@ -197,6 +201,8 @@ def main() -> None:
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     ray_batch = args.ray_batch_size or (64 if args.batch_size == "auto" else args.batch_size)
     warmup = args.shards // 2 if args.warmup_shards is None else args.warmup_shards
+    if args.repeats < 1:
+        ap.error(f"--repeats: expected >= 1, got {args.repeats}")
     if not 0 <= warmup < args.shards:
         ap.error(f"--warmup-shards: expected 0..{args.shards - 1}, got {warmup}")
 
@@ -245,20 +251,23 @@ def main() -> None:
             })
             return run_embed(cfg)
 
-        short = None
+        short, summary, rates = None, None, []
         if warmup and not args.bare_only:
             pipeline_run(warmup, "out-warm")  # Ray's first run also starts and imports workers
-            short = pipeline_run(warmup, "out-short")
         rss = Peak()
         rss.start()
-        summary = None if args.bare_only else pipeline_run(None, "out")
+        for rep in range(1 if args.bare_only else args.repeats):
+            if warmup and not args.bare_only:
+                short = pipeline_run(warmup, f"out-short{rep}")
+            summary = None if args.bare_only else pipeline_run(None, f"out{rep}")
+            if short is not None and summary is not None:
+                extra_images = (summary.images_ok + summary.images_failed
+                                - short.images_ok - short.images_failed)
+                extra_seconds = summary.seconds - short.seconds
+                if extra_seconds > 0:
+                    rates.append(extra_images / extra_seconds)
         rss.stop()
-    steady = None
-    if short is not None and summary is not None:
-        extra_images = (summary.images_ok + summary.images_failed
-                        - short.images_ok - short.images_failed)
-        extra_seconds = summary.seconds - short.seconds
-        steady = extra_images / extra_seconds if extra_seconds > 0 else None
+    steady = statistics.median(rates) if rates else None
     pipeline = summary.images_per_s if summary else None
     print(json.dumps({
         "bench": "embed", "model": args.model, "device": str(device),
@@ -272,6 +281,7 @@ def main() -> None:
         "pipeline_short_seconds": round(short.seconds, 2) if short else None,
         "pipeline_steady_images_per_s": round(steady, 3) if steady else None,
         "pipeline_steady_to_bare": round(steady / bare, 3) if steady else None,
+        "pipeline_steady_to_bare_each": [round(r / bare, 3) for r in rates],
         "warmup_shards": warmup,
         "encoder_gflops_per_image": round(flops / 1e9, 2),
         "device_peak_gflops_measured": round(peak / 1e9, 1),
