@@ -157,7 +157,7 @@ class Embedder:
                                                          input_hw.dtype)])
         x = torch.from_numpy(np.ascontiguousarray(pixels))
         hws = torch.from_numpy(input_hw.astype(np.int64))
-        if cuda:  # page-locked: the uploads overlap with the batch before
+        if cuda:  # page-locked: the copies are queued behind the batch before, the host goes on
             x, hws = x.pin_memory(), hws.pin_memory()
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         hws = hws.to(self.device, non_blocking=True)
