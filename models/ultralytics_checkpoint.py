@@ -7,14 +7,20 @@ its fp16 parameters and buffers. `torch.load(weights_only=True)` refuses such a 
 unpickler admits only an allow-list of globals:
 
 - the class names such files contain (Ultralytics modules, the torch.nn layers they are made of,
-  Ultralytics' namespace of training arguments); each becomes an inert `ModuleRecord` that only
-  stores its pickled attributes, so no constructor, `__setstate__` or import of the real class
-  runs;
+  Ultralytics' namespace of training arguments, and the loss object an 8.0.x trainer leaves on
+  the model); each becomes an inert `ModuleRecord` that only stores its pickled attributes, so
+  no constructor, `__setstate__` or import of the real class runs;
 - torch's tensor and parameter rebuild functions, `collections.OrderedDict`, `builtins.set`,
   `_codecs.encode` for latin-1 only (how protocol 2 writes bytes), each behind a guard that
   checks its arguments;
+- two values the module tree itself holds, each behind a guard that admits only their one
+  shape: `torch.Size` of non-negative ints (the head's cached input shape, `Detect.shape`,
+  set by every eval forward, so by validation before a trained model is saved), and
+  `builtins.getattr` only as `getattr(<Ultralytics Detect>, "forward")` (8.0.x sets
+  `Segment.detect = Detect.forward`; protocol 2 writes a method that way), which gives an
+  inert `StoredMethod`, never the function;
 - the few other values a training loop leaves in the dict (numpy scalars and dtypes, `pathlib`
-  paths), as `OpaqueValue`s that keep nothing.
+  paths, a `torch.device`), as `OpaqueValue`s that keep nothing.
 
 Any other global (`os.system`, `builtins.eval`, a class of another package) stops the load with
 a `CheckpointError` naming it, before anything it names is called. The module tree is then
@@ -51,11 +57,23 @@ _ULTRALYTICS_MODULES = frozenset({
     "ultralytics.yolo.utils",
     "ultralytics.utils",
 })
-# torch.nn layers the Ultralytics modules are built from.
+# The loss object (`model.criterion`) that Ultralytics 8.0.x sets on the model the first time
+# it computes a loss; its validator does so on the EMA model every epoch, and neither its trainer
+# nor `strip_optimizer` removes it, so trained 8.0.x files hold it (later releases drop it).
+_ULTRALYTICS_CRITERION = frozenset({
+    ("ultralytics.yolo.utils.loss", "v8SegmentationLoss"),
+    ("ultralytics.yolo.utils.loss", "BboxLoss"),
+    ("ultralytics.yolo.utils.tal", "TaskAlignedAssigner"),
+})
+# torch.nn layers the Ultralytics modules are built from (and the criterion's BCE loss).
 _TORCH_NN_CLASSES = frozenset({
     "Conv2d", "ConvTranspose2d", "BatchNorm2d", "SiLU", "Identity", "Sequential", "ModuleList",
-    "Upsample", "MaxPool2d",
+    "Upsample", "MaxPool2d", "BCEWithLogitsLoss",
 })
+# Methods an Ultralytics class stores on its instances, {owner class name: method names}: 8.0.x
+# `Segment.__init__` (and `Pose`'s) sets `self.detect = Detect.forward`.
+_STORED_METHODS: dict[str, frozenset[str]] = {"Detect": frozenset({"forward"})}
+MAX_SIZE_DIMS = 8  # a torch.Size in a weights file is a tensor shape (the head's is BCHW)
 
 
 class _Guarded:
@@ -117,6 +135,46 @@ def _check_latin1(args: tuple) -> None:
         raise pickle.UnpicklingError(f"expected _codecs.encode(str, 'latin1'), got {args!r}"[:200])
 
 
+def _check_size_args(args: tuple) -> None:
+    # torch.Size pickles as torch.Size((d0, d1, ...)): one tuple of non-negative ints
+    dims = args[0] if len(args) == 1 else None
+    if (
+        not isinstance(dims, tuple)
+        or len(dims) > MAX_SIZE_DIMS
+        or any(type(d) is not int or d < 0 for d in dims)
+    ):
+        raise pickle.UnpicklingError(
+            f"expected torch.Size(<tuple of at most {MAX_SIZE_DIMS} non-negative ints>), "
+            f"got torch.Size{args!r}"[:200]
+        )
+
+
+def _size(dims: tuple[int, ...]) -> torch.Size:
+    return torch.Size(dims)
+
+
+def _check_stored_method(args: tuple) -> None:
+    # protocol 2 writes a method stored as an attribute as getattr(<class>, "<name>")
+    owner, name = args if len(args) == 2 else (None, None)
+    allowed = (
+        isinstance(owner, type)
+        and issubclass(owner, ModuleRecord)
+        and not issubclass(owner, OpaqueValue)
+        and owner.class_path.startswith("ultralytics.")
+        and type(name) is str
+        and name in _STORED_METHODS.get(owner.__name__, ())
+    )
+    if not allowed:
+        shown = ", ".join(getattr(a, "class_path", None) or repr(a) for a in args)
+        raise pickle.UnpicklingError(
+            f"expected getattr(<Ultralytics Detect class>, 'forward'), got getattr({shown})"[:200]
+        )
+
+
+def _stored_method(owner: type[ModuleRecord], name: str) -> StoredMethod:
+    return StoredMethod(f"{owner.class_path}.{name}")
+
+
 _TORCH_FUNCTIONS = {
     ("torch._utils", "_rebuild_tensor_v2"): _Guarded(torch._utils._rebuild_tensor_v2,
                                                      _check_tensor_args),
@@ -127,6 +185,8 @@ _TORCH_FUNCTIONS = {
     ("collections", "OrderedDict"): _Guarded(OrderedDict, _no_check),
     ("builtins", "set"): _Guarded(set, _no_check),
     ("_codecs", "encode"): _Guarded(codecs.encode, _check_latin1),
+    ("torch", "Size"): _Guarded(_size, _check_size_args),
+    ("builtins", "getattr"): _Guarded(_stored_method, _check_stored_method),
 }
 
 
@@ -164,11 +224,32 @@ class OpaqueValue(ModuleRecord):
         self.attrs = {}
 
 
-# Training-loop values (module, name) that become OpaqueValue; numpy moved `core` to `_core`.
+class StoredMethod:
+    """An inert stand-in for a method an Ultralytics module stores as an attribute (8.0.x
+    `Segment.detect = Detect.forward`): keeps only the dotted name (`qualname`); it cannot be
+    called, and the pickle cannot set anything on it."""
+
+    __slots__ = ("qualname",)
+
+    def __init__(self, qualname: str) -> None:
+        object.__setattr__(self, "qualname", qualname)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise pickle.UnpicklingError("refusing to modify a stored method")
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("refusing to modify a stored method")
+
+    def __repr__(self) -> str:
+        return f"StoredMethod({self.qualname})"
+
+
+# Training-loop values (module, name) that become OpaqueValue; numpy moved `core` to `_core`;
+# the 8.0.x criterion holds the training device.
 _OPAQUE = frozenset({
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("numpy", "dtype"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
-    ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"),
+    ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"), ("torch", "device"),
 })
 
 _RECORD_TYPES: dict[tuple[str, str], type[ModuleRecord]] = {}
@@ -187,6 +268,8 @@ def _allowed_global(module: str, name: str) -> Any:
     if (module, name) in _TORCH_FUNCTIONS:
         return _TORCH_FUNCTIONS[(module, name)]
     if module in _ULTRALYTICS_MODULES and name in _ULTRALYTICS_CLASSES:
+        return _record_type(module, name)
+    if (module, name) in _ULTRALYTICS_CRITERION:
         return _record_type(module, name)
     if module.startswith("torch.nn.modules.") and name in _TORCH_NN_CLASSES:
         return _record_type(module, name)

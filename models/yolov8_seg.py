@@ -33,6 +33,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -292,27 +293,26 @@ def letterbox_geometry(orig_hw: tuple[int, int], imgsz: int = 1024) -> Letterbox
 
 
 def letterbox(image: torch.Tensor, geom: LetterboxGeometry) -> torch.Tensor:
-    """Resize and pad one image as the official LetterBox: uint8 3xHxW -> float 3xhxw holding
-    integer levels 0..255 (the uint8 letterboxed image, not yet divided by 255).
+    """Resize and pad one image as the official LetterBox: uint8 3xHxW (any device) -> float32
+    3xhxw on the same device, holding integer levels 0..255 (the uint8 letterboxed image, not
+    yet divided by 255), `PAD_VALUE` around the resized image.
 
-    The official resize is cv2.resize(INTER_LINEAR) on uint8; OpenCV is not a dependency, so
-    this is bilinear interpolation with half-pixel centres and edge clamping
-    (F.interpolate(align_corners=False, antialias=False)), rounded to integer levels. That is
-    cv2's sampling for upscaling and downscaling alike (INTER_LINEAR does not antialias either;
-    its exact 2x downscale, which OpenCV routes to INTER_AREA, is the same 2x2 mean); the only
-    difference is cv2's 11-bit fixed-point weights, which can move a pixel by one level."""
+    The resize is the official one, cv2.resize(INTER_LINEAR) on the uint8 HxWx3 image, done on
+    the CPU as the official preprocessing does: the network input is byte-identical to the
+    official LetterBox's (torch's bilinear differs from OpenCV's 11-bit fixed-point weights by
+    one level on ~10% of values, enough to change detections)."""
     if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"expected uint8 3xHxW, got {image.dtype} {tuple(image.shape)}")
     if tuple(image.shape[1:]) != geom.orig_hw:
         raise ValueError(f"expected an image of {geom.orig_hw}, got {tuple(image.shape[1:])}")
-    x = image.float()
-    if geom.resized_hw != geom.orig_hw:
-        x = F.interpolate(
-            x[None], size=geom.resized_hw, mode="bilinear", align_corners=False, antialias=False
-        )[0]
-        x = x.round_().clamp_(0, 255)
-    out = x.new_full((3, *geom.input_hw), float(PAD_VALUE))
-    out[:, geom.top : geom.top + geom.resized_hw[0], geom.left : geom.left + geom.resized_hw[1]] = x
+    (h, w), top, left = geom.resized_hw, geom.top, geom.left
+    resized = image
+    if (h, w) != geom.orig_hw:
+        hwc = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())  # HxWx3 uint8
+        hwc = cv2.resize(hwc, (w, h), interpolation=cv2.INTER_LINEAR)  # hxwx3 uint8
+        resized = torch.from_numpy(hwc).to(image.device).permute(2, 0, 1)
+    out = torch.full((3, *geom.input_hw), float(PAD_VALUE), device=image.device)
+    out[:, top : top + h, left : left + w] = resized
     return out
 
 

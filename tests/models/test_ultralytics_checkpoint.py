@@ -5,14 +5,30 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections import OrderedDict
 
 import pytest
 import torch
 from torch import nn
 
 from models.checkpoint import CheckpointError, read_checkpoint
-from models.ultralytics_checkpoint import load_ultralytics_state_dict
-from tests.fake_ultralytics import checkpoint_dict, fake_ultralytics, new_module, save
+from models.registry import build_model
+from models.ultralytics_checkpoint import (
+    ModuleRecord,
+    StoredMethod,
+    load_ultralytics_state_dict,
+    restricted_pickle,
+)
+from tests.fake_ultralytics import (
+    OFFICIAL_GLOBALS,
+    checkpoint_dict,
+    fake_ultralytics,
+    new_module,
+    official_tree,
+    pickle_globals,
+    released_checkpoint,
+    save,
+)
 
 
 def _small_tree(classes: dict[str, type[nn.Module]], seed: int) -> nn.Module:
@@ -60,28 +76,18 @@ def test_training_leftovers_load(tmp_path):
     """What a training loop leaves in a real file loads too: a numpy `best_fitness`, paths in
     `train_args`, the model's argument namespace (an Ultralytics SimpleNamespace)."""
     import pathlib
-    import sys
-    import types
 
     import numpy as np
 
     with fake_ultralytics() as classes:
-        namespace = type("IterableSimpleNamespace", (types.SimpleNamespace,),
-                         {"__module__": "ultralytics.yolo.utils"})
-        sys.modules["ultralytics.yolo"] = types.ModuleType("ultralytics.yolo")
-        sys.modules["ultralytics.yolo.utils"] = types.ModuleType("ultralytics.yolo.utils")
-        sys.modules["ultralytics.yolo.utils"].IterableSimpleNamespace = namespace
-        try:
-            tree = _small_tree(classes, seed=0)
-            tree.args = namespace(imgsz=1024, save_dir="runs/segment/train")
-            ckpt = checkpoint_dict(tree)
-            ckpt["best_fitness"] = np.float64(0.6125)
-            ckpt["train_args"]["project"] = pathlib.PurePosixPath("runs/segment")
-            path = tmp_path / "trained.pt"
-            save(ckpt, path)
-            expected = tree.state_dict()["model.0.conv.weight"].clone()
-        finally:
-            del sys.modules["ultralytics.yolo.utils"], sys.modules["ultralytics.yolo"]
+        tree = _small_tree(classes, seed=0)
+        tree.args = classes["IterableSimpleNamespace"](imgsz=1024, save_dir="runs/segment/train")
+        ckpt = checkpoint_dict(tree)
+        ckpt["best_fitness"] = np.float64(0.6125)
+        ckpt["train_args"]["project"] = pathlib.PurePosixPath("runs/segment")
+        path = tmp_path / "trained.pt"
+        save(ckpt, path)
+        expected = tree.state_dict()["model.0.conv.weight"].clone()
     state = load_ultralytics_state_dict(str(path))
     assert torch.equal(state["model.0.conv.weight"], expected)
 
@@ -211,3 +217,133 @@ def test_a_file_without_a_module_is_a_clear_error(tmp_path):
     path.write_bytes(pickle.dumps([1, 2, 3]))
     with pytest.raises(CheckpointError, match="expected a torch zip checkpoint"):
         load_ultralytics_state_dict(str(path))
+
+
+# -- files as Ultralytics releases write them ----------------------------------------------------
+
+
+def _released_file(path, name: str, layout: str) -> dict[str, torch.Tensor]:
+    """Write registry model `name` (seeded) as the released checkpoint of `layout`; return the
+    state dict the file must load to (its fp16 values, as float32)."""
+    model = build_model(name, seed=0)
+    expected = {k: v.half().to(v.dtype) for k, v in model.state_dict().items()}
+    with fake_ultralytics(layout) as classes:
+        save(released_checkpoint(official_tree(model, classes, layout), layout), path)
+    return expected
+
+
+@pytest.mark.parametrize("layout", ["8.0", "8.4"])
+@pytest.mark.parametrize("name", ["fastsam_s", pytest.param("fastsam_x", marks=pytest.mark.slow)])
+def test_released_files_load_strictly(tmp_path, name, layout):
+    """A file pickled as Ultralytics 8.0.x (FastSAM's) or current 8.x writes it (the globals of
+    the real code's files, `OFFICIAL_GLOBALS`) loads strictly into the model, every tensor."""
+    path = tmp_path / f"{name}-{layout}.pt"
+    expected = _released_file(path, name, layout)
+    assert pickle_globals(path) == OFFICIAL_GLOBALS[layout]
+    state = build_model(name, checkpoint=path).state_dict()
+    assert list(state) == list(expected)
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("layout", ["8.0", "8.4"])
+def test_released_file_attributes_stay_inert(tmp_path, layout):
+    """The two values that real files hold beyond classes and tensors: the head's cached input
+    shape (a torch.Size) and, in 8.0.x, its stored `Detect.forward`, read as a name only."""
+    path = tmp_path / "FastSAM-s.pt"
+    _released_file(path, "fastsam_s", layout)
+    with open(path, "rb") as f:
+        with torch.serialization._open_zipfile_reader(f) as z:
+            pickled = z.get_record(next(r for r in z.get_all_records()
+                                        if r.endswith("data.pkl")))
+    assert pickled[:2] == b"\x80\x02"  # torch's default protocol, as Ultralytics saves
+    ckpt = torch.load(path, pickle_module=restricted_pickle, weights_only=False)
+    head = ckpt["model"].attrs["_modules"]["model"].attrs["_modules"]["22"]
+    assert head.class_path == "ultralytics.nn.modules.head.Segment"
+    assert head.attrs["shape"] == torch.Size([16, 128, 128, 128])
+    assert type(head.attrs["shape"]) is torch.Size
+    if layout == "8.0":
+        assert isinstance(head.attrs["detect"], StoredMethod)
+        assert head.attrs["detect"].qualname == "ultralytics.nn.modules.head.Detect.forward"
+        assert not callable(head.attrs["detect"])
+        assert isinstance(ckpt["model"].attrs["criterion"], ModuleRecord)
+    else:
+        assert "detect" not in head.attrs and isinstance(ckpt["model"].attrs["args"], dict)
+
+
+class _Reduces:
+    """Unpickles as `fn(*args)`."""
+
+    def __init__(self, fn, *args) -> None:
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+def _refused(tmp_path, payload, match: str) -> None:
+    """A released FastSAM-s-like file with `payload` in its train_args is refused."""
+    with fake_ultralytics() as classes:
+        ckpt = checkpoint_dict(_small_tree(classes, seed=0))
+        ckpt["train_args"]["x"] = payload(classes) if callable(payload) else payload
+        path = tmp_path / "hostile.pt"
+        save(ckpt, path)
+    with pytest.raises(CheckpointError, match=match):
+        load_ultralytics_state_dict(str(path))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        lambda c: _Reduces(getattr, c["Detect"], "__init__"),  # another name
+        lambda c: _Reduces(getattr, c["Detect"], "__subclasses__"),
+        lambda c: _Reduces(getattr, c["Conv"], "forward"),  # another Ultralytics class
+        lambda c: _Reduces(getattr, c["Segment"], "forward"),
+        lambda c: _Reduces(getattr, c["IterableSimpleNamespace"], "forward"),
+        lambda c: _Reduces(getattr, OrderedDict, "fromkeys"),  # an allowed function
+        lambda c: _Reduces(getattr, torch._utils._rebuild_tensor_v2, "__globals__"),
+        lambda c: _Reduces(getattr, torch.Size, "__new__"),
+        lambda c: _Reduces(getattr, new_module(c["Detect"]), "forward"),  # an instance
+        lambda c: _Reduces(getattr, c["Detect"], "forward", None),  # with a default
+    ],
+)
+def test_getattr_on_anything_else_is_refused(tmp_path, payload):
+    _refused(tmp_path, payload, r"expected getattr\(<Ultralytics Detect class>, 'forward'\)")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("rm -rf /",),
+        ((1, -2),),
+        ((True, 2),),
+        ((1.5,),),
+        (("a",),),
+        ((1,) * 9,),
+        ([1, 2],),
+        ((1,), (2,)),
+        (),
+        ((OrderedDict(),),),
+    ],
+)
+def test_torch_size_of_anything_but_dims_is_refused(tmp_path, args):
+    _refused(tmp_path, _Reduces(torch.Size, *args), r"expected torch\.Size\(<tuple of")
+
+
+def test_torch_size_and_getattr_are_no_gadgets(tmp_path):
+    """The new openings cannot be used as classes, modified, or have their results called."""
+    detect_forward = (b"c__builtin__\ngetattr\ncultralytics.nn.modules.head\nDetect\n"
+                      b"X\x07\x00\x00\x00forward\x86R")
+    cases = {
+        b"ctorch\nSize\n)\x81.": "unsafe or unreadable",  # NEWOBJ: Size as a class
+        b"ctorch\nSize\n}b.": "refusing to modify an allowed function",  # BUILD on it
+        b"c__builtin__\ngetattr\n}b.": "refusing to modify an allowed function",
+        b"ctorch\nSize\n(K\x01t\x85R)R.": "not callable",  # calling the Size it made
+        detect_forward + b")R.": "not callable",  # calling the stored method
+        detect_forward + b"}b.": "refusing to modify a stored method",
+        detect_forward + b")\x81.": "unsafe or unreadable",  # as a class
+    }
+    for i, (body, match) in enumerate(cases.items()):
+        path = tmp_path / f"gadget{i}.pt"
+        _zip_checkpoint(path, b"\x80\x02" + body)
+        with pytest.raises(CheckpointError, match=match):
+            load_ultralytics_state_dict(str(path))
