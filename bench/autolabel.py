@@ -3,7 +3,7 @@
     python bench/autolabel.py --model sam_vit_b --images 3 --points-per-side 16
 
 The reference is segment-anything's own `SamAutomaticMaskGenerator` (the PyPI package of the
-test extra, torchvision stood in as in tests/official.py): one image at a time, one point
+test extra, torchvision stood in as in bench/official.py): one image at a time, one point
 batch at a time, every mask upscaled to full resolution before filtering. Ours is
 `operators.mask_generator.MaskGenerator` with several images per encoder call, prompts of
 several crops per decoder call and upscaling only after the IoU filter. Both load the same
@@ -32,11 +32,11 @@ from pycocotools import mask as mask_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.official import official, official_tiny_sam  # noqa: E402
 from models import build_model  # noqa: E402
-from operators.embed import autocast  # noqa: E402
-from operators.mask_generator import AMGSettings, MaskGenerator  # noqa: E402
-from tests.models.test_sam_parity import _official_tiny  # noqa: E402
-from tests.official import official  # noqa: E402
+from operators.config import GeneratorConfig  # noqa: E402
+from operators.everything.grid import MaskGenerator  # noqa: E402
+from operators.runtime.device import autocast  # noqa: E402
 
 OFFICIAL_NAMES = {"sam_vit_b": "vit_b", "sam_vit_l": "vit_l", "sam_vit_h": "vit_h"}
 
@@ -50,7 +50,7 @@ def models(name: str, seed: int):
         if k.startswith("mask_decoder.output_hypernetworks_mlps") and k.endswith("2.weight"):
             sd[k] = sd[k] * 40
     ours.load_state_dict(sd)
-    theirs = _official_tiny(sa) if name == "sam_tiny" else sa.sam_model_registry[
+    theirs = official_tiny_sam(sa) if name == "sam_tiny" else sa.sam_model_registry[
         OFFICIAL_NAMES[name]]()
     theirs.load_state_dict(sd)
     return sa, ours.eval(), theirs.eval()
@@ -101,7 +101,8 @@ def main() -> None:
     ap.add_argument("--stability-score-thresh", type=float, default=0.95)
     ap.add_argument("--crop-n-layers", type=int, default=0)
     ap.add_argument("--box-nms-thresh", type=float, default=0.7)
-    ap.add_argument("--encoder-batch-size", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=4,
+                    help="model.batch_size: crops per encoder call")
     ap.add_argument("--decoder-batch-size", type=int, default=64,
                     help="prompts per decoder call (SAM's decoder: ~25 MB each in fp32)")
     ap.add_argument("--seed", type=int, default=11)
@@ -132,13 +133,15 @@ def main() -> None:
     shift = 0.88 - float(torch.quantile(torch.cat(ious).float(), 0.6))
     for model in (ours, theirs):
         model.mask_decoder.iou_prediction_head.layers[-1].bias.data += shift
-    settings = AMGSettings(points_per_side=args.points_per_side,
-                           stability_score_thresh=args.stability_score_thresh,
-                           crop_n_layers=args.crop_n_layers, box_nms_thresh=args.box_nms_thresh)
+    settings = GeneratorConfig(points_per_side=args.points_per_side,
+                               stability_score_thresh=args.stability_score_thresh,
+                               crop_n_layers=args.crop_n_layers,
+                               box_nms_thresh=args.box_nms_thresh,
+                               decoder_batch_size=args.decoder_batch_size)
 
     # The official generator, one image at a time
     reference = sa.SamAutomaticMaskGenerator(theirs, output_mode="coco_rle",
-                                             **settings.as_dict())
+                                             **settings.settings(one_pass=False))
     _sync(device)
     start = time.perf_counter()
     ref = [reference.generate(im) for im in ims]
@@ -146,8 +149,7 @@ def main() -> None:
     t_ref = time.perf_counter() - start
 
     # Ours, all images in one call
-    generator = MaskGenerator(ours, settings, encoder_batch_size=args.encoder_batch_size,
-                              decoder_batch_size=args.decoder_batch_size)
+    generator = MaskGenerator(ours, settings, batch_size=args.batch_size)
     _sync(device)
     start = time.perf_counter()
     with autocast(device, args.precision):
@@ -163,8 +165,8 @@ def main() -> None:
                         else platform.processor() or platform.machine()),
         "precision_ours": args.precision, "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "images": len(ims),
-        "image_hw": [args.height, args.width], "settings": settings.as_dict(),
-        "encoder_batch_size": args.encoder_batch_size,
+        "image_hw": [args.height, args.width], "settings": settings.settings(one_pass=False),
+        "batch_size": args.batch_size,
         "decoder_batch_size": args.decoder_batch_size,
         "official": {"seconds": round(t_ref, 2), "images_per_s": round(len(ims) / t_ref, 4),
                      "masks": n_ref, "masks_per_s": round(n_ref / t_ref, 2)},

@@ -49,10 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.memory import Peak  # noqa: E402
 from models import build_model  # noqa: E402
-from operators.batch_size import choose_encoder_batch_size  # noqa: E402
-from operators.decode import decode_image  # noqa: E402
-from operators.embed import autocast  # noqa: E402
-from operators.sample import write_sample_corpus  # noqa: E402
+from operators.runtime.batch_size import probe_batch_size  # noqa: E402
+from operators.runtime.device import autocast  # noqa: E402
+from operators.shards.decode import decode_image  # noqa: E402
+from operators.shards.sample import write_sample_corpus  # noqa: E402
 
 
 def bare_loop(model_name: str, images: list, batch_size: int | str, threads: int,
@@ -60,11 +60,11 @@ def bare_loop(model_name: str, images: list, batch_size: int | str, threads: int
     """(images/s, the batch size used, peak device memory in bytes or None) of the encoder
     over pre-decoded images (see the module docstring for what is timed where)."""
     torch.set_num_threads(threads)
-    if device.type == "cuda":  # as the actors (operators/embed.py load_model)
+    if device.type == "cuda":  # as the actors (operators/runtime/device.py load_model)
         torch.backends.cudnn.benchmark = True
     model = build_model(model_name, seed=0).to(device)
     if batch_size == "auto":
-        batch_size = choose_encoder_batch_size(model, device, precision, 64)
+        batch_size = probe_batch_size(model, device, precision, 64)
     if device.type != "cuda":
         def step(chunk: list) -> None:
             prepared = [model.prepare_image(im) for im in chunk]

@@ -5,7 +5,7 @@ students (point grid), same images, one run.
     python bench/everything.py --device cuda --precision bf16 --points-per-side 32 --images 16
 
 Per model: images/s and masks/image of the generator the auto-labeling actor runs for it
-(`OnePassGenerator` for models with `segment_everything`, `MaskGenerator` otherwise) with the
+(`OnePassGenerator` for one-pass models, `MaskGenerator` for promptable ones) with the
 generator defaults (FastSAM: imgsz 1024, conf 0.4, iou 0.9; SAM family: the official thresholds)
 except `--points-per-side`. Seeded random weights: the timings stand, the mask counts do not
 (random SAM decoders rarely pass the 0.88/0.95 filters, random detectors find what their
@@ -20,7 +20,6 @@ import os
 import platform
 import sys
 import time
-from contextlib import nullcontext
 from datetime import date
 from pathlib import Path
 
@@ -29,27 +28,30 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.autolabel import images as structured_images  # noqa: E402
-from models import build_model  # noqa: E402
-from operators.mask_generator import AMGSettings, MaskGenerator  # noqa: E402
-from operators.one_pass import OnePassGenerator, OnePassSettings  # noqa: E402
+from models import (  # noqa: E402
+    OnePassModel,
+    build_model,  # noqa: E402
+    model_kind,
+)
+from operators.config import GeneratorConfig  # noqa: E402
+from operators.everything.grid import MaskGenerator  # noqa: E402
+from operators.everything.one_pass import OnePassGenerator  # noqa: E402
+from operators.runtime.device import autocast  # noqa: E402
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_MODELS = ["fastsam_s", "fastsam_x", "mobile_sam", "efficientvit_sam_l0"]
 
 
 def generator_for(model: torch.nn.Module, points_per_side: int, imgsz: int):
-    if hasattr(model, "segment_everything"):
-        return OnePassGenerator(model, OnePassSettings(imgsz=imgsz)), "one-pass"
-    return MaskGenerator(model, AMGSettings(points_per_side=points_per_side)), "point grid"
+    if model_kind(model.model_name) is OnePassModel:
+        return OnePassGenerator(model, GeneratorConfig(detection_imgsz=imgsz)), "one-pass"
+    return MaskGenerator(model, GeneratorConfig(points_per_side=points_per_side)), "point grid"
 
 
 def bench_model(name: str, device: torch.device, precision: str, batch: list,
                 points_per_side: int, imgsz: int, reps: int) -> dict:
     model = build_model(name, seed=0).to(device)
     generator, kind = generator_for(model, points_per_side, imgsz)
-    ctx = (torch.autocast(device.type, dtype=DTYPES[precision]) if precision in DTYPES
-           else nullcontext())
-    with torch.inference_mode(), ctx:
+    with torch.inference_mode(), autocast(device, precision):
         generator.generate(batch[:1])  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from operators.sample import write_sample_corpus  # noqa: E402
+from operators.shards.sample import write_sample_corpus  # noqa: E402
 
 RAY_NAMES = ("ray::", "raylet", "gcs_server", "plasma")
 

@@ -18,7 +18,6 @@ import os
 import platform
 import sys
 import time
-from contextlib import nullcontext
 from datetime import date
 from pathlib import Path
 
@@ -27,9 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models import MODEL_REGISTRY, build_model  # noqa: E402
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from models import PromptableModel, build_model, models_of_kind  # noqa: E402
+from operators.runtime.device import autocast  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -53,8 +51,7 @@ def timed(fn, device: torch.device, min_s: float, min_reps: int) -> float:
 def bench_model(name: str, device: torch.device, precision: str, batch: int, prompts: int,
                 min_s: float, min_reps: int) -> dict:
     model = build_model(name, seed=0).to(device)
-    ctx = (torch.autocast(device.type, dtype=DTYPES[precision]) if precision in DTYPES
-           else nullcontext())
+    ctx = autocast(device, precision)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (768, 1024, 3), dtype=np.uint8)
     prepared, hw = model.prepare_image(image)
@@ -82,13 +79,7 @@ def bench_model(name: str, device: torch.device, precision: str, batch: int, pro
 def prompt_models() -> list[str]:
     """Registry models with an encoder + prompt decoder (one-pass models such as FastSAM have
     neither: bench/everything.py compares them), without ViT-H/L."""
-    names = []
-    for name, builder in MODEL_REGISTRY.items():
-        with torch.device("meta"):
-            one_pass = hasattr(builder(), "segment_everything")
-        if not one_pass and name not in ("sam_vit_h", "sam_vit_l"):
-            names.append(name)
-    return names
+    return [n for n in models_of_kind(PromptableModel) if n not in ("sam_vit_h", "sam_vit_l")]
 
 
 def main() -> None:

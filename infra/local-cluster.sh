@@ -3,14 +3,22 @@
 #   infra/local-cluster.sh start   # head on 127.0.0.1, dashboard/Jobs API on :8265
 #   infra/local-cluster.sh stop
 # Ray 2.60 heads require a token by default; this throwaway head disables it (loopback only).
+# A submitted job runs `python -m pipelines.cli` with the head's PATH: the head is started with
+# the venv's bin first on it, so jobs run the venv that has torch and samdata's dependencies
+# (a cluster image has them on its PATH).
+# Overridable: VENV, NUM_CPUS, RAY_TMP, PORT (GCS), DASHBOARD_PORT, CLIENT_PORT, and
+# RAY_START_ARGS (more `ray start` flags, e.g. other ports beside another Ray on the machine).
 set -euo pipefail
-VENV=${VENV:-.venv}
+VENV=$(cd "${VENV:-.venv}" && pwd)
+export PATH="$VENV/bin:$PATH"
 case "${1:-start}" in
   start)
-    RAY_AUTH_MODE=disabled "$VENV/bin/ray" start --head --node-ip-address 127.0.0.1 \
-      --dashboard-host 127.0.0.1 --dashboard-port 8265 --num-cpus "${NUM_CPUS:-2}" \
-      --temp-dir "${RAY_TMP:-/tmp/samdata-ray}"
-    echo "Jobs API: http://127.0.0.1:8265" ;;
-  stop) "$VENV/bin/ray" stop ;;
+    RAY_AUTH_MODE=disabled ray start --head --node-ip-address 127.0.0.1 \
+      --port "${PORT:-6379}" --dashboard-host 127.0.0.1 \
+      --dashboard-port "${DASHBOARD_PORT:-8265}" \
+      --ray-client-server-port "${CLIENT_PORT:-10001}" --num-cpus "${NUM_CPUS:-2}" \
+      --temp-dir "${RAY_TMP:-/tmp/samdata-ray}" ${RAY_START_ARGS:-}
+    echo "Jobs API: http://127.0.0.1:${DASHBOARD_PORT:-8265}" ;;
+  stop) ray stop ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;
 esac

@@ -2,6 +2,8 @@
 
 from .checkpoint import CheckpointError
 from .predictor import Predictor
-from .registry import MODEL_REGISTRY, build_model
+from .protocols import OnePassModel, PromptableModel
+from .registry import MODEL_REGISTRY, build_model, model_kind, models_of_kind
 
-__all__ = ["MODEL_REGISTRY", "CheckpointError", "Predictor", "build_model"]
+__all__ = ["MODEL_REGISTRY", "CheckpointError", "OnePassModel", "Predictor", "PromptableModel",
+           "build_model", "model_kind", "models_of_kind"]

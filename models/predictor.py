@@ -16,7 +16,8 @@ from torch import nn
 
 from .transforms import check_image
 
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# model.precision values that run under autocast, and their dtypes
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Predictor:
@@ -29,7 +30,7 @@ class Predictor:
     def __init__(
         self, model: nn.Module, device: str | torch.device | None = None, precision: str = "fp32"
     ) -> None:
-        if precision not in ("fp32", *_AUTOCAST):
+        if precision not in ("fp32", *AUTOCAST_DTYPES):
             raise ValueError(f"expected precision fp32, bf16 or fp16, got '{precision}'")
         self.model = model.to(device) if device is not None else model
         self.model.eval()
@@ -42,7 +43,7 @@ class Predictor:
     def _autocast(self):
         if self.precision == "fp32":
             return nullcontext()
-        return torch.autocast(self.device.type, dtype=_AUTOCAST[self.precision])
+        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
 
     @torch.inference_mode()
     def embed(self, images: list[np.ndarray]) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -19,6 +20,7 @@ from .checkpoint import (
     unwrap_state_dict,
 )
 from .image_encoder import ImageEncoderViT
+from .protocols import ModelKind, OnePassModel, PromptableModel
 from .sam import Sam, build_sam
 
 
@@ -91,27 +93,57 @@ def build_sam_tiny() -> Sam:
     )
 
 
-MODEL_REGISTRY: dict[str, Callable[[], nn.Module]] = {
-    "sam_vit_h": build_sam_vit_h,
-    "sam_vit_l": build_sam_vit_l,
-    "sam_vit_b": build_sam_vit_b,
-    "sam_tiny": build_sam_tiny,
-    **tiny_vit.BUILDERS,
-    **efficientvit.BUILDERS,
-    **efficient_sam.BUILDERS,
-    **yolov8_seg.BUILDERS,
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registry model: its builder, what it can do (a Protocol of models/protocols.py)
+    and the official checkpoint file name (None for test configs). Calling the entry builds
+    the model with its initialiser's weights."""
+
+    build: Callable[[], nn.Module]
+    kind: ModelKind
+    official_file: str | None = None
+
+    def __call__(self) -> nn.Module:
+        return self.build()
+
+
+def _entries(builders: dict[str, Callable[[], nn.Module]], kind: ModelKind,
+             files: dict[str, str]) -> dict[str, ModelEntry]:
+    return {name: ModelEntry(b, kind, files.get(name)) for name, b in builders.items()}
+
+
+_SAM_FILES = {
+    "sam_vit_h": "sam_vit_h_4b8939.pth",
+    "sam_vit_l": "sam_vit_l_0b3195.pth",
+    "sam_vit_b": "sam_vit_b_01ec64.pth",
+}
+
+MODEL_REGISTRY: dict[str, ModelEntry] = {
+    **_entries({"sam_vit_h": build_sam_vit_h, "sam_vit_l": build_sam_vit_l,
+                "sam_vit_b": build_sam_vit_b, "sam_tiny": build_sam_tiny},
+               PromptableModel, _SAM_FILES),
+    **_entries(tiny_vit.BUILDERS, PromptableModel, tiny_vit.OFFICIAL_FILES),
+    **_entries(efficientvit.BUILDERS, PromptableModel, efficientvit.OFFICIAL_FILES),
+    **_entries(efficient_sam.BUILDERS, PromptableModel, efficient_sam.OFFICIAL_FILES),
+    **_entries(yolov8_seg.BUILDERS, OnePassModel, yolov8_seg.OFFICIAL_FILES),
 }
 
 # Official checkpoint file names, for messages and docs.
 OFFICIAL_CHECKPOINTS: dict[str, str] = {
-    "sam_vit_h": "sam_vit_h_4b8939.pth",
-    "sam_vit_l": "sam_vit_l_0b3195.pth",
-    "sam_vit_b": "sam_vit_b_01ec64.pth",
-    **tiny_vit.OFFICIAL_FILES,
-    **efficientvit.OFFICIAL_FILES,
-    **efficient_sam.OFFICIAL_FILES,
-    **yolov8_seg.OFFICIAL_FILES,
+    name: e.official_file for name, e in MODEL_REGISTRY.items() if e.official_file
 }
+
+
+def model_kind(name: str) -> ModelKind:
+    """The Protocol registry model `name` follows (PromptableModel or OnePassModel)."""
+    if name not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model '{name}': expected one of {', '.join(MODEL_REGISTRY)}")
+    return MODEL_REGISTRY[name].kind
+
+
+def models_of_kind(kind: ModelKind) -> list[str]:
+    """Registry names of the models following `kind`, in registry order."""
+    return [name for name, e in MODEL_REGISTRY.items() if e.kind is kind]
 
 
 def build_model(

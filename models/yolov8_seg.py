@@ -21,10 +21,9 @@ BatchNorm has eps 1e-3 and momentum 0.03 (Ultralytics' initialize_weights). Modu
 the official `SegmentationModel` (`model.0.conv.weight`, ..., `model.22.proto.cv3.bn.bias`), so
 an official state dict loads with `strict=True`.
 
-`segment_everything` reproduces the official everything-mode predictor (FastSAMPredictor with
-retina_masks=True); its steps and where they differ from the official code are documented on
-the functions below (`letterbox_geometry`, `letterbox`, `nms`, `snap_full_image_box`,
-`masks_native`).
+This module holds the network and its official pre- and post-processing (`letterbox_geometry`,
+`letterbox`, `scale_boxes_to_original`, `masks_native`); FastSAM's everything mode (candidate
+selection, NMS, box snapping) is operators/everything/one_pass.py.
 """
 
 from __future__ import annotations
@@ -48,10 +47,6 @@ NUM_MASKS = 32  # prototypes, and mask coefficients per detection
 STRIDES = (8, 16, 32)  # of the P3, P4, P5 outputs
 STRIDE = STRIDES[-1]  # input sides must be multiples of this
 PAD_VALUE = 114  # letterbox border, in uint8 levels
-MAX_NMS = 30000  # candidates (highest confidence first) that enter NMS
-MAX_DET = 300  # detections kept per image
-BORDER_SNAP = 20  # box sides this close (network-input pixels) to the border move onto it
-FULL_BOX_IOU = 0.9  # a box with IoU above this with the whole input becomes the whole input
 # Mask logits are returned as logit(p) with p clamped to [1e-6, 1 - 1e-6] (torch.logit's eps):
 # a pixel outside its box (p = 0) gets -MASK_LOGIT_BOUND.
 MASK_LOGIT_EPS = 1e-6
@@ -325,103 +320,6 @@ def xywh_to_xyxy(xywh: torch.Tensor) -> torch.Tensor:
     return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), -1)
 
 
-MATRIX_NMS_MAX = 4096  # up to this many candidates, NMS takes one NxN IoU matrix to the host
-
-
-def nms(boxes: torch.Tensor, iou_threshold: float, max_keep: int = MAX_DET,
-        matrix_max: int = MATRIX_NMS_MAX) -> torch.Tensor:
-    """Greedy NMS over boxes already sorted by score, highest first (float Nx4 XYXY): keep a
-    box, drop every later one with IoU > `iou_threshold` with it, go on with the next one left.
-    Stops after `max_keep` kept boxes, which is the official `nms(...)[:max_det]` (the greedy
-    order is the score order). Returns int64 K indices into `boxes`, ascending. IoU is
-    torchvision's: intersection / (area_a + area_b - intersection), areas (x2-x1)(y2-y1).
-
-    Up to `matrix_max` boxes the IoUs are one NxN matrix on the device and the sweep runs on
-    the host after a single copy; beyond, one kept box at a time on the device (each step
-    waits for the device). Both give the same indices: the same float operations per pair, and
-    a NaN IoU (0/0, two empty boxes) suppresses nothing in either, as in torchvision."""
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    if max_keep <= 0 or boxes.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    if boxes.shape[0] <= matrix_max:
-        lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
-        rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-        inter = (rb - lt).clamp(min=0).prod(2)
-        over = (inter / (areas[:, None] + areas[None, :] - inter) > iou_threshold).cpu().numpy()
-        alive = np.ones(boxes.shape[0], dtype=bool)
-        kept: list[int] = []
-        for i in range(boxes.shape[0]):
-            if alive[i]:
-                kept.append(i)
-                if len(kept) == max_keep:
-                    break
-                alive[i + 1 :] &= ~over[i, i + 1 :]
-        return torch.tensor(kept, dtype=torch.long, device=boxes.device)
-    remaining = torch.arange(boxes.shape[0], device=boxes.device)
-    keep: list[torch.Tensor] = []
-    while remaining.numel() > 0 and len(keep) < max_keep:
-        best, rest = remaining[0], remaining[1:]
-        keep.append(best)
-        lt = torch.maximum(boxes[best, :2], boxes[rest, :2])
-        rb = torch.minimum(boxes[best, 2:], boxes[rest, 2:])
-        inter = (rb - lt).clamp(min=0).prod(1)
-        iou = inter / (areas[best] + areas[rest] - inter)
-        remaining = rest[~(iou > iou_threshold)]  # a NaN IoU (two empty boxes) suppresses not
-    if not keep:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    return torch.stack(keep)
-
-
-def select_detections(
-    preds: torch.Tensor, conf: float, iou: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The official non_max_suppression for one image of a one-class model (class-agnostic;
-    with one class the official per-class box offset is zero): anchors with score > `conf`,
-    sorted by score (highest first), at most MAX_NMS into `nms`, at most MAX_DET kept.
-
-    preds float (5+32)xA (xywh, score, coefficients). Returns boxes float Kx4 XYXY in input
-    pixels, scores float K (descending), coefficients float Kx32."""
-    preds = preds.float()
-    cand = preds[:, preds[4] > conf].T  # (n, 37)
-    order = torch.argsort(cand[:, 4], descending=True)[:MAX_NMS]
-    cand = cand[order]
-    boxes = xywh_to_xyxy(cand[:, :4])
-    keep = nms(boxes, iou)
-    return boxes[keep], cand[keep, 4], cand[keep, 5:]
-
-
-def snap_full_image_box(boxes: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
-    """FastSAM's adjustment after NMS, in network-input pixels (boxes float Kx4 XYXY, K > 0):
-
-    1. every box side within BORDER_SNAP (20) pixels of the input border is moved onto it
-       (x1, y1 < 20 -> 0; x2 > W - 20 -> W; y2 > H - 20 -> H). The official code does this as a
-       side effect of its IoU helper, which edits the detections in place, so it changes every
-       returned box and the box crop of every mask;
-    2. a box with IoU > FULL_BOX_IOU (0.9) with the whole input [0, 0, W, H] becomes exactly
-       that box, keeping its score and mask coefficients.
-
-    The official code handles one such box; with two or more its assignment of several scores
-    into one slot raises, and FastSAM's `predict` returns None for the image. Here each of
-    them becomes the whole-input box. Returns the new float Kx4 boxes."""
-    h, w = input_hw
-    x1, y1, x2, y2 = boxes.unbind(1)
-    zero, full_w, full_h = boxes.new_tensor(0.0), boxes.new_tensor(float(w)), boxes.new_tensor(
-        float(h)
-    )
-    x1 = torch.where(x1 < BORDER_SNAP, zero, x1)
-    y1 = torch.where(y1 < BORDER_SNAP, zero, y1)
-    x2 = torch.where(x2 > w - BORDER_SNAP, full_w, x2)
-    y2 = torch.where(y2 > h - BORDER_SNAP, full_h, y2)
-    snapped = torch.stack((x1, y1, x2, y2), 1)
-    inter = (torch.minimum(x2, full_w) - torch.maximum(x1, zero)).clamp(min=0) * (
-        torch.minimum(y2, full_h) - torch.maximum(y1, zero)
-    ).clamp(min=0)
-    union = full_w * full_h + (x2 - x1) * (y2 - y1) - inter
-    critical = inter / union > FULL_BOX_IOU
-    full = boxes.new_tensor([0.0, 0.0, float(w), float(h)])
-    return torch.where(critical[:, None], full, snapped)
-
-
 def scale_boxes_to_original(boxes: torch.Tensor, geom: LetterboxGeometry) -> torch.Tensor:
     """Input-pixel XYXY boxes to original-image pixels, as the official scale_boxes: gain
     g = min(h_in / h, w_in / w) and padding round(d / 2 - 0.1) recomputed from the two shapes,
@@ -434,8 +332,17 @@ def scale_boxes_to_original(boxes: torch.Tensor, geom: LetterboxGeometry) -> tor
     return torch.minimum(out.clamp(min=0), limits)
 
 
+def prototype_logits(protos: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """Mask logits at prototype resolution: coefficients @ prototypes, in float32 (also under
+    autocast). protos float 32xhxw, coeffs float Kx32 -> float32 Kxhxw."""
+    c, mh, mw = protos.shape
+    with torch.autocast(protos.device.type, enabled=False):
+        return (coeffs.float() @ protos.float().view(c, -1)).view(-1, mh, mw)
+
+
 def masks_native(
-    protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor, orig_hw: tuple[int, int]
+    protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor, orig_hw: tuple[int, int],
+    low_res: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The official retina masks (process_mask_native) as logits: coefficients @ prototypes,
     the letterbox padding cropped at prototype resolution (int() of the padding recomputed from
@@ -448,11 +355,11 @@ def masks_native(
     `> 0` is exactly the official mask.
 
     protos float 32xhxw, coeffs float Kx32, boxes float Kx4 XYXY original pixels ->
-    float32 KxHxW."""
+    float32 KxHxW. low_res: `prototype_logits(protos, coeffs)` when already computed (rows of
+    a larger product: a matmul's rounding may depend on how many rows it computes at once)."""
     c, mh, mw = protos.shape
     h, w = orig_hw
-    with torch.autocast(protos.device.type, enabled=False):  # float32 masks under autocast
-        logits = (coeffs.float() @ protos.float().view(c, -1)).view(-1, mh, mw)
+    logits = prototype_logits(protos, coeffs) if low_res is None else low_res
     gain = min(mh / h, mw / w)
     pad_w, pad_h = (mw - w * gain) / 2, (mh - h * gain) / 2
     top, left = int(pad_h), int(pad_w)
@@ -470,36 +377,11 @@ def masks_native(
     return logits.masked_fill_(~in_x[:, None, :], -MASK_LOGIT_BOUND)
 
 
-@dataclass(frozen=True)
-class Detections:
-    """One image's everything-mode detections, highest score first: `boxes` float32 Nx4 XYXY
-    original pixels, `scores` float32 N, mask coefficients `coeffs` Nx32 and the image's
-    prototypes `protos` 32xhxw, from which `mask_logits` makes full-size masks on demand."""
-
-    boxes: torch.Tensor
-    scores: torch.Tensor
-    coeffs: torch.Tensor
-    protos: torch.Tensor
-    orig_hw: tuple[int, int]
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
-
-    def mask_logits(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """float32 KxHxW logits at the original size of detections start:stop (each mask is
-        computed on its own: chunks equal the whole up to the matmul's float rounding; see
-        `masks_native`)."""
-        sl = slice(start, stop)
-        if len(self.boxes[sl]) == 0:
-            return self.boxes.new_zeros((0, *self.orig_hw))
-        return masks_native(self.protos, self.coeffs[sl], self.boxes[sl], self.orig_hw)
-
-
 # -- model --------------------------------------------------------------------------------------
 
 
 class YoloV8Seg(nn.Module):
-    """YOLOv8-seg with `nc` classes at one width/depth scale, plus FastSAM's everything mode.
+    """YOLOv8-seg with `nc` classes at one width/depth scale (FastSAM).
 
     `model` is the official layer list (23 entries, the Segment head last) so state-dict keys
     equal the official ones. forward: float Bx3xHxW in [0, 1] (RGB, H and W multiples of 32)
@@ -577,91 +459,6 @@ class YoloV8Seg(nn.Module):
         n4 = m[18](m[17]([m[16](n3), t4]))
         n5 = m[21](m[20]([m[19](n4), p5]))
         return m[22]([n3, n4, n5])
-
-    def _postprocess(
-        self,
-        preds: torch.Tensor,
-        protos: torch.Tensor,
-        geom: LetterboxGeometry,
-        conf: float,
-        iou: float,
-    ) -> Detections:
-        """One image's network outputs (preds (5+32)xA, protos 32xhxw) -> its detections."""
-        boxes, scores, coeffs = select_detections(preds, conf, iou)
-        if boxes.shape[0]:
-            boxes = snap_full_image_box(boxes, geom.input_hw)
-            boxes = scale_boxes_to_original(boxes, geom)
-        return Detections(boxes=boxes, scores=scores, coeffs=coeffs, protos=protos,
-                          orig_hw=geom.orig_hw)
-
-    @torch.inference_mode()
-    def detect_everything(
-        self,
-        images: Sequence[np.ndarray | torch.Tensor],
-        conf: float = 0.4,
-        iou: float = 0.9,
-        imgsz: int = 1024,
-    ) -> list[Detections]:
-        """FastSAM everything mode, as the official `FastSAM(...)(image, retina_masks=True,
-        imgsz=1024, conf=0.4, iou=0.9)` run on each image alone.
-
-        images: uint8 HxWx3 RGB arrays (numpy or torch), any sizes. Each is letterboxed as the
-        official predictor does for a single image (`letterbox_geometry`; the official one
-        converts its input to RGB before the network, as given here), scaled to [0, 1]; images
-        with the same letterboxed size go through the network as one batch.
-
-        Returns per image its `Detections` (on the model's device, highest score first,
-        N <= 300, N = 0 without detections): boxes and scores now, the full-size masks on
-        demand, a chunk at a time (`Detections.mask_logits`)."""
-        if not 0.0 <= conf <= 1.0:
-            raise ValueError(f"expected conf in [0, 1], got {conf}")
-        if not 0.0 <= iou <= 1.0:
-            raise ValueError(f"expected iou in [0, 1], got {iou}")
-        device = self.device
-        dtype = next(self.parameters()).dtype
-        tensors, geoms = [], []
-        for i, image in enumerate(images):
-            # numpy images may be read-only (Ray hands out views of its object store)
-            t = torch.as_tensor(np.array(image) if isinstance(image, np.ndarray) else image)
-            if t.dtype != torch.uint8 or t.dim() != 3 or t.shape[2] != 3:
-                raise ValueError(
-                    f"image {i}: expected uint8 HxWx3 RGB, got {t.dtype} {tuple(t.shape)}"
-                )
-            tensors.append(t)
-            geoms.append(letterbox_geometry((t.shape[0], t.shape[1]), imgsz))
-        # Batch the images that share a letterboxed size
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, geom in enumerate(geoms):
-            groups.setdefault(geom.input_hw, []).append(i)
-        results: list[Detections | None] = [None for _ in tensors]
-        for idx in groups.values():
-            batch = torch.stack(
-                [letterbox(tensors[i].to(device).permute(2, 0, 1), geoms[i]) for i in idx]
-            )
-            preds, protos = self((batch / 255).to(dtype))
-            for j, i in enumerate(idx):
-                results[i] = self._postprocess(preds[j], protos[j], geoms[i], conf, iou)
-        return results
-
-
-    def segment_everything(
-        self,
-        images: Sequence[np.ndarray | torch.Tensor],
-        conf: float = 0.4,
-        iou: float = 0.9,
-        imgsz: int = 1024,
-    ) -> list[dict[str, torch.Tensor]]:
-        """`detect_everything` with every mask made at once. Per image:
-        - "mask_logits": float32 NxHxW at the original size; `> mask_threshold` (0) is the
-          official mask (see `masks_native`);
-        - "boxes": float32 Nx4 XYXY in original pixels (after FastSAM's border / whole-image
-          adjustment, see `snap_full_image_box`);
-        - "scores": float32 N, the class confidence.
-        N full-size float32 masks can be large (300 at 2250x1500: 4 GB); the auto-labeler
-        takes them in chunks from `detect_everything` instead."""
-        return [{"mask_logits": d.mask_logits(), "boxes": d.boxes, "scores": d.scores}
-                for d in self.detect_everything(images, conf=conf, iou=iou, imgsz=imgsz)]
-
 
 # -- builders -----------------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ def _print_summary(summary) -> None:
 
 
 def _cmd_make_sample(args: argparse.Namespace) -> int:
-    from operators.sample import write_sample_corpus
+    from operators.shards.sample import write_sample_corpus
 
     opts = _storage(args.endpoint_url)
     paths = write_sample_corpus(args.out, shards=args.shards,
@@ -89,7 +89,7 @@ def _cmd_job(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import os
 
-    from operators.sample import write_sample_corpus
+    from operators.shards.sample import write_sample_corpus
 
     from .config import parse_config
     from .embed import run_embed
@@ -111,12 +111,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _storage(endpoint_url: str | None) -> dict | None:
-    return {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else None
+def _storage(endpoint_url: str | None) -> dict:
+    """fsspec storage options of the --endpoint-url flag (the config's `storage` section)."""
+    from operators.config import StorageConfig
+
+    return StorageConfig(endpoint_url=endpoint_url).options()
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from operators.export import EXPORTERS
+    from operators.dataset.export import EXPORTERS
 
     opts = _storage(args.endpoint_url)
     try:
@@ -138,8 +141,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from operators.maskset import find_row, iter_rows, load_source_image
-    from operators.overlay import contact_sheet, draw_overlay
+    from operators.dataset.maskset import find_row, iter_rows, load_source_image
+    from operators.dataset.overlay import contact_sheet, draw_overlay
 
     opts = _storage(args.endpoint_url)
 

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from operators.embed import Embedder
+from operators.embed.embedder import Embedder
 
 from .config import EmbedConfig
-from .runner import RunSummary, Stage, run_sharded
+from .runner import Job, RunSummary, run_sharded
 
 
 def run_embed(cfg: EmbedConfig) -> RunSummary:
     """Read shards -> embed on the actor pool -> write Parquet per shard; return the summary."""
-    stage = Stage(
-        job="embed",
+    job = Job(
+        name="embed",
         actor=Embedder,
-        actor_kwargs=dict(
-            model_name=cfg.model.name, checkpoint=cfg.model.checkpoint, sha256=cfg.model.sha256,
-            seed=cfg.model.seed, precision=cfg.model.precision,
-            model_batch_size=cfg.model.batch_size, out_dtype=cfg.output.dtype,
-            compile_encoder=cfg.model.compile, channels_last=cfg.model.channels_last,
-            batch_limit=cfg.compute.ray_batch_size),
-        read_mode="padded",
+        actor_kwargs=dict(model=cfg.model, output=cfg.output),
+        read_mode="padded",  # the encoder's resized, padded input, made on CPU workers
         table="embeddings",
+        include_image=cfg.output.include_image,
     )
-    return run_sharded(cfg, stage)
+    return run_sharded(cfg, job)

@@ -11,10 +11,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from operators.prepare import read_and_prepare
-from operators.shards import list_shards
-from operators.write import clear_shard, commit_shard, committed_shards, write_batch
+from operators.shards.listing import list_shards
+from operators.shards.prepare import read_and_prepare
+from operators.shards.write import clear_shard, commit_shard, committed_shards, write_batch
 
+from .config import JobConfig
 from .ray_env import init_ray, resolve_actors
 
 
@@ -74,27 +75,29 @@ class RunSummary:
 
 
 
-@dataclass
-class Stage:
-    """What a job runs on the shared driver: the actor class and its constructor arguments,
-    the reader's mode ("padded" model input or the "original" image) and the output table."""
+@dataclass(frozen=True)
+class Job:
+    """What a sharded job runs on the shared driver: the actor class and its constructor
+    arguments (the validated config sections it consumes), the reader's mode ("padded" model
+    input or the "original" image), the output table and whether rows carry the image."""
 
-    job: str
+    name: str
     actor: type
     actor_kwargs: dict[str, Any]
     read_mode: str
     table: str
+    include_image: bool = False
 
 
-def run_sharded(cfg: Any, stage: Stage) -> RunSummary:
-    """Run `stage` over the shards named by `cfg` (an EmbedConfig or AutolabelConfig)."""
+def run_sharded(cfg: JobConfig, job: Job) -> RunSummary:
+    """Run `job` over the shards named by `cfg` (its input, model, compute, ray, storage
+    sections and output.path)."""
     import ray
 
     start = time.perf_counter()
     opts = cfg.storage.options()
     root = cfg.output.path.rstrip("/")
-    include_image = getattr(cfg.output, "include_image", False)
-    summary = RunSummary(job=stage.job, output=root, model=cfg.model.name,
+    summary = RunSummary(job=job.name, output=root, model=cfg.model.name,
                          random_weights=cfg.model.checkpoint is None)
 
     # Find the shards; skip committed ones and clear partial output of the rest
@@ -112,17 +115,16 @@ def run_sharded(cfg: Any, stage: Stage) -> RunSummary:
     actors, gpus = resolve_actors(cfg.compute.actors, cfg.compute.gpus_per_actor)
 
     # Read, decode and (for padded mode) resize on CPU tasks: one task per shard
-    items = [{"shard": s.name, "url": s.url, "kind": s.kind} for s in todo]
+    items = [{"shard": s.name, "url": s.url, "container": s.container} for s in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.flat_map(read_and_prepare, fn_kwargs=dict(
-        model_name=cfg.model.name, storage_options=opts, fmt=cfg.input.format,
-        max_pixels=cfg.input.max_image_pixels, include_image=include_image,
-        mode=stage.read_mode, jpeg_draft=cfg.input.jpeg_draft))
+        model_name=cfg.model.name, input_cfg=cfg.input, storage_options=opts,
+        include_image=job.include_image, mode=job.read_mode))
     # Run the model on the actor pool (GPU when the config or the cluster gives one)
     ds = ds.map_batches(
-        stage.actor,
+        job.actor,
         fn_constructor_kwargs=dict(
-            stage.actor_kwargs, storage_options=opts,
+            job.actor_kwargs, compute=cfg.compute, storage_options=opts,
             num_threads=None if gpus else max(1, int(cfg.compute.cpus_per_actor)),
             # an actor given a GPU must use it; one given none stays on the CPU
             device="cuda" if gpus else "cpu", gpu_share=min(gpus, 1.0) if gpus else 1.0),
@@ -137,13 +139,13 @@ def run_sharded(cfg: Any, stage: Stage) -> RunSummary:
     # Write Parquet files per shard on CPU tasks
     ds = ds.map_batches(write_batch, batch_format="numpy", batch_size=cfg.compute.ray_batch_size,
                         fn_kwargs=dict(root=root, storage_options=opts,
-                                       include_image=include_image, table=stage.table))
+                                       include_image=job.include_image, table=job.table))
 
     # Commit each shard once all its samples are written
     progress: dict[str, ShardProgress] = {s.name: ShardProgress() for s in todo}
     for row in ds.iter_rows():
         p = progress[row["shard"]]
-        if row["kind"] == "end":
+        if row["is_end"]:
             p.expected = int(row["shard_count"])
             p.error = row["shard_error"]
             p.skipped_members = int(row["skipped_members"])
@@ -153,7 +155,7 @@ def run_sharded(cfg: Any, stage: Stage) -> RunSummary:
             p.failed += int(row["failed"])
             p.bytes += int(row["bytes"])
         if p.complete():
-            commit_shard(root, row["shard"], _stats(row["shard"], p, cfg, stage), opts)
+            commit_shard(root, row["shard"], _stats(row["shard"], p, cfg, job), opts)
             summary.shards_done += 1
             summary.images_ok += p.ok
             summary.images_failed += p.failed
@@ -168,9 +170,9 @@ def run_sharded(cfg: Any, stage: Stage) -> RunSummary:
     return summary
 
 
-def _stats(shard: str, p: ShardProgress, cfg: Any, stage: Stage) -> dict:
+def _stats(shard: str, p: ShardProgress, cfg: JobConfig, job: Job) -> dict:
     return {
-        "shard": shard, "job": stage.job, "images": p.rows, "ok": p.ok, "failed": p.failed,
+        "shard": shard, "job": job.name, "images": p.rows, "ok": p.ok, "failed": p.failed,
         "bytes": p.bytes, "shard_error": p.error or None, "skipped_members": p.skipped_members,
         "model": cfg.model.name,
         "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

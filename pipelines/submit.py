@@ -14,6 +14,7 @@ bearer header.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import shutil
 import sys
@@ -26,8 +27,7 @@ import yaml
 
 from .ray_env import FORWARDED_ENV
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("models", "operators", "pipelines", "configs")
+PACKAGES = ("models", "operators", "pipelines")  # what the job imports; the config goes apart
 JOB_CONFIG = "samdata-job.yaml"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -88,15 +88,24 @@ def _call(fn, address: str, token_file: str | None, *args: Any, **kwargs: Any) -
         raise SubmitError(f"lost the connection to {address}: {e}") from e
 
 
+def package_dir(name: str) -> Path:
+    """Where samdata's package `name` is imported from: a checkout or an installed copy."""
+    module = importlib.import_module(name)
+    if not getattr(module, "__file__", None):
+        raise SubmitError(f"expected samdata's package '{name}' to be importable from files, "
+                          f"got a namespace package at {list(module.__path__)}")
+    return Path(module.__file__).resolve().parent
+
+
 def stage_working_dir(config: dict, with_project: bool) -> str:
     """A temp folder to upload as the job's working_dir: the validated config as
-    samdata-job.yaml, plus the project's packages unless the image already has them."""
+    samdata-job.yaml, plus the packages samdata runs from here (a checkout or an installed
+    copy alike) unless the image already has them."""
     stage = tempfile.mkdtemp(prefix="samdata-job-")
     if with_project:
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
         for name in PACKAGES:
-            shutil.copytree(PROJECT_ROOT / name, Path(stage) / name, ignore=ignore)
-        shutil.copy(PROJECT_ROOT / "pyproject.toml", Path(stage) / "pyproject.toml")
+            shutil.copytree(package_dir(name), Path(stage) / name, ignore=ignore)
     (Path(stage) / JOB_CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
     return stage
 

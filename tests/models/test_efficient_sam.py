@@ -19,8 +19,9 @@ from torch import nn
 from models import Predictor, build_model
 from models.checkpoint import load_state_dict_strict
 from models.efficient_sam import BUILDERS, MAX_POINTS, OFFICIAL_FILES, EfficientSam
-from operators.mask_generator import AMGSettings, MaskGenerator
-from operators.prepare import input_dtype
+from operators.config import GeneratorConfig
+from operators.everything.grid import MaskGenerator
+from operators.shards.prepare import input_dtype
 from tests.golden.make_efficient_sam import (
     PROMPTS,
     WEIGHT_SEED,
@@ -252,7 +253,7 @@ def test_decode_rejects_unsupported_prompts(model, embedding):
 
 def test_mask_generator_runs(model):
     image = golden_image(3, (96, 128, 3))
-    settings = AMGSettings(points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
+    settings = GeneratorConfig(points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
     (annotations,) = MaskGenerator(model, settings).generate([image])
     assert annotations
     for ann in annotations:

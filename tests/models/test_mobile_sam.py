@@ -16,7 +16,8 @@ from models import Predictor
 from models.checkpoint import load_state_dict_strict, read_checkpoint, unwrap_state_dict
 from models.sam import Sam
 from models.tiny_vit import BUILDERS, OFFICIAL_FILES, WindowAttention, attention_bias_index
-from operators.mask_generator import AMGSettings, MaskGenerator
+from operators.config import GeneratorConfig
+from operators.everything.grid import MaskGenerator
 from tests.golden.make_mobile_sam import WEIGHT_SEED, golden_image, golden_state_dict
 from tests.models.common import assert_matches_manifest
 from tests.models.common import cosine as _cosine
@@ -181,7 +182,7 @@ def test_mask_generator_runs(name):
     torch.manual_seed(0)
     model = BUILDERS[name]().eval()
     image = golden_image(3, (96, 128, 3))
-    settings = AMGSettings(points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
+    settings = GeneratorConfig(points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
     (annotations,) = MaskGenerator(model, settings).generate([image])
     assert annotations
     for ann in annotations:

@@ -5,40 +5,18 @@ Targets from the issue: embeddings to cosine 0.99999, mask logits to 5e-3 relati
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 import pytest
 import torch
 
 from models import Predictor, build_model
-from tests.official import official
-
-
-def _official_tiny(sa):
-    m = sa.modeling
-    return m.Sam(
-        image_encoder=m.ImageEncoderViT(
-            img_size=128, patch_size=16, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4,
-            out_chans=32, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True, window_size=3, global_attn_indexes=[1],
-        ),
-        prompt_encoder=m.PromptEncoder(
-            embed_dim=32, image_embedding_size=(8, 8), input_image_size=(128, 128),
-            mask_in_chans=16,
-        ),
-        mask_decoder=m.MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=m.TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=2),
-            transformer_dim=32, iou_head_depth=3, iou_head_hidden_dim=32,
-        ),
-    ).eval()
+from tests.support import official, official_tiny_sam, smooth_image
 
 
 def _pair(name: str, seed: int = 0):
     sa = official()
     ours = build_model(name, seed=seed)
-    theirs = _official_tiny(sa) if name == "sam_tiny" else sa.sam_model_registry[
+    theirs = official_tiny_sam(sa) if name == "sam_tiny" else sa.sam_model_registry[
         name.removeprefix("sam_")]()
     theirs.load_state_dict(ours.state_dict(), strict=True)
     return sa, ours, theirs.eval()
@@ -50,16 +28,6 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def _image(h: int, w: int, seed: int) -> np.ndarray:
-    """A smooth image with edges (a random field is all high frequency)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)),
-                    ((xx + yy) % 64) * 4], axis=-1).astype(np.int32)
-    img[h // 4 : h // 2, w // 3 : 2 * w // 3] = rng.integers(0, 255, 3)
-    return np.clip(img + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
 
 
 PROMPTS = [
@@ -74,7 +42,7 @@ PROMPTS = [
 @pytest.mark.parametrize("hw", [(90, 160), (200, 75), (128, 128), (17, 300)])
 def test_tiny_embedding_and_masks_match_official(hw):
     sa, ours, theirs = _pair("sam_tiny", seed=1)
-    image = _image(*hw, seed=hw[0])
+    image = smooth_image(*hw, seed=hw[0])
     ref = sa.SamPredictor(theirs)
     ref.set_image(image)
     emb = Predictor(ours).embed([image])
@@ -101,7 +69,7 @@ def test_tiny_embedding_and_masks_match_official(hw):
 
 def test_tiny_mask_input_matches_official():
     sa, ours, theirs = _pair("sam_tiny", seed=2)
-    image = _image(100, 140, seed=3)
+    image = smooth_image(100, 140, seed=3)
     ref = sa.SamPredictor(theirs)
     ref.set_image(image)
     _, _, low = ref.predict(point_coords=np.array([[50.0, 50.0]]), point_labels=np.array([1]))
@@ -118,7 +86,7 @@ def test_tiny_mask_input_matches_official():
 
 def test_batched_embed_of_different_sizes_equals_official_one_by_one():
     sa, ours, theirs = _pair("sam_tiny", seed=4)
-    images = [_image(60, 90, 1), _image(128, 20, 2), _image(300, 301, 3)]
+    images = [smooth_image(60, 90, 1), smooth_image(128, 20, 2), smooth_image(300, 301, 3)]
     batch = Predictor(ours).embed(images)
     for i, image in enumerate(images):
         ref = sa.SamPredictor(theirs)
@@ -131,7 +99,7 @@ def test_full_size_vit_b_matches_official():
     """The real ViT-B at 1024: 64x64 grid, 14x14 windows padded to 70, 12 blocks."""
     torch.manual_seed(0)
     sa, ours, theirs = _pair("sam_vit_b", seed=5)
-    image = _image(480, 640, seed=6)
+    image = smooth_image(480, 640, seed=6)
     ref = sa.SamPredictor(theirs)
     ref.set_image(image)
     emb = Predictor(ours).embed([image])

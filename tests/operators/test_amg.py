@@ -8,19 +8,19 @@ import torch
 from pycocotools import mask as mask_utils
 
 from models import build_model
-from operators.amg import (
+from operators.config import GeneratorConfig
+from operators.everything.geometry import (
     crop_boxes,
     layer_point_grids,
     mask_to_rle,
     masks_to_boxes,
     near_crop_edge,
-    nms,
     stability_score,
     uncrop_masks,
 )
-from operators.mask_generator import AMGSettings, MaskGenerator
-from tests.models.test_sam_parity import _image, _official_tiny
-from tests.official import official
+from operators.everything.grid import MaskGenerator
+from operators.everything.nms import nms
+from tests.support import official, official_tiny_sam, smooth_image
 
 
 def test_stability_score_on_crafted_logits():
@@ -90,7 +90,7 @@ def _models():
         if k.startswith("mask_decoder.output_hypernetworks_mlps") and k.endswith("2.weight"):
             sd[k] = sd[k] * 40
     ours.load_state_dict(sd)
-    theirs = _official_tiny(sa)
+    theirs = official_tiny_sam(sa)
     theirs.load_state_dict(sd)
     return sa, ours, theirs
 
@@ -99,13 +99,13 @@ def _models():
 def test_generator_masks_equal_the_official_generator(layers, points):
     sa, ours, theirs = _models()
     # box NMS off: random weights give near-identical masks that NMS would collapse to one
-    settings = AMGSettings(points_per_side=points, points_per_batch=32, pred_iou_thresh=-1,
-                           stability_score_thresh=0.6, crop_n_layers=layers, box_nms_thresh=1.0)
-    images = [_image(120, 170, seed=3), _image(90, 64, seed=4)]
-    got = MaskGenerator(ours, settings, encoder_batch_size=3).generate(images)
+    settings = GeneratorConfig(points_per_side=points, points_per_batch=32, pred_iou_thresh=-1,
+                               stability_score_thresh=0.6, crop_n_layers=layers, box_nms_thresh=1.0)
+    images = [smooth_image(120, 170, seed=3), smooth_image(90, 64, seed=4)]
+    got = MaskGenerator(ours, settings, batch_size=3).generate(images)
     for image, ours_anns in zip(images, got, strict=True):
         ref = sa.SamAutomaticMaskGenerator(theirs, output_mode="coco_rle",
-                                           **settings.as_dict()).generate(image)
+                                           **settings.settings(one_pass=False)).generate(image)
         assert len(ours_anns) == len(ref) > 0
         same = 0
         for a, b in zip(ref, ours_anns, strict=True):
@@ -125,24 +125,24 @@ def test_cleanup_and_batching_equal_the_official_generator():
     gives the official generator's masks; so does decoding prompts of several crops and
     images in one call with upscaling in small chunks."""
     sa, ours, theirs = _models()
-    settings = AMGSettings(points_per_side=6, points_per_batch=16, pred_iou_thresh=-1,
-                           stability_score_thresh=0.5, crop_n_layers=1, box_nms_thresh=0.95,
-                           crop_nms_thresh=0.95, min_mask_region_area=40)
-    images = [_image(96, 128, seed=5), _image(80, 80, seed=6)]
-    generator = MaskGenerator(ours, settings, encoder_batch_size=4, decoder_batch_size=100,
-                              upscale_batch_size=7)
+    settings = GeneratorConfig(points_per_side=6, points_per_batch=16, pred_iou_thresh=-1,
+                               stability_score_thresh=0.5, crop_n_layers=1, box_nms_thresh=0.95,
+                               crop_nms_thresh=0.95, min_mask_region_area=40,
+                               decoder_batch_size=100, upscale_batch_size=7)
+    images = [smooth_image(96, 128, seed=5), smooth_image(80, 80, seed=6)]
+    generator = MaskGenerator(ours, settings, batch_size=4)
     got = generator.generate(images)
     changed = 0
     for image, ours_anns in zip(images, got, strict=True):
         ref = sa.SamAutomaticMaskGenerator(theirs, output_mode="coco_rle",
-                                           **settings.as_dict()).generate(image)
+                                           **settings.settings(one_pass=False)).generate(image)
         assert len(ours_anns) == len(ref) > 0
         same = sum(a["segmentation"] == b["segmentation"] and a["bbox"] == b["bbox"]
                    for a, b in zip(ref, ours_anns, strict=True))
         assert same / len(ref) >= 0.97
         # the cleanup did something: some kept masks differ from their raw logits' masks
-        raw = sa.SamAutomaticMaskGenerator(theirs, output_mode="coco_rle",
-                                           **{**settings.as_dict(), "min_mask_region_area": 0}
+        raw_settings = {**settings.settings(one_pass=False), "min_mask_region_area": 0}
+        raw = sa.SamAutomaticMaskGenerator(theirs, output_mode="coco_rle", **raw_settings
                                            ).generate(image)
         raw_rles = {r["segmentation"]["counts"] for r in raw}
         changed += sum(a["segmentation"]["counts"] not in raw_rles for a in ours_anns)
@@ -151,12 +151,16 @@ def test_cleanup_and_batching_equal_the_official_generator():
 
 def test_generator_refuses_bad_knobs():
     with pytest.raises(ValueError, match="decoder_batch_size"):
-        MaskGenerator(build_model("sam_tiny"), decoder_batch_size=0)
+        MaskGenerator(build_model("sam_tiny"), GeneratorConfig(decoder_batch_size=0))
+    with pytest.raises(ValueError, match="expected batch_size >= 1, got 0"):
+        MaskGenerator(build_model("sam_tiny"), batch_size=0)
+    with pytest.raises(ValueError, match="expected a promptable model"):
+        MaskGenerator(build_model("fastsam_s"))
 
 
 def test_stability_score_on_rows_wider_than_int16():
     """Row sums are int32: 35000 of 40000 pixels (int16 would wrap both counts)."""
-    from operators.amg import stability_score
+    from operators.everything.geometry import stability_score
 
     logits = torch.full((1, 2, 40000), 0.5)
     logits[..., :35000] = 2.0
@@ -164,15 +168,14 @@ def test_stability_score_on_rows_wider_than_int16():
 
 
 def test_padded_encoder_batches_give_the_same_masks():
-    """With pad_encoder_batches (a compiled encoder), a short crop batch is padded with zero
+    """With model.compile (a compiled encoder), a short crop batch is padded with zero
     images that are dropped after the encoder: the masks stay those of the unpadded run."""
     _, ours, _ = _models()
-    settings = AMGSettings(points_per_side=4, points_per_batch=32, pred_iou_thresh=-1,
-                           stability_score_thresh=0.6, crop_n_layers=1, box_nms_thresh=1.0)
-    images = [_image(120, 170, seed=3), _image(90, 64, seed=4)]  # 10 crops: 4 + 4 + 2
-    plain = MaskGenerator(ours, settings, encoder_batch_size=4).generate(images)
-    padded = MaskGenerator(ours, settings, encoder_batch_size=4,
-                           pad_encoder_batches=True).generate(images)
+    settings = GeneratorConfig(points_per_side=4, points_per_batch=32, pred_iou_thresh=-1,
+                               stability_score_thresh=0.6, crop_n_layers=1, box_nms_thresh=1.0)
+    images = [smooth_image(120, 170, seed=3), smooth_image(90, 64, seed=4)]  # 10 crops: 4 + 4 + 2
+    plain = MaskGenerator(ours, settings, batch_size=4).generate(images)
+    padded = MaskGenerator(ours, settings, batch_size=4, compile=True).generate(images)
     for a_anns, b_anns in zip(plain, padded, strict=True):
         assert len(a_anns) == len(b_anns) > 0
         for a, b in zip(a_anns, b_anns, strict=True):

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from operators.batch_size import CPU_BATCH, choose_encoder_batch_size, fit_batch_size
-from operators.embed import Embedder
+from operators.config import CPU_BATCH, ComputeConfig, GeneratorConfig, ModelConfig
+from operators.everything.labeler import AutoLabeler
+from operators.runtime.batch_size import fit_batch_size, probe_batch_size
 from pipelines.config import ConfigError, EmbedConfig, parse_config
+from tests.support import embedder
 
 GIB = 2**30
 
@@ -33,19 +35,28 @@ def test_fit_batch_size_refuses_a_zero_limit():
 
 def test_auto_on_a_cpu_is_the_cpu_batch(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU worker, also on GPUs
-    emb = Embedder("sam_tiny", seed=0, model_batch_size="auto", batch_limit=64)
-    assert emb.model_batch_size == CPU_BATCH
-    assert Embedder("sam_tiny", seed=0, model_batch_size="auto",
-                    batch_limit=2).model_batch_size == 2
+    emb = embedder(batch_size="auto", ray_batch_size=64)
+    assert emb.batch_size == CPU_BATCH
+    assert embedder(batch_size="auto", ray_batch_size=2).batch_size == 2
     # and it embeds like a fixed batch size
     size = emb.model.image_size
-    batch = {"kind": np.array(["image"] * 5, dtype=object),
+    batch = {"is_end": np.zeros(5, bool),
              "status": np.array(["ok"] * 5, dtype=object),
              "pixels": np.random.default_rng(0).integers(0, 256, (5, size, size, 3), np.uint8),
              "input_hw": np.full((5, 2), size, np.int32)}
-    fixed = Embedder("sam_tiny", seed=0, model_batch_size=5, out_dtype="float32")
-    auto = Embedder("sam_tiny", seed=0, model_batch_size="auto", out_dtype="float32")
+    fixed = embedder(batch_size=5, dtype="float32")
+    auto = embedder(batch_size="auto", dtype="float32")
     assert np.allclose(auto(batch)["embedding"], fixed(batch)["embedding"], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sam_tiny", "fastsam_s"])
+def test_autolabel_caps_auto_by_ray_batch_size_as_embed(monkeypatch, name):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for ray_batch_size, want in ((64, CPU_BATCH), (2, 2)):
+        labeler = AutoLabeler(ModelConfig(name=name, batch_size="auto"), GeneratorConfig(),
+                              ComputeConfig(ray_batch_size=ray_batch_size))
+        assert labeler.batch_size == labeler.generator.batch_size == want
+        assert embedder(batch_size="auto", ray_batch_size=ray_batch_size).batch_size == want
 
 
 def test_config_batch_size_auto_or_positive():
@@ -63,7 +74,7 @@ def test_cuda_probe_fits_the_free_memory():
 
     device = torch.device("cuda")
     model = build_model("sam_vit_b", seed=0).to(device)
-    batch = choose_encoder_batch_size(model, device, "bf16", 64)
+    batch = probe_batch_size(model, device, "bf16", 64)
     free, _ = torch.cuda.mem_get_info(device)
     free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     assert 1 <= batch <= 64

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from models.transforms import resize_longest_side
-from operators.decode import decode_image_for
-from operators.sample import write_sample_corpus
+from operators.shards.decode import decode_image_for
+from operators.shards.sample import write_sample_corpus
 
 
 @pytest.fixture(scope="module")

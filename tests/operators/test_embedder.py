@@ -8,27 +8,27 @@ import numpy as np
 import pytest
 import torch
 
-from operators.batch_size import choose_encoder_batch_size
-from operators.embed import Embedder, pick_device
+from operators.runtime.batch_size import probe_batch_size
+from operators.runtime.device import pick_device
+from tests.support import embedder
 
 
 def _batch(size: int, kinds: list[str], statuses: list[str], seed: int = 0) -> dict:
     n = len(kinds)
     rng = np.random.default_rng(seed)
     hw = rng.integers(size // 2, size + 1, (n, 2)).astype(np.int32)
-    return {"kind": np.array(kinds, dtype=object), "status": np.array(statuses, dtype=object),
+    return {"is_end": np.array([k == "end" for k in kinds]),
+            "status": np.array(statuses, dtype=object),
             "pixels": rng.integers(0, 256, (n, size, size, 3), np.uint8), "input_hw": hw,
             "key": np.array([f"k{i}" for i in range(n)], dtype=object)}
 
 
-@pytest.mark.parametrize(("model_batch_size", "pad"), [(1, False), (3, False), (16, False),
-                                                       (4, True)])
-def test_rows_get_their_own_embedding(model_batch_size, pad):
+@pytest.mark.parametrize(("batch_size", "pad"), [(1, False), (3, False), (16, False), (4, True)])
+def test_rows_get_their_own_embedding(batch_size, pad):
     kinds = ["image", "image", "image", "end", "image", "image", "image", "image"]
     statuses = ["ok", "error", "ok", "end", "ok", "ok", "ok", "ok"]
-    emb = Embedder("sam_tiny", seed=0, model_batch_size=model_batch_size, precision="fp32",
-                   out_dtype="float32")
-    emb.pad_batches = pad  # as with compile_encoder: the short last batch is padded
+    emb = embedder(batch_size=batch_size, precision="fp32", dtype="float32")
+    emb.compile = pad  # as with model.compile: the short last batch is padded
     batch = _batch(emb.model.image_size, kinds, statuses)
     out = emb(batch)
     assert "pixels" not in out and list(out["key"]) == list(batch["key"])
@@ -46,10 +46,8 @@ def test_rows_get_their_own_embedding(model_batch_size, pad):
 
 def test_float16_output_is_the_float32_embedding_rounded():
     kinds, statuses = ["image"] * 5, ["ok"] * 5
-    ref = Embedder("sam_tiny", seed=0, model_batch_size=2, precision="fp32",
-                   out_dtype="float32")
-    half = Embedder("sam_tiny", seed=0, model_batch_size=2, precision="fp32",
-                    out_dtype="float16")
+    ref = embedder(batch_size=2, precision="fp32", dtype="float32")
+    half = embedder(batch_size=2, precision="fp32", dtype="float16")
     batch = _batch(ref.model.image_size, kinds, statuses, seed=1)
     got = half(batch)["embedding"]
     assert got.dtype == np.float16
@@ -57,20 +55,20 @@ def test_float16_output_is_the_float32_embedding_rounded():
 
 
 def test_unknown_output_dtype_is_refused():
-    with pytest.raises(ValueError, match="expected out_dtype float16 or float32, got int8"):
-        Embedder("sam_tiny", seed=0, out_dtype="int8")
+    with pytest.raises(ValueError, match="dtype"):
+        embedder(dtype="int8")
 
 
 def test_a_worker_given_a_gpu_refuses_to_run_on_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="expected CUDA on this worker"):
-        Embedder("sam_tiny", seed=0, device="cuda")
+        embedder(device="cuda")
     assert pick_device("cpu").type == "cpu" and pick_device("auto").type == "cpu"
     with pytest.raises(ValueError, match="expected device auto, cuda or cpu, got tpu"):
         pick_device("tpu")
 
 
 def test_gpu_share_is_checked():
-    emb = Embedder("sam_tiny", seed=0, device="cpu")
+    emb = embedder(device="cpu")
     with pytest.raises(ValueError, match=r"expected a GPU share in \(0, 1\], got 0"):
-        choose_encoder_batch_size(emb.model, emb.device, "fp32", 64, gpu_share=0)
+        probe_batch_size(emb.model, emb.device, "fp32", 64, gpu_share=0)

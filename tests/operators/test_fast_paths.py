@@ -8,20 +8,21 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from operators.embed import Embedder, autocast
-from operators.mask_generator import AMGSettings, MaskGenerator
-from operators.prepare import read_and_prepare
-from operators.sample import write_sample_corpus
-from tests.models.test_sam_parity import _image
-from tests.pipelines.test_every_model import _batch
+from operators.config import GeneratorConfig, InputConfig
+from operators.everything.grid import MaskGenerator
+from operators.runtime.device import autocast
+from operators.shards.prepare import read_and_prepare
+from operators.shards.sample import write_sample_corpus
+from tests.support import as_batch, embedder, smooth_image
 
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
     path = write_sample_corpus(str(tmp_path_factory.mktemp("c")), shards=1, images_per_shard=3,
                                seed=8)[0]
-    rows = read_and_prepare({"shard": "sa_000000", "url": path, "kind": "tar"}, "sam_tiny")
-    return _batch([r for r in rows if r["kind"] == "image"])
+    rows = read_and_prepare({"shard": "sa_000000", "url": path, "container": "tar"}, "sam_tiny",
+                            InputConfig(urls=[path]))
+    return as_batch([r for r in rows if not r["is_end"]])
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -30,21 +31,20 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_bf16_embeddings_agree_with_fp32(batch):
-    ref = Embedder("sam_tiny", seed=0, precision="fp32", out_dtype="float32")(batch)
-    fast = Embedder("sam_tiny", seed=0, precision="bf16", out_dtype="float32")(batch)
+    ref = embedder(precision="fp32", dtype="float32")(batch)
+    fast = embedder(precision="bf16", dtype="float32")(batch)
     cos = _cosines(ref["embedding"], fast["embedding"])
     assert (cos >= 0.999).all(), cos
     assert not np.array_equal(ref["embedding"], fast["embedding"])  # bf16 did run
 
 
 def test_channels_last_and_compiled_encoder_agree_with_plain(batch):
-    ref = Embedder("sam_tiny", seed=0, precision="fp32", out_dtype="float32")(batch)
-    nhwc = Embedder("sam_tiny", seed=0, precision="fp32", out_dtype="float32",
-                    channels_last=True)(batch)
+    ref = embedder(precision="fp32", dtype="float32")(batch)
+    nhwc = embedder(precision="fp32", dtype="float32", channels_last=True)(batch)
     np.testing.assert_allclose(nhwc["embedding"], ref["embedding"], rtol=1e-4, atol=1e-5)
-    compiled = Embedder("sam_tiny", seed=0, precision="fp32", out_dtype="float32",
-                        compile_encoder=True, model_batch_size=2)  # 3 rows: 2 + 1 padded
-    assert compiled.pad_batches
+    compiled = embedder(precision="fp32", dtype="float32", compile=True,
+                        batch_size=2)  # 3 rows: 2 + 1 padded
+    assert compiled.compile and compiled.pad_to == 2
     assert type(compiled.model.image_encoder).__name__ == "OptimizedModule"
     out = compiled(batch)
     assert (_cosines(out["embedding"], ref["embedding"]) >= 0.99999).all()
@@ -59,9 +59,9 @@ def test_bf16_auto_labels_match_fp32_masks():
         if k.startswith("mask_decoder.output_hypernetworks_mlps") and k.endswith("2.weight"):
             sd[k] = sd[k] * 40
     model.load_state_dict(sd)
-    settings = AMGSettings(points_per_side=8, pred_iou_thresh=-1, stability_score_thresh=0.6,
-                           box_nms_thresh=1.0)
-    images = [_image(120, 170, seed=3), _image(96, 128, seed=4)]
+    settings = GeneratorConfig(points_per_side=8, pred_iou_thresh=-1,
+                               stability_score_thresh=0.6, box_nms_thresh=1.0)
+    images = [smooth_image(120, 170, seed=3), smooth_image(96, 128, seed=4)]
     ref = MaskGenerator(model, settings).generate(images)
     with autocast(torch.device("cpu"), "bf16"):
         fast = MaskGenerator(model, settings).generate(images)

@@ -9,10 +9,16 @@ import torch
 from pycocotools import mask as mask_utils
 
 from models import build_model
-from operators.one_pass import OnePassGenerator, OnePassSettings
+from operators.config import GeneratorConfig
+from operators.everything.one_pass import (
+    OnePassGenerator,
+    detect_everything,
+    segment_everything,
+)
 from tests.golden.make_fastsam import DATA, golden_image, golden_state_dict
 
-SETTINGS = OnePassSettings(conf=0.4, iou=0.9, imgsz=320)
+SETTINGS = GeneratorConfig(detection_conf=0.4, detection_iou=0.9, detection_imgsz=320)
+DETECT = dict(detection_conf=0.4, detection_iou=0.9, detection_imgsz=320)
 
 
 @pytest.fixture(scope="module")
@@ -26,27 +32,25 @@ def model():
 
 def test_chunked_masks_equal_the_whole(model):
     image = golden_image()
-    det = model.detect_everything([image], conf=SETTINGS.conf, iou=SETTINGS.iou,
-                                  imgsz=SETTINGS.imgsz)[0]
+    det = detect_everything(model, [image], **DETECT)[0]
     assert len(det) > 10
     whole = det.mask_logits()
     chunks = torch.cat([det.mask_logits(s, s + 7) for s in range(0, len(det), 7)])
-    # each mask on its own: the same up to the matmul's float rounding, the same masks
-    torch.testing.assert_close(chunks, whole, rtol=0, atol=1e-4)
-    assert torch.equal(chunks > 0, whole > 0)
+    # the prototype product is made once for all detections: chunks are exactly its rows
+    assert torch.equal(chunks, whole)
     assert det.mask_logits(len(det), len(det) + 5).shape == (0, *image.shape[:2])
-    full = model.segment_everything([image], conf=SETTINGS.conf, iou=SETTINGS.iou,
-                                    imgsz=SETTINGS.imgsz)[0]
+    full = segment_everything(model, [image], **DETECT)[0]
     assert torch.equal(full["mask_logits"], whole)
 
 
 def test_generator_chunks_do_not_change_the_annotations(model):
     images = [golden_image(), golden_image(seed=1, shape=(150, 260, 3))]
-    one = OnePassGenerator(model, SETTINGS, mask_batch_size=1).generate(images)
-    many = OnePassGenerator(model, SETTINGS, mask_batch_size=64).generate(images)
+    one = OnePassGenerator(model, SETTINGS.model_copy(update={"upscale_batch_size": 1})
+                           ).generate(images)
+    many = OnePassGenerator(model, SETTINGS.model_copy(update={"upscale_batch_size": 64})
+                            ).generate(images)
     assert one == many and len(one[0]) > 10
-    full = model.segment_everything(images[:1], conf=SETTINGS.conf, iou=SETTINGS.iou,
-                                    imgsz=SETTINGS.imgsz)[0]
+    full = segment_everything(model, images[:1], **DETECT)[0]
     kept = [k for k in range(len(full["scores"])) if (full["mask_logits"][k] > 0).any()]
     assert len(one[0]) == len(kept)
     for ann, k in zip(one[0], kept, strict=True):
@@ -58,26 +62,28 @@ def test_generator_chunks_do_not_change_the_annotations(model):
 
 
 def test_generator_refuses_bad_arguments(model):
-    with pytest.raises(ValueError, match="expected mask_batch_size >= 1, got 0"):
-        OnePassGenerator(model, SETTINGS, mask_batch_size=0)
+    with pytest.raises(ValueError, match="upscale_batch_size"):
+        GeneratorConfig(upscale_batch_size=0)
+    with pytest.raises(ValueError, match="expected batch_size >= 1, got 0"):
+        OnePassGenerator(model, SETTINGS, batch_size=0)
     with pytest.raises(ValueError, match="expected a one-pass model"):
         OnePassGenerator(build_model("sam_tiny"), SETTINGS)
 
 
 def test_image_batches_and_pixel_budget_do_not_change_the_annotations(model, monkeypatch):
-    import operators.one_pass as one_pass
+    import operators.everything.one_pass as one_pass
 
     # (images of one letterbox size share a forward pass: batched convolutions round
     # differently, so these three have three sizes)
     images = [golden_image(), golden_image(seed=1, shape=(150, 260, 3)),
               golden_image(seed=2, shape=(260, 200, 3))]
-    whole = OnePassGenerator(model, SETTINGS, image_batch_size=1).generate(images)
+    whole = OnePassGenerator(model, SETTINGS, batch_size=1).generate(images)
     monkeypatch.setattr(one_pass, "MASK_PIXEL_BUDGET", 300 * 200 * 3)  # 3 masks a chunk
     calls = []
-    detect = model.detect_everything
-    monkeypatch.setattr(model, "detect_everything",
-                        lambda imgs, **kw: calls.append(len(imgs)) or detect(imgs, **kw))
-    assert OnePassGenerator(model, SETTINGS, image_batch_size=2).generate(images) == whole
+    detect = one_pass.detect_everything
+    monkeypatch.setattr(one_pass, "detect_everything",
+                        lambda m, imgs, **kw: calls.append(len(imgs)) or detect(m, imgs, **kw))
+    assert OnePassGenerator(model, SETTINGS, batch_size=2).generate(images) == whole
     assert calls == [2, 1]
 
 
@@ -87,7 +93,8 @@ def test_bf16_autocast_keeps_boxes_scores_and_masks_in_float32(model):
     image = golden_image(shape=(600, 900, 3))
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         preds, protos = model(torch.rand(1, 3, 640, 1024))
-        det = model.detect_everything([image], conf=0.2, iou=0.9, imgsz=1024)[0]
+        det = detect_everything(model, [image], detection_conf=0.2, detection_iou=0.9,
+                                detection_imgsz=1024)[0]
         logits = det.mask_logits(0, 4)
     assert preds.dtype == protos.dtype == logits.dtype == det.boxes.dtype == torch.float32
     x_centres = preds[0, 0][preds[0, 0] > 512]
@@ -98,6 +105,6 @@ def test_extreme_aspect_ratio_gets_one_pixel_not_a_crash(model):
     from models.yolov8_seg import letterbox_geometry
 
     assert letterbox_geometry((1, 3000), 1024).resized_hw == (1, 1024)
-    out = OnePassGenerator(model, OnePassSettings(conf=0.4, iou=0.9, imgsz=256)).generate(
+    out = OnePassGenerator(model, GeneratorConfig(detection_imgsz=256)).generate(
         [np.full((1, 3000, 3), 128, np.uint8)])
     assert len(out) == 1 and all(a["segmentation"]["size"] == [1, 3000] for a in out[0])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.decode import DecodeError, decode_image
-from operators.prepare import model_skeleton, prepare_sample
-from operators.read import Sample, ShardEnd, iter_shard
-from operators.shards import list_shards, parse_range
+from operators.shards.decode import DecodeError, decode_image
+from operators.shards.listing import list_shards, parse_range
+from operators.shards.prepare import model_skeleton, prepare_sample
+from operators.shards.read import Sample, ShardEnd, iter_shard
 from tests.bad_corpus import EXPECTED_BAD, bomb_png, jpeg, write_bad_corpus
 
 
@@ -26,7 +26,7 @@ def test_every_failure_becomes_a_row_with_its_error(tmp_path):
     assert end.count == len(samples) == counts["sa_000000"]
     assert end.error is None and end.skipped_members == 1  # README.txt
     model = model_skeleton("sam_tiny")
-    rows = {s.key: prepare_sample(s, "sa_000000", model, max_pixels=2_000_000,
+    rows = {s.key: prepare_sample(s, "sa_000000", model, max_image_pixels=2_000_000,
                                   include_image=False) for s in samples}
     assert set(rows) == set(EXPECTED_BAD)
     for key, expected in EXPECTED_BAD.items():
@@ -52,12 +52,12 @@ def test_truncated_tar_yields_what_it_holds_then_a_shard_error(tmp_path):
     assert [s.key for s in ok][:2] == ["sa_101", "sa_102"]
     broken = samples[-1]
     model = model_skeleton("sam_tiny")
-    row = prepare_sample(broken, "sa_000001", model, max_pixels=10**8, include_image=False)
+    row = prepare_sample(broken, "sa_000001", model, max_image_pixels=10**8, include_image=False)
     assert row["status"] == "error"
 
 
 def test_missing_shard_is_a_shard_error_not_a_crash(tmp_path):
-    from operators.shards import Shard
+    from operators.shards.listing import Shard
 
     samples, end = _read(Shard("sa_000009", str(tmp_path / "gone.tar"), "tar"))
     assert samples == [] and end.count == 0 and "unreadable" in end.error
@@ -70,7 +70,7 @@ def test_folder_of_images_is_one_shard(tmp_path):
     (folder / "sub" / "b.jpg").write_bytes(jpeg(25, 35, 1))
     (folder / "notes.txt").write_text("x")
     shards = list_shards([str(folder)])
-    assert [(s.name, s.kind) for s in shards] == [("photos", "folder")]
+    assert [(s.name, s.container) for s in shards] == [("photos", "folder")]
     samples, end = _read(shards[0])
     assert sorted(s.key for s in samples) == ["a", "sub/b"]
     assert end.count == 2 and end.skipped_members == 1
@@ -93,7 +93,7 @@ def test_decode_errors_and_conversions():
     with pytest.raises(DecodeError, match="0 bytes"):
         decode_image(b"")
     with pytest.raises(DecodeError, match="over max_image_pixels=1000"):
-        decode_image(bomb_png(100), max_pixels=1000)
+        decode_image(bomb_png(100), max_image_pixels=1000)
     img = decode_image(jpeg(10, 12, mode="L"))
     assert img.shape == (10, 12, 3) and img.dtype == np.uint8
 
@@ -101,4 +101,32 @@ def test_decode_errors_and_conversions():
 def test_sample_with_error_keeps_its_key():
     model = model_skeleton("sam_tiny")
     row = prepare_sample(Sample(key="k", source_uri="u#k", error="boom"), "s", model, 10, False)
-    assert (row["status"], row["error"], row["key"], row["kind"]) == ("error", "boom", "k", "image")
+    assert (row["status"], row["error"], row["key"], row["is_end"]) == ("error", "boom", "k", False)
+
+
+def test_one_shard_range_rule_for_running_and_reading_back(tmp_path):
+    """`sa_9..sa_10` is empty in string order ("sa_9" > "sa_10") but holds both shards in
+    natural order: running (list_shards) and reading back (dataset_files) agree."""
+    import io
+    import tarfile
+
+    from operators.dataset.maskset import dataset_files
+    from operators.shards.listing import select_shards
+    from operators.shards.write import commit_shard
+
+    names = ["sa_10", "sa_2", "sa_9", "sa_11"]
+    assert select_shards(names, "sa_9..sa_10") == ["sa_9", "sa_10"]
+    assert select_shards(names) == ["sa_2", "sa_9", "sa_10", "sa_11"]
+    assert select_shards(names, "sa_2..sa_10", limit=2) == ["sa_2", "sa_9"]
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    corpus.mkdir()
+    for name in names:
+        with tarfile.open(corpus / f"{name}.tar", "w") as tar:
+            info = tarfile.TarInfo("a.txt")
+            tar.addfile(info, io.BytesIO(b""))
+        (out / name).mkdir(parents=True)
+        (out / name / "part.parquet").write_bytes(b"")
+        commit_shard(str(out), name, {"shard": name})
+    running = [s.name for s in list_shards([str(corpus)], "sa_9..sa_10")]
+    reading = [p.split("/")[-2] for p in dataset_files(str(out), shards="sa_9..sa_10")]
+    assert running == reading == ["sa_9", "sa_10"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.regions import connected_components, remove_small_regions
-from tests.official import bfs_components
+from bench.official import bfs_components
+from operators.everything.regions import connected_components, remove_small_regions
 
 
 def _blobs(seed: int, h: int = 40, w: int = 57) -> np.ndarray:

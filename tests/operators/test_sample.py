@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from operators.sample import write_sample_corpus
+from operators.shards.sample import write_sample_corpus
 
 SA1B_FIELDS = {"id", "segmentation", "bbox", "area", "predicted_iou", "stability_score",
                "point_coords", "crop_box"}

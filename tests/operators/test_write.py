@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from operators.write import image_id_array, pair_array, tensor_array
+from operators.shards.write import image_id_array, pair_array, tensor_array
 
 
 def test_tensor_array_wraps_the_numpy_buffer():

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.dataset as pads
 from pycocotools import mask as mask_utils
 
-from operators.sample import write_sample_corpus
+from operators.shards.sample import write_sample_corpus
 from pipelines.autolabel import run_autolabel
 from pipelines.config import AutolabelConfig, load_config, parse_config
 

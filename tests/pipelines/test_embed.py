@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from models import Predictor, build_model
-from operators.decode import decode_image
-from operators.sample import write_sample_corpus
+from operators.shards.decode import decode_image
+from operators.shards.sample import write_sample_corpus
 from pipelines.config import ConfigError, parse_config
 from pipelines.embed import run_embed
 from tests.bad_corpus import EXPECTED_BAD, write_bad_corpus

@@ -6,18 +6,24 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
-import torch
 from pycocotools import mask as mask_utils
 
-from models import MODEL_REGISTRY
-from operators.autolabel import AutoLabeler
-from operators.embed import Embedder
-from operators.prepare import read_and_prepare
-from operators.sample import write_sample_corpus
-from operators.write import masks_table
+from models import MODEL_REGISTRY, OnePassModel, model_kind
+from operators.config import (
+    EmbedOutputConfig,
+    GeneratorConfig,
+    InputConfig,
+    ModelConfig,
+)
+from operators.embed.embedder import Embedder
+from operators.everything.labeler import AutoLabeler
+from operators.shards.prepare import read_and_prepare
+from operators.shards.sample import write_sample_corpus
+from operators.shards.write import masks_table
 from pipelines.autolabel import run_autolabel
 from pipelines.config import AutolabelConfig, ConfigError, EmbedConfig, parse_config
 from pipelines.embed import run_embed
+from tests.support import as_batch
 
 # The teachers at full size take minutes on a CPU; they share all code with sam_tiny.
 MODELS = [n for n in MODEL_REGISTRY if n not in ("sam_vit_h", "sam_vit_l", "sam_vit_b")]
@@ -25,35 +31,18 @@ LOOSE = {"points_per_side": 2, "pred_iou_thresh": -1, "stability_score_thresh": 
          "box_nms_thresh": 1.0,
          # one-pass models (FastSAM): every detection of the random detector, at a small size
          "detection_conf": 0.0, "detection_imgsz": 128}
+INPUT = InputConfig(urls=["-"])
 
 
 def _one_pass(name: str) -> bool:
-    with torch.device("meta"):
-        return hasattr(MODEL_REGISTRY[name](), "segment_everything")
-
-
-def _batch(rows: list[dict]) -> dict[str, np.ndarray]:
-    """Rows as Ray Data hands them to map_batches: one numpy array per column."""
-    out = {}
-    for k in rows[0]:
-        values = [r[k] for r in rows]
-        if isinstance(values[0], np.ndarray) and len({v.shape for v in values}) == 1:
-            out[k] = np.stack(values)
-        elif isinstance(values[0], np.ndarray):  # ragged (original images): objects
-            out[k] = np.empty(len(values), dtype=object)
-            out[k][:] = values
-        elif isinstance(values[0], (str, bytes)):
-            out[k] = np.array(values, dtype=object)
-        else:
-            out[k] = np.array(values)
-    return out
+    return model_kind(name) is OnePassModel
 
 
 @pytest.fixture(scope="module")
 def shard(tmp_path_factory):
     path = write_sample_corpus(str(tmp_path_factory.mktemp("corpus")), shards=1,
                                images_per_shard=1, seed=3, min_side=64, max_side=96)[0]
-    return {"shard": "sa_000000", "url": path, "kind": "tar"}
+    return {"shard": "sa_000000", "url": path, "container": "tar"}
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -65,14 +54,16 @@ def test_model_through_embed_and_autolabel_operators(name, shard):
                           "model": {"name": name}}, EmbedConfig)
     else:
         # Embedding: prepared inputs -> the model's embedding, finite
-        rows = [r for r in read_and_prepare(shard, name) if r["kind"] == "image"]
-        out = Embedder(name, seed=0, out_dtype="float32")(_batch(rows))
+        rows = [r for r in read_and_prepare(shard, name, INPUT) if not r["is_end"]]
+        out = Embedder(ModelConfig(name=name, seed=0),
+                       EmbedOutputConfig(path="-", dtype="float32"))(as_batch(rows))
         emb = out["embedding"]
         assert emb.shape[1:] == MODEL_REGISTRY[name]().embedding_shape
         assert np.isfinite(emb).all() and emb.std() > 0
     # Everything mode: original images -> SA-1B annotations whose masks have the image size
-    rows = list(read_and_prepare(shard, name, mode="original"))
-    labels = AutoLabeler(name, LOOSE, seed=0)(_batch(rows))
+    rows = list(read_and_prepare(shard, name, INPUT, mode="original"))
+    labels = AutoLabeler(ModelConfig(name=name, seed=0, batch_size=4),
+                         GeneratorConfig(**LOOSE))(as_batch(rows))
     table = masks_table({k: v[:1] for k, v in labels.items()})
     row = table.to_pylist()[0]
     assert row["status"] == "ok" and row["model"] == name and row["annotations"]

@@ -13,8 +13,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from operators.overlay import draw_overlay
-from operators.sample import write_sample_corpus
+from operators.dataset.overlay import draw_overlay
+from operators.shards.sample import write_sample_corpus
 from pipelines.autolabel import run_autolabel
 from pipelines.cli import main
 from pipelines.config import AutolabelConfig, parse_config

@@ -18,10 +18,11 @@ from pycocotools.coco import COCO
 from models import build_model
 from models.checkpoint import CheckpointError
 from models.yolov8_seg import C2f, SegmentHead, YoloV8Seg
-from operators.export import export_coco
-from operators.maskset import load_source_image
-from operators.one_pass import OnePassGenerator, OnePassSettings
-from operators.sample import write_sample_corpus
+from operators.config import GeneratorConfig
+from operators.dataset.export import export_coco
+from operators.dataset.maskset import load_source_image
+from operators.everything.one_pass import OnePassGenerator
+from operators.shards.sample import write_sample_corpus
 from pipelines.autolabel import run_autolabel
 from pipelines.config import AutolabelConfig, parse_config
 from tests.fake_ultralytics import checkpoint_dict, fake_ultralytics, rename_tree, save
@@ -116,13 +117,13 @@ def test_fastsam_autolabel_from_s3_end_to_end(ray_local, s3_bucket, s3_endpoint,
     rows = sorted(table.to_pylist(), key=lambda r: r["key"])
     assert len(rows) == 4
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    settings = OnePassSettings(conf=0.25, iou=0.9, imgsz=320)
+    settings = GeneratorConfig(**DETECTION)
     direct = OnePassGenerator(reference, settings)
     total = 0
     for row in rows:
         assert row["status"] == "ok" and row["model"] == "fastsam_s"
         assert row["checkpoint_sha256"] == digest
-        assert json.loads(row["settings"]) == settings.as_dict()
+        assert json.loads(row["settings"]) == {**DETECTION, "stability_score_offset": 1.0}
         anns = row["annotations"]
         total += len(anns)
         h, w = row["height"], row["width"]

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
 import yaml
 
-from operators.sample import write_sample_corpus
+from operators.shards.sample import write_sample_corpus
 from pipelines.cli import main
 from pipelines.submit import follow, logs, status, submit
-from tests.ray_head import RayCluster, free_port
+from tests.ray_head import RayCluster, _ports, _session_pids, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +131,67 @@ def test_job_survives_losing_a_worker_node(s3_bucket, s3_endpoint, tmp_path, cap
     keys = table.column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 24
     assert commits() == 6
+
+
+def test_the_local_cluster_script_runs_a_submitted_job(tmp_path, monkeypatch, capsys):
+    """The user's steps from infra/README.md: `infra/local-cluster.sh start` from a shell whose
+    PATH does not hold the venv, then `samdata submit embed ... --follow`: the job's `python`
+    is the venv's (it has torch), and the job succeeds."""
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
+    home = tmp_path / "home"
+    home.mkdir()
+    dashboard = free_port()
+    env = {**os.environ, "PATH": path, "HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0",
+           "VENV": str(Path(sys.executable).parent.parent), "NUM_CPUS": "2",
+           "RAY_TMP": tempfile.mkdtemp(prefix="rl-", dir="/tmp"), "PORT": str(free_port()),
+           "DASHBOARD_PORT": str(dashboard), "CLIENT_PORT": str(free_port()),
+           "RAY_START_ARGS": " ".join(_ports())}
+    env.pop("RAY_ADDRESS", None)
+    script = subprocess.Popen(["bash", str(ROOT / "infra" / "local-cluster.sh"), "start"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out = script.communicate(timeout=180)[0].decode()
+        assert script.returncode == 0, out[-3000:]
+        corpus, emb = tmp_path / "corpus", tmp_path / "emb"
+        write_sample_corpus(str(corpus), shards=1, images_per_shard=2, seed=2)
+        cfg = tmp_path / "embed.yaml"
+        cfg.write_text(yaml.safe_dump({
+            "input": {"urls": [str(corpus)]}, "output": {"path": str(emb)},
+            "model": {"name": "sam_tiny"}, "compute": {"cpus_per_actor": 0.5}}))
+        monkeypatch.setenv("HOME", str(home))  # no token: this head has auth disabled
+        monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+        rc = main(["submit", "embed", "--config", str(cfg), "--address",
+                   f"http://127.0.0.1:{dashboard}", "--follow"])
+        out, err = capsys.readouterr()
+        assert rc == 0, (out + err)[-4000:]
+        assert "No module named" not in out + err
+        assert pads.dataset(str(emb), format="parquet").to_table().num_rows == 2
+    finally:
+        for pid in _session_pids(script.pid):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["rm", "-rf", env["RAY_TMP"]], check=False)
+
+
+def test_submit_stages_the_packages_of_an_installed_copy(tmp_path):
+    """Installed without a checkout (no configs/, no pyproject.toml beside the packages),
+    `samdata submit` still stages the packages it runs from and the config."""
+    import shutil
+
+    site = tmp_path / "site"
+    for name in ("models", "operators", "pipelines"):
+        shutil.copytree(ROOT / name, site / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import os, sys; from pipelines.submit import stage_working_dir; "
+            "d = stage_working_dir({'a': 1}, True); print(sorted(os.listdir(d))); "
+            "import pipelines; print(pipelines.__file__)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(site)}, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    listed, origin = run.stdout.strip().splitlines()
+    assert listed == "['models', 'operators', 'pipelines', 'samdata-job.yaml']"
+    assert origin.startswith(str(site))

@@ -6,54 +6,35 @@ prompts of several crops through the decoder together; masks stay on the model's
 filtered; low-resolution logits are upscaled only for masks that pass the IoU filter, in chunks;
 stability, boxes and NMS run on the device; RLE encoding comes last and only for kept masks.
 
-Device memory is bounded by three knobs, whatever the image size: `encoder_batch_size` crops
-per encoder call, `decoder_batch_size` prompts per decoder call (3 low-res masks each) and
-`upscale_batch_size` masks upscaled to crop resolution at once (float32 HxW each). Masks that
-survive the filters wait for NMS in host memory as bool HxW.
+Device memory is bounded by three knobs, whatever the image size: `model.batch_size` crops
+per encoder call, `generator.decoder_batch_size` prompts per decoder call (3 low-res masks
+each) and `generator.upscale_batch_size` masks upscaled to crop resolution at once (float32 HxW
+each). Masks that survive the filters wait for NMS in host memory as bool HxW.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from models import PromptableModel
 from models.transforms import check_image
 
-from .amg import (
-    box_area,
+from ..config import CPU_BATCH, GeneratorConfig
+from .geometry import (
     crop_boxes,
     layer_point_grids,
     mask_to_rle,
     masks_to_boxes,
     near_crop_edge,
-    nms,
     stability_score,
     uncrop_masks,
 )
+from .nms import box_area, nms
 from .regions import remove_small_regions
-
-
-@dataclass(frozen=True)
-class AMGSettings:
-    """Generator parameters; defaults equal the official generator's."""
-
-    points_per_side: int = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
-    crop_n_points_downscale_factor: int = 1
-    min_mask_region_area: int = 0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -77,42 +58,38 @@ class _Crop:
 
 
 class MaskGenerator:
-    """Everything-mode masks for a list of images, with any registry model.
+    """Everything-mode masks for a list of images, with a promptable registry model.
 
-    model: a model with the SAM-family protocol (models/sam.py); settings: AMGSettings;
-    point_grids: optional explicit grids (one float (N,2) array in [0, 1] per crop layer)
-    instead of points_per_side. Throughput knobs, which do not change the result beyond
-    float rounding: encoder_batch_size crops per encoder call; decoder_batch_size prompts per
-    decoder call (default points_per_batch), taken across crops and images;
-    upscale_batch_size masks upscaled at once. pad_encoder_batches: a short encoder batch is
-    padded to the call's first one, so a compiled encoder sees one shape per call size."""
+    model: a models.PromptableModel; generator: the job's `generator` section (the official
+    generator's parameters, plus decoder_batch_size prompts per decoder call, default
+    points_per_batch, taken across crops and images, and upscale_batch_size masks upscaled at
+    once: throughput knobs that do not change the result beyond float rounding);
+    batch_size: crops per encoder call (model.batch_size resolved); compile: model.compile,
+    so a short encoder batch is padded to the call's first one and a compiled encoder sees one
+    shape per call size. point_grids: optional explicit grids (one float (N,2) array in
+    [0, 1] per crop layer) instead of points_per_side."""
 
-    def __init__(self, model: nn.Module, settings: AMGSettings | None = None,
-                 point_grids: list[np.ndarray] | None = None, encoder_batch_size: int = 4,
-                 decoder_batch_size: int | None = None, upscale_batch_size: int = 64,
-                 pad_encoder_batches: bool = False) -> None:
-        self.pad_encoder_batches = pad_encoder_batches
+    def __init__(self, model: nn.Module, generator: GeneratorConfig | None = None,
+                 batch_size: int = CPU_BATCH, compile: bool = False,
+                 point_grids: list[np.ndarray] | None = None) -> None:
+        if not isinstance(model, PromptableModel):
+            raise ValueError(f"expected a promptable model (models.PromptableModel), got "
+                             f"{type(model).__name__}")
+        if batch_size < 1:
+            raise ValueError(f"expected batch_size >= 1, got {batch_size}")
         self.model = model.eval()
-        self.settings = settings or AMGSettings()
-        s = self.settings
+        self.generator = g = generator or GeneratorConfig()
+        self.batch_size = batch_size
+        self.compile = compile
+        self.decoder_batch_size = g.decoder_batch_size or g.points_per_batch
         if point_grids is not None:
-            if len(point_grids) != s.crop_n_layers + 1:
-                raise ValueError(f"expected {s.crop_n_layers + 1} point grids (crop_n_layers "
+            if len(point_grids) != g.crop_n_layers + 1:
+                raise ValueError(f"expected {g.crop_n_layers + 1} point grids (crop_n_layers "
                                  f"+ 1), got {len(point_grids)}")
-            self.grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
+            self.grids = [np.asarray(p, dtype=np.float64) for p in point_grids]
         else:
-            self.grids = layer_point_grids(s.points_per_side, s.crop_n_layers,
-                                           s.crop_n_points_downscale_factor)
-        if decoder_batch_size is None:
-            decoder_batch_size = s.points_per_batch
-        for name, value in (("encoder_batch_size", encoder_batch_size),
-                            ("decoder_batch_size", decoder_batch_size),
-                            ("upscale_batch_size", upscale_batch_size)):
-            if value < 1:
-                raise ValueError(f"expected {name} >= 1, got {value}")
-        self.encoder_batch_size = encoder_batch_size
-        self.decoder_batch_size = decoder_batch_size
-        self.upscale_batch_size = upscale_batch_size
+            self.grids = layer_point_grids(g.points_per_side, g.crop_n_layers,
+                                           g.crop_n_points_downscale_factor)
 
     @property
     def device(self) -> torch.device:
@@ -123,7 +100,7 @@ class MaskGenerator:
         """RGB uint8 HxWx3 images -> per image, a list of SA-1B annotation dicts (without
         `id`): segmentation (COCO RLE), bbox XYWH, area, predicted_iou, stability_score,
         point_coords [[x, y]], crop_box XYWH."""
-        s = self.settings
+        s = self.generator
         # Crops of every image
         crops: list[_Crop] = []
         for i, image in enumerate(images):
@@ -132,9 +109,9 @@ class MaskGenerator:
             crops += [_Crop(i, box, layer, image.shape[:2])
                       for box, layer in zip(boxes, layers, strict=True)]
         parts: list[list[dict]] = [[] for _ in images]
-        pad_to = min(self.encoder_batch_size, len(crops)) if self.pad_encoder_batches else 0
-        for start in range(0, len(crops), self.encoder_batch_size):
-            chunk = crops[start : start + self.encoder_batch_size]
+        pad_to = min(self.batch_size, len(crops)) if self.compile else 0
+        for start in range(0, len(crops), self.batch_size):
+            chunk = crops[start : start + self.batch_size]
             # Encode the crops together
             pixels = [images[c.image][c.box[1] : c.box[3], c.box[0] : c.box[2]] for c in chunk]
             prepared = [self.model.prepare_image(p) for p in pixels]
@@ -190,7 +167,7 @@ class MaskGenerator:
 
         Each filter step waits for the device once, to learn which masks are left (index sets
         go to the host, then back without waiting); boolean indexing would wait at every use."""
-        s, model = self.settings, self.model
+        s, model = self.generator, self.model
         per_prompt = low_res.shape[1]
         low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)  # (P*C, h, w), (P*C,)
         points = points.repeat_interleave(per_prompt, dim=0)
@@ -200,8 +177,8 @@ class MaskGenerator:
             kept_d = kept.to(self.device, non_blocking=True)
             low_res, iou, points = low_res[kept_d], iou[kept_d], points[kept]
         orig_box = [0, 0, crop.orig_hw[1], crop.orig_hw[0]]
-        for start in range(0, len(iou), self.upscale_batch_size):
-            sl = slice(start, start + self.upscale_batch_size)
+        for start in range(0, len(iou), s.upscale_batch_size):
+            sl = slice(start, start + s.upscale_batch_size)
             logits = model.postprocess_masks(low_res[sl, None], crop.hw)[:, 0]  # (M, h, w)
             # Filter by stability
             stab = stability_score(logits, model.mask_threshold, s.stability_score_offset)
@@ -230,7 +207,7 @@ class MaskGenerator:
                     "iou": torch.zeros(0), "stability": torch.zeros(0),
                     "points": torch.zeros(0, 2, dtype=torch.float64), "crop_box": crop.box}
         boxes, iou = torch.cat(crop.boxes), torch.cat(crop.iou)
-        keep = nms(boxes.float(), iou, self.settings.box_nms_thresh)
+        keep = nms(boxes.float(), iou, self.generator.box_nms_thresh)
         keep_host = keep.cpu()
         offset = torch.tensor([crop.box[0], crop.box[1]])
         return {"masks": torch.cat(crop.masks)[keep_host],
@@ -240,7 +217,7 @@ class MaskGenerator:
 
     def _merge(self, parts: list[dict], orig_hw: tuple[int, int]) -> list[dict]:
         """NMS across the crops of one image, optional small-region cleanup, SA-1B dicts."""
-        s = self.settings
+        s = self.generator
         boxes = torch.cat([p["boxes"] for p in parts])
         crop_of = [k for k, p in enumerate(parts) for _ in range(len(p["boxes"]))]
         order = list(range(len(crop_of)))
@@ -280,7 +257,7 @@ class MaskGenerator:
         """Fill small holes and drop small islands of every mask, then NMS again preferring
         unchanged masks (threshold: the larger of the two NMS thresholds), as the official
         generator does; changed masks get their new box."""
-        s = self.settings
+        s = self.generator
         area = s.min_mask_region_area
         masks, unchanged = [], []
         for f in found:

@@ -1,8 +1,8 @@
 """CPU step of the embedding pipeline: shard -> decoded, resized, padded uint8 rows.
 
 One call per shard (a Ray Data `flat_map`). Every sample becomes a row (`status` ok or error)
-and each shard ends with one `kind="end"` row carrying the shard's sample count, so the writer
-and the driver can tell when a shard is complete.
+and each shard ends with one end row (`is_end`) carrying the shard's sample count, so the writer
+and the driver can tell when a shard is complete. Row fields: schema.PREPARED_DEFAULTS.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from PIL import Image
 
 from models import MODEL_REGISTRY
 
+from ..config import InputConfig
 from .decode import DecodeError, decode_image_for
+from .listing import Shard
 from .read import Sample, ShardEnd, image_id_from, iter_shard
-from .shards import Shard
+from .schema import prepared_row
 
 
 @lru_cache(maxsize=4)
@@ -48,19 +50,12 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(pixels * scale), 0, 255).astype(np.uint8)
 
 
-def _row(shard: str, kind: str, size: int, dtype: np.dtype = np.uint8,
-         **values: Any) -> dict[str, Any]:
-    row = {
-        "kind": kind, "shard": shard, "key": "", "source_uri": "", "image_id": -1,
-        "orig_hw": np.zeros(2, np.int32), "input_hw": np.zeros(2, np.int32),
-        "pixels": np.zeros((size, size, 3), dtype), "status": "ok", "error": "",
-        "image_jpeg": b"", "shard_count": 0, "shard_error": "", "skipped_members": 0,
-    }
-    row.update(values)
-    return row
+def _row(size: int, dtype: np.dtype = np.uint8, **values: Any) -> dict[str, Any]:
+    """A prepared row whose placeholder pixels are zeros SxSx3 of `dtype`."""
+    return prepared_row(pixels=np.zeros((size, size, 3), dtype), **values)
 
 
-def prepare_sample(sample: Sample, shard: str, model: torch.nn.Module, max_pixels: int,
+def prepare_sample(sample: Sample, shard: str, model: torch.nn.Module, max_image_pixels: int,
                    include_image: bool, mode: str = "padded", jpeg_draft: bool = False
                    ) -> dict[str, Any]:
     """One Sample -> one row with orig_hw, input_hw and "pixels": by `mode`, SxSx3 (the
@@ -70,21 +65,20 @@ def prepare_sample(sample: Sample, shard: str, model: torch.nn.Module, max_pixel
     original's."""
     size = 1 if mode == "original" else model.image_size
     dtype = np.uint8 if mode == "original" else input_dtype(model)
-    base = dict(key=sample.key, source_uri=sample.source_uri,
+    base = dict(shard=shard, key=sample.key, source_uri=sample.source_uri,
                 image_id=image_id_from(sample.key, sample.meta) or -1)
     if sample.error:
-        return _row(shard, "image", size, dtype, status="error", error=sample.error, **base)
+        return _row(size, dtype, status="error", error=sample.error, **base)
     draft = model.image_size if jpeg_draft and mode != "original" else None
     try:
-        image, orig_hw = decode_image_for(sample.image, max_pixels=max_pixels,
+        image, orig_hw = decode_image_for(sample.image, max_image_pixels=max_image_pixels,
                                           draft_long_side=draft)
     except DecodeError as e:
-        return _row(shard, "image", size, dtype, status="error",
-                    error=f"{sample.image_name}: {e}", **base)
+        return _row(size, dtype, status="error", error=f"{sample.image_name}: {e}", **base)
     if mode == "original":
-        return _row(shard, "image", size, orig_hw=np.array(image.shape[:2], np.int32),
-                    input_hw=np.array(model.input_hw(image.shape[:2]), np.int32),
-                    pixels=image, **base)
+        return prepared_row(orig_hw=np.array(image.shape[:2], np.int32),
+                            input_hw=np.array(model.input_hw(image.shape[:2]), np.int32),
+                            pixels=image, **base)
     padded, input_hw = model.prepare_image(image)  # what the encoder sees
     jpeg = b""
     if include_image:
@@ -92,34 +86,34 @@ def prepare_sample(sample: Sample, shard: str, model: torch.nn.Module, max_pixel
         Image.fromarray(_to_uint8(padded[: input_hw[0], : input_hw[1]])).save(
             buf, "JPEG", quality=95)
         jpeg = buf.getvalue()
-    return _row(shard, "image", size, orig_hw=np.array(orig_hw, np.int32),
-                input_hw=np.array(input_hw, np.int32), pixels=padded, image_jpeg=jpeg, **base)
+    return prepared_row(orig_hw=np.array(orig_hw, np.int32), input_hw=np.array(input_hw, np.int32),
+                        pixels=padded, image_jpeg=jpeg, **base)
 
 
 def read_and_prepare(
     item: dict[str, Any],
     model_name: str,
+    input_cfg: InputConfig,
     storage_options: dict | None = None,
-    fmt: str = "auto",
-    max_pixels: int = 100_000_000,
     include_image: bool = False,
     mode: str = "padded",
-    jpeg_draft: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Ray Data flat_map: {"shard", "url", "kind"} -> a row per sample, then an end row.
+    """Ray Data flat_map: {"shard", "url", "container"} -> a row per sample, then an end row.
 
-    mode "padded": "pixels" is the model's uint8 SxSx3 input (embedding); "original": "pixels"
-    is the decoded image uint8 HxWx3 at its own size (everything mode crops it); error and end
-    rows then carry a 1x1x3 placeholder."""
+    model_name: model.name (its CPU preprocessing); input_cfg: the job's `input` section
+    (format, max_image_pixels, jpeg_draft). mode "padded": "pixels" is the model's SxSx3 input
+    (embedding); "original": "pixels" is the decoded image uint8 HxWx3 at its own size
+    (everything mode crops it); error and end rows then carry a 1x1x3 placeholder."""
     model = model_skeleton(model_name)
-    shard = Shard(name=item["shard"], url=item["url"], kind=item["kind"])
-    for part in iter_shard(shard, storage_options, fmt=fmt):
+    shard = Shard(name=item["shard"], url=item["url"], container=item["container"])
+    original = mode == "original"
+    for part in iter_shard(shard, storage_options, fmt=input_cfg.format):
         if isinstance(part, ShardEnd):
-            yield _row(shard.name, "end", 1 if mode == "original" else model.image_size,
-                       np.uint8 if mode == "original" else input_dtype(model),
-                       status="end",
+            yield _row(1 if original else model.image_size,
+                       np.uint8 if original else input_dtype(model),
+                       shard=shard.name, status="end", is_end=True,
                        shard_count=part.count, shard_error=part.error or "",
                        skipped_members=part.skipped_members)
         else:
-            yield prepare_sample(part, shard.name, model, max_pixels, include_image, mode,
-                                 jpeg_draft)
+            yield prepare_sample(part, shard.name, model, input_cfg.max_image_pixels,
+                                 include_image, mode, input_cfg.jpeg_draft)

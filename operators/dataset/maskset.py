@@ -1,6 +1,6 @@
 """Reading an auto-label (mask) dataset back: committed shards only, streamed file by file.
 
-A dataset is the output root of `samdata autolabel` (layout in operators/write.py). Only
+A dataset is the output root of `samdata autolabel` (layout in operators/shards/write.py). Only
 shards with a commit marker are read, so the files of an interrupted run never leak into an
 export; `shards` narrows the read to an inclusive name range.
 """
@@ -13,13 +13,13 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 
-from .decode import decode_image
-from .read import Sample, iter_shard
-from .shards import Shard, parse_range
-from .write import committed_shards
+from ..shards.decode import decode_image
+from ..shards.listing import Shard, select_shards
+from ..shards.read import Sample, iter_shard
+from ..shards.schema import MASK_SCHEMA
+from ..shards.write import committed_shards
 
-MASK_COLUMNS = ("image_id", "key", "shard", "source_uri", "width", "height", "model",
-                "checkpoint_sha256", "settings", "annotations", "status", "error")
+MASK_COLUMNS = tuple(MASK_SCHEMA.names)
 
 
 def dataset_files(root: str, storage_options: dict | None = None, shards: str | None = None
@@ -27,10 +27,7 @@ def dataset_files(root: str, storage_options: dict | None = None, shards: str | 
     """Parquet files of the committed shards under `root`, in shard then file order.
     Raises FileNotFoundError when there is no committed shard (naming the root)."""
     fs, base = fsspec.core.url_to_fs(root, **(storage_options or {}))
-    names = sorted(committed_shards(root, storage_options))
-    if shards:
-        lo, hi = parse_range(shards)
-        names = [n for n in names if lo <= n <= hi]
+    names = select_shards(list(committed_shards(root, storage_options)), shards)
     if not names:
         raise FileNotFoundError(
             f"expected committed shards (a '_stats.json' per shard folder) under '{root}'"
@@ -70,7 +67,7 @@ def load_source_image(row: dict, storage_options: dict | None = None) -> np.ndar
     """uint8 HxWx3 RGB: the image of a dataset row, read again from its source shard by key
     (`source_uri` is `{tar or folder url}#{member}`)."""
     url = row["source_uri"].split("#", 1)[0]
-    shard = Shard(name=row["shard"], url=url, kind="tar" if url.endswith(".tar") else "folder")
+    shard = Shard.from_url(row["shard"], url)
     for sample in iter_shard(shard, storage_options):
         if isinstance(sample, Sample) and sample.key == row["key"]:
             if sample.image is None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import fsspec
 
-from .shards import IMAGE_EXTENSIONS, Shard
+from .listing import IMAGE_EXTENSIONS, Shard
 
 
 @dataclass
@@ -173,7 +173,7 @@ def iter_shard(shard: Shard, storage_options: dict | None = None,
                fmt: str = "auto") -> Iterator[Sample | ShardEnd]:
     """Samples of any shard, then its ShardEnd. fmt: auto|sa1b|webdataset|folder
     (auto: folders -> folder, `sa_*.tar` -> sa1b (json required), other tars -> webdataset)."""
-    if shard.kind == "folder":
+    if shard.container == "folder":
         return iter_folder(shard, storage_options)
     require_json = fmt == "sa1b" or (fmt == "auto" and shard.name.startswith("sa_"))
     return iter_tar(shard, storage_options, require_json=require_json)

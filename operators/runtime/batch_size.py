@@ -3,8 +3,9 @@
 On CUDA the encoder is probed once per actor: the peak memory of a batch of 1 and of 2 gives
 the fixed part (weights, workspace) and the per-image part (activations), and the batch is the
 largest power of two whose peak stays within `HEADROOM` of the memory free on the device,
-capped by the rows an actor call brings. On a CPU larger batches buy nothing (the threads are
-busy with one image), so auto is `CPU_BATCH`.
+capped by the rows an actor call brings (compute.ray_batch_size). On a CPU larger batches buy
+nothing (the threads are busy with one image), so auto is `CPU_BATCH`; one-pass models, which
+have no separate encoder to probe, take `CPU_BATCH` too.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import logging
 import numpy as np
 import torch
 
+from models import PromptableModel, model_kind
+
+from ..config import CPU_BATCH
+from .device import autocast
+
 log = logging.getLogger(__name__)
 
 HEADROOM = 0.8  # share of the free device memory a batch may take (fragmentation, decoder)
-CPU_BATCH = 4
 
 
 def fit_batch_size(free_bytes: int, fixed_bytes: int, per_item_bytes: int, limit: int) -> int:
@@ -38,8 +43,7 @@ def fit_batch_size(free_bytes: int, fixed_bytes: int, per_item_bytes: int, limit
 
 def _peak_bytes(model: torch.nn.Module, device: torch.device, precision: str, n: int) -> int:
     """Peak CUDA bytes allocated while encoding n prepared images (zeros of the input dtype)."""
-    from .embed import autocast
-    from .prepare import input_dtype
+    from ..shards.prepare import input_dtype
 
     size = model.image_size
     dtype = torch.from_numpy(np.zeros(0, input_dtype(model))).dtype
@@ -55,8 +59,20 @@ def _peak_bytes(model: torch.nn.Module, device: torch.device, precision: str, n:
     return torch.cuda.max_memory_allocated(device) - base
 
 
-def choose_encoder_batch_size(model: torch.nn.Module, device: torch.device, precision: str,
-                              limit: int, gpu_share: float = 1.0) -> int:
+def choose_batch_size(batch_size: int | str, model: torch.nn.Module, device: torch.device,
+                      precision: str, ray_batch_size: int, gpu_share: float = 1.0) -> int:
+    """model.batch_size resolved for `model` on `device`: an int stays as it is; "auto" probes
+    the encoder of a promptable registry model (built by build_model; see `probe_batch_size`),
+    else CPU_BATCH; both capped by compute.ray_batch_size."""
+    if batch_size != "auto":
+        return int(batch_size)
+    if model_kind(model.model_name) is PromptableModel:
+        return probe_batch_size(model, device, precision, ray_batch_size, gpu_share)
+    return min(CPU_BATCH, ray_batch_size)
+
+
+def probe_batch_size(model: torch.nn.Module, device: torch.device, precision: str,
+                     limit: int, gpu_share: float = 1.0) -> int:
     """The encoder batch for `model` on `device` (see the module docstring). gpu_share: this
     actor's share of the GPU (Ray's fractional `num_gpus`): actors sharing a GPU probe at the
     same time, so each sizes its batch to its share of the free memory."""

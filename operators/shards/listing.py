@@ -17,11 +17,17 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 @dataclass(frozen=True)
 class Shard:
-    """name: output key (file stem, e.g. "sa_000001"); url: full fsspec URL; kind: tar|folder."""
+    """name: output key (file stem, e.g. "sa_000001"); url: full fsspec URL; container:
+    "tar" or "folder"."""
 
     name: str
     url: str
-    kind: str
+    container: str
+
+    @classmethod
+    def from_url(cls, name: str, url: str) -> Shard:
+        """The shard of a dataset row's source: a tar when the URL ends in .tar, else a folder."""
+        return cls(name=name, url=url, container="tar" if url.endswith(".tar") else "folder")
 
 
 def _shard_name(path: str) -> str:
@@ -38,8 +44,20 @@ def parse_range(spec: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-def _natural(name: str) -> list:
+def natural_key(name: str) -> list:
+    """Sort key that orders the digit runs of a name by value ("sa_2" before "sa_10")."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def select_shards(names: list[str], shard_range: str | None = None,
+                  limit: int | None = None) -> list[str]:
+    """Shard names in natural order, narrowed to the inclusive `shard_range` "FIRST..LAST"
+    (compared in natural order) and to the first `limit`. Every command selects with this."""
+    ordered = sorted(names, key=natural_key)
+    if shard_range:
+        first, last = (natural_key(n) for n in parse_range(shard_range))
+        ordered = [n for n in ordered if first <= natural_key(n) <= last]
+    return ordered[:limit] if limit is not None else ordered
 
 
 def list_shards(
@@ -66,18 +84,12 @@ def list_shards(
         else:
             raise FileNotFoundError(f"no shard found at '{url}'")
         for p in paths:
-            kind = "tar" if p.endswith(".tar") else "folder" if fs.isdir(p) else "unknown"
-            if kind == "unknown":
+            container = "tar" if p.endswith(".tar") else "folder" if fs.isdir(p) else "unknown"
+            if container == "unknown":
                 raise ValueError(f"expected a .tar file or a folder of images, got '{p}'")
             name = _shard_name(p)
             full = fs.unstrip_protocol(p) if "://" in url else p
             if name in found and found[name].url != full:
                 raise ValueError(f"two shards named '{name}': '{found[name].url}' and '{full}'")
-            found[name] = Shard(name=name, url=full, kind=kind)
-    shards = sorted(found.values(), key=lambda s: _natural(s.name))
-    if shard_range:
-        first, last = parse_range(shard_range)
-        shards = [s for s in shards if _natural(first) <= _natural(s.name) <= _natural(last)]
-    if limit is not None:
-        shards = shards[:limit]
-    return shards
+            found[name] = Shard(name=name, url=full, container=container)
+    return [found[name] for name in select_shards(list(found), shard_range, limit)]

@@ -1,6 +1,6 @@
 """Everything-mode geometry as pure torch functions: point grids, crop boxes, stability score,
-mask boxes, crop-edge filter, uncropping, NMS (our own: torchvision is not a dependency) and
-COCO RLE. Semantics equal segment-anything's automatic mask generator utilities."""
+mask boxes, crop-edge filter, uncropping and COCO RLE (NMS: nms.py). Semantics equal
+segment-anything's automatic mask generator utilities."""
 
 from __future__ import annotations
 
@@ -96,32 +96,6 @@ def uncrop_masks(masks: torch.Tensor, crop_box: list[int], orig_hw: tuple[int, i
         return masks
     pad = (x0, w - x1, y0, h - y1)
     return torch.nn.functional.pad(masks, pad, value=0)
-
-
-def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    """Nx4 XYXY -> N areas (x1 - x0) * (y1 - y0)."""
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-
-
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Greedy NMS: indices of kept boxes, highest score first; a box is dropped when its IoU
-    with a kept, higher-scored box is > iou_threshold. IoUs are computed on the device in one
-    NxN matrix; only the greedy sweep runs on the host."""
-    if boxes.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    order = torch.argsort(scores, descending=True, stable=True)
-    b = boxes[order].float()
-    area = box_area(b)
-    lt = torch.maximum(b[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(b[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=2)
-    iou = inter / (area[:, None] + area[None, :] - inter)
-    suppress = (iou > iou_threshold).cpu().numpy()
-    keep = np.ones(len(order), dtype=bool)
-    for i in range(len(order)):
-        if keep[i]:
-            keep[i + 1 :] &= ~suppress[i, i + 1 :]
-    return order[torch.from_numpy(np.flatnonzero(keep)).to(order.device)]
 
 
 def mask_to_rle(mask: np.ndarray) -> dict:

@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .schema import MASK_SCHEMA, embedding_schema, image_rows, tally_columns
+
 COMMIT_MARKER = "_stats.json"
 
 
@@ -47,63 +49,52 @@ def image_id_array(ids: np.ndarray) -> pa.Array:
 
 
 def embedding_table(batch: dict[str, Any], include_image: bool) -> pa.Table:
-    """Rows of one shard (kind == image) -> the output table (see README: Data out)."""
+    """Sample rows of one shard -> the embeddings table (schema.embedding_schema)."""
     ok = batch["status"] == "ok"
-    cols = {
-        "image_id": image_id_array(batch["image_id"]),
-        "key": pa.array(batch["key"].tolist(), pa.string()),
-        "shard": pa.array(batch["shard"].tolist(), pa.string()),
-        "source_uri": pa.array(batch["source_uri"].tolist(), pa.string()),
-        "model": pa.array(batch["model"].tolist(), pa.string()),
-        "checkpoint_sha256": pa.array([s or None for s in batch["checkpoint_sha256"]],
-                                      pa.string()),
-        "orig_hw": pair_array(batch["orig_hw"], ok),
-        "input_hw": pair_array(batch["input_hw"], ok),
-        "embedding": tensor_array(batch["embedding"], ok),
-        "status": pa.array(batch["status"].tolist(), pa.string()),
-        "error": pa.array([e or None for e in batch["error"]], pa.string()),
-    }
+    embedding = tensor_array(batch["embedding"], ok)
+    cols = [
+        image_id_array(batch["image_id"]),
+        pa.array(batch["key"].tolist(), pa.string()),
+        pa.array(batch["shard"].tolist(), pa.string()),
+        pa.array(batch["source_uri"].tolist(), pa.string()),
+        pa.array(batch["model"].tolist(), pa.string()),
+        pa.array([s or None for s in batch["checkpoint_sha256"]], pa.string()),
+        pair_array(batch["orig_hw"], ok),
+        pair_array(batch["input_hw"], ok),
+        embedding,
+        pa.array(batch["status"].tolist(), pa.string()),
+        pa.array([e or None for e in batch["error"]], pa.string()),
+    ]
     if include_image:
-        cols["image_jpeg"] = pa.array([bytes(b) if o else None
-                                       for b, o in zip(batch["image_jpeg"], ok, strict=True)],
-                                      pa.binary())
-    return pa.table(cols)
-
-
-ANNOTATION_TYPE = pa.struct([
-    ("id", pa.int64()),
-    ("segmentation", pa.struct([("size", pa.list_(pa.int32(), 2)), ("counts", pa.string())])),
-    ("bbox", pa.list_(pa.float64(), 4)),
-    ("area", pa.int64()),
-    ("predicted_iou", pa.float64()),
-    ("stability_score", pa.float64()),
-    ("point_coords", pa.list_(pa.list_(pa.float64(), 2))),
-    ("crop_box", pa.list_(pa.float64(), 4)),
-])
+        cols.append(pa.array([bytes(b) if o else None
+                              for b, o in zip(batch["image_jpeg"], ok, strict=True)],
+                             pa.binary()))
+    schema = embedding_schema(embedding.type.value_type, embedding.type.shape, include_image)
+    return pa.Table.from_arrays(cols, schema=schema)
 
 
 def masks_table(batch: dict[str, Any], include_image: bool = False) -> pa.Table:
-    """Rows of one shard (kind == image) -> the mask table: one row per image, `annotations`
-    a list of SA-1B annotation structs (COCO RLE segmentation, XYWH bbox)."""
+    """Sample rows of one shard -> the mask table (schema.MASK_SCHEMA): one row per image,
+    `annotations` a list of SA-1B annotation structs (COCO RLE segmentation, XYWH bbox)."""
     ok = batch["status"] == "ok"
     hw = np.asarray(batch["orig_hw"], dtype=np.int32).reshape(-1, 2)
-    return pa.table({
-        "image_id": image_id_array(batch["image_id"]),
-        "key": pa.array(batch["key"].tolist(), pa.string()),
-        "shard": pa.array(batch["shard"].tolist(), pa.string()),
-        "source_uri": pa.array(batch["source_uri"].tolist(), pa.string()),
-        "width": pa.array(hw[:, 1], pa.int32(), mask=~ok),
-        "height": pa.array(hw[:, 0], pa.int32(), mask=~ok),
-        "model": pa.array(batch["model"].tolist(), pa.string()),
-        "checkpoint_sha256": pa.array([s or None for s in batch["checkpoint_sha256"]],
-                                      pa.string()),
-        "settings": pa.array(batch["settings"].tolist(), pa.string()),
-        "annotations": pa.array([list(a) if o else None
-                                 for a, o in zip(batch["annotations"], ok, strict=True)],
-                                pa.list_(ANNOTATION_TYPE)),
-        "status": pa.array(batch["status"].tolist(), pa.string()),
-        "error": pa.array([e or None for e in batch["error"]], pa.string()),
-    })
+    ann_type = MASK_SCHEMA.field("annotations").type
+    cols = [
+        image_id_array(batch["image_id"]),
+        pa.array(batch["key"].tolist(), pa.string()),
+        pa.array(batch["shard"].tolist(), pa.string()),
+        pa.array(batch["source_uri"].tolist(), pa.string()),
+        pa.array(hw[:, 1], pa.int32(), mask=~ok),
+        pa.array(hw[:, 0], pa.int32(), mask=~ok),
+        pa.array(batch["model"].tolist(), pa.string()),
+        pa.array([s or None for s in batch["checkpoint_sha256"]], pa.string()),
+        pa.array(batch["settings"].tolist(), pa.string()),
+        pa.array([list(a) if o else None for a, o in zip(batch["annotations"], ok, strict=True)],
+                 ann_type),
+        pa.array(batch["status"].tolist(), pa.string()),
+        pa.array([e or None for e in batch["error"]], pa.string()),
+    ]
+    return pa.Table.from_arrays(cols, schema=MASK_SCHEMA)
 
 
 TABLES = {"embeddings": embedding_table, "masks": masks_table}
@@ -116,16 +107,15 @@ def _safe(name: str) -> str:
 def write_batch(batch: dict[str, np.ndarray], root: str, storage_options: dict | None = None,
                 include_image: bool = False, table: str = "embeddings"
                 ) -> dict[str, np.ndarray]:
-    """Ray Data map_batches: write each shard's image rows of the batch to one Parquet file;
-    return one bookkeeping row per (shard, kind): rows, ok, failed, bytes, and for end rows
-    the shard's sample count, error and skipped members."""
+    """Ray Data map_batches: write each shard's sample rows of the batch to one Parquet file;
+    return the tallies (schema.TALLY_DTYPES): one per written part (rows, ok, failed, bytes)
+    and one per end row (the shard's sample count, error and skipped members)."""
     fs, base = _fs(root, storage_options)
-    out: dict[str, list] = {k: [] for k in ("shard", "kind", "rows", "ok", "failed", "bytes",
-                                             "shard_count", "shard_error", "skipped_members")}
-    kinds = batch["kind"]
+    tallies: list[dict[str, Any]] = []
+    samples = image_rows(batch)
     for shard in sorted(set(batch["shard"].tolist())):
         of_shard = batch["shard"] == shard
-        images = np.flatnonzero(of_shard & (kinds == "image"))
+        images = np.flatnonzero(of_shard & samples)
         if len(images):
             # a run of rows is a view (no copy of the embeddings), scattered rows a gather
             rows = (slice(images[0], images[-1] + 1)
@@ -137,21 +127,15 @@ def write_batch(batch: dict[str, np.ndarray], root: str, storage_options: dict |
             fs.makedirs(f"{base}/{shard}", exist_ok=True)
             with fs.open(path, "wb") as f:
                 pq.write_table(table_, f, compression="snappy")
-            size = fs.size(path)
             n_ok = int((part["status"] == "ok").sum())
-            for k, v in (("shard", shard), ("kind", "rows"), ("rows", len(images)),
-                         ("ok", n_ok), ("failed", len(images) - n_ok), ("bytes", size),
-                         ("shard_count", 0), ("shard_error", ""), ("skipped_members", 0)):
-                out[k].append(v)
-        for i in np.flatnonzero(of_shard & (kinds == "end")):
-            for k, v in (("shard", shard), ("kind", "end"), ("rows", 0), ("ok", 0),
-                         ("failed", 0), ("bytes", 0),
-                         ("shard_count", int(batch["shard_count"][i])),
-                         ("shard_error", str(batch["shard_error"][i])),
-                         ("skipped_members", int(batch["skipped_members"][i]))):
-                out[k].append(v)
-    return {k: np.array(v, dtype=object if k in ("shard", "kind", "shard_error") else np.int64)
-            for k, v in out.items()}
+            tallies.append({"shard": shard, "rows": len(images), "ok": n_ok,
+                            "failed": len(images) - n_ok, "bytes": fs.size(path)})
+        for i in np.flatnonzero(of_shard & ~samples):
+            tallies.append({"shard": shard, "is_end": True,
+                            "shard_count": int(batch["shard_count"][i]),
+                            "shard_error": str(batch["shard_error"][i]),
+                            "skipped_members": int(batch["skipped_members"][i])})
+    return tally_columns(tallies)
 
 
 def committed_shards(root: str, storage_options: dict | None = None) -> set[str]:

@@ -1,4 +1,5 @@
-"""Import the official segment-anything package (PyPI `segment-anything==1.0`) for parity tests.
+"""Import the official segment-anything package (PyPI `segment-anything==1.0`): the reference
+that the parity tests and bench/autolabel.py compare with.
 
 Its predictor imports two torchvision functions (its mask generator two box ops); torchvision
 has no CPU build here, so when it is missing we register a stand-in that does what torchvision
@@ -16,9 +17,9 @@ import importlib
 import sys
 import types
 from collections import deque
+from functools import partial
 
 import numpy as np
-import pytest
 from PIL import Image
 
 
@@ -127,10 +128,31 @@ def _shim_cv2() -> None:
 
 
 def official():
-    """The official `segment_anything` package (skips the test if it is not installed)."""
-    try:
-        _shim_torchvision()
-        _shim_cv2()
-        return importlib.import_module("segment_anything")
-    except ImportError as e:  # pragma: no cover - only without the test extra
-        pytest.skip(f"official segment-anything not installed: {e}")
+    """The official `segment_anything` package, with the stand-ins above where torchvision or
+    OpenCV are missing. Raises ImportError when the package is not installed (test extra)."""
+    _shim_torchvision()
+    _shim_cv2()
+    return importlib.import_module("segment_anything")
+
+
+def official_tiny_sam(sa):
+    """The official Sam at sam_tiny's sizes (models/registry.py `build_sam_tiny`), eval mode."""
+    import torch
+
+    m = sa.modeling
+    return m.Sam(
+        image_encoder=m.ImageEncoderViT(
+            img_size=128, patch_size=16, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4,
+            out_chans=32, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True, window_size=3, global_attn_indexes=[1],
+        ),
+        prompt_encoder=m.PromptEncoder(
+            embed_dim=32, image_embedding_size=(8, 8), input_image_size=(128, 128),
+            mask_in_chans=16,
+        ),
+        mask_decoder=m.MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=m.TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=2),
+            transformer_dim=32, iou_head_depth=3, iou_head_hidden_dim=32,
+        ),
+    ).eval()

@@ -20,15 +20,15 @@ class DecodeError(ValueError):
     """An image that cannot be used; the message becomes the row's `error`."""
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Encoded image bytes (JPEG, PNG, WebP, ...) -> uint8 HxWx3 RGB.
 
     EXIF orientation is applied; grayscale, palette, CMYK and RGBA images become RGB (alpha
-    dropped). Images over `max_pixels` are refused from their header, before decoding."""
-    return decode_image_for(data, max_pixels)[0]
+    dropped). Images over `max_image_pixels` are refused from their header, before decoding."""
+    return decode_image_for(data, max_image_pixels)[0]
 
 
-def decode_image_for(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+def decode_image_for(data: bytes, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                      draft_long_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """Like `decode_image`, also returning the (oriented) original (h, w). With
     `draft_long_side`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8) whose long
@@ -41,9 +41,9 @@ def decode_image_for(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             w, h = im.size
-            if w * h > max_pixels:
+            if w * h > max_image_pixels:
                 raise DecodeError(
-                    f"image of {w}x{h} = {w * h} pixels is over max_image_pixels={max_pixels}"
+                    f"image of {w}x{h} = {w * h} pixels is over max_image_pixels={max_image_pixels}"
                 )
             orig_hw = (w, h) if im.getexif().get(0x0112, 1) in _TRANSPOSED else (h, w)
             if draft_long_side and im.format == "JPEG" and max(w, h) > draft_long_side:

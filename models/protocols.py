@@ -1,0 +1,77 @@
+"""What a registry model can do, as typing Protocols; the registry records one per entry.
+
+Two kinds exist today:
+- `PromptableModel`: an image encoder whose embedding a prompt encoder + mask decoder turn
+  into masks (SAM, MobileSAM, EfficientViT-SAM, EfficientSAM). Embeddings, prompted masks and
+  the point-grid everything mode all run on it.
+- `OnePassModel`: a network that segments every instance of an image in one pass (FastSAM's
+  YOLOv8-seg). It has no image embedding; everything mode runs its detections, and prompted
+  masks select among them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+
+@runtime_checkable
+class PromptableModel(Protocol):
+    """A SAM-design model. Shapes: S = `image_size`, CxHxW = `embedding_shape`."""
+
+    image_size: int
+    mask_threshold: float
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def embedding_shape(self) -> tuple[int, int, int]: ...
+
+    def input_hw(self, orig_hw: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of the resized, unpadded image the encoder sees for an image of orig_hw."""
+
+    def prepare_image(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """uint8 HxWx3 RGB -> (SxSx3 encoder input (uint8, or float where the official
+        preprocessing resizes in float), (h, w) before padding). CPU work."""
+
+    def embed_images(self, images: torch.Tensor, input_hws: torch.Tensor) -> torch.Tensor:
+        """Bx3xSxS prepared images, int Bx2 input_hws -> float BxCxHxW embeddings."""
+
+    def transform_coords(self, coords: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        """...x2 (x, y) original pixels -> float64 ...x2 in the prompt frame."""
+
+    def transform_boxes(self, boxes: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        """Bx4 XYXY original pixels -> float64 Bx4 in the prompt frame."""
+
+    def decode(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor | None = None,
+               point_labels: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
+               mask_input: torch.Tensor | None = None, multimask_output: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts in the prompt frame -> (low-res logits PxCxhxw, IoU predictions PxC)."""
+
+    def postprocess_masks(self, masks: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        """Low-res logits BxCxhxw -> BxCxHxW logits at orig_hw."""
+
+
+@runtime_checkable
+class OnePassModel(Protocol):
+    """A one-pass instance segmenter (FastSAM). forward: float Bx3xHxW in [0, 1] (H and W
+    multiples of 32) -> (raw predictions, mask prototypes); its module's `letterbox` and
+    `masks_native` are the official pre- and post-processing."""
+
+    image_size: int
+    mask_threshold: float
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def input_hw(self, orig_hw: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of the resized, unpadded image the network sees at `image_size`."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+ModelKind = type[PromptableModel] | type[OnePassModel]

@@ -1,0 +1,1 @@
+"""Reading a written dataset back: mask rows, exports (COCO, SA-1B JSON) and pictures."""

@@ -1,0 +1,115 @@
+"""The embedding actor: a Ray Data callable class holding one model on its device.
+
+Ray batch size and model batch size are separate: a Ray batch of rows is split into model
+batches of `model.batch_size` images for the encoder. Rows that are not ok images (decode
+errors, shard-end rows) pass through with a zero embedding that the writer turns into null.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ComputeConfig, EmbedOutputConfig, ModelConfig
+from ..runtime.batch_size import choose_batch_size
+from ..runtime.device import autocast, load_model
+from ..shards.schema import usable_images
+
+_TORCH_DTYPE = {"float16": torch.float16, "float32": torch.float32}
+
+
+class Embedder:
+    """batch (prepared rows: "pixels" BxSxSx3, "input_hw" int32 Bx2, "status", "is_end", ...)
+    -> the same batch without pixels, plus "embedding" (BxCxHxW `output.dtype`), "model",
+    "checkpoint_sha256".
+
+    model: the job's `model` section (model.batch_size images per encoder call, or "auto": the
+    largest that fits the device's `gpu_share`, at most compute.ray_batch_size: the rows an
+    actor call brings). With model.compile a short batch is padded to
+    min(model.batch_size, compute.ray_batch_size), so the compiled encoder sees one shape.
+    output: the `output` section (output.dtype). device, gpu_share, num_threads: what Ray gave
+    the actor (see runtime.device)."""
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        output: EmbedOutputConfig,
+        compute: ComputeConfig | None = None,
+        storage_options: dict | None = None,
+        num_threads: int | None = None,
+        device: str = "auto",
+        gpu_share: float = 1.0,
+    ) -> None:
+        compute = compute or ComputeConfig()
+        self.model, self.device, self.precision = load_model(model, storage_options,
+                                                             num_threads, device)
+        self.batch_size = choose_batch_size(model.batch_size, self.model, self.device,
+                                            self.precision, compute.ray_batch_size, gpu_share)
+        self.compile = model.compile
+        self.pad_to = min(self.batch_size, compute.ray_batch_size)  # no call brings more rows
+        self.out_dtype = np.dtype(output.dtype)
+        self.model_name = model.name
+        self.sha256 = self.model.checkpoint_sha256 or ""
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = len(batch["is_end"])
+        c, h, w = self.model.embedding_shape
+        out = np.zeros((n, c, h, w), dtype=self.out_dtype)
+        todo = usable_images(batch)
+        # Each model batch's embeddings are copied back while the next batch runs: at most one
+        # batch is in flight on the device while the host gathers and uploads the next.
+        pending: list[tuple[np.ndarray, torch.Tensor, Any]] = []
+        for start in range(0, len(todo), self.batch_size):
+            idx = todo[start : start + self.batch_size]
+            pending.append((idx, *self._embed_async(batch["pixels"][idx],
+                                                    batch["input_hw"][idx])))
+            if len(pending) > 1:
+                self._collect(pending.pop(0), out)
+        for item in pending:
+            self._collect(item, out)
+        result = {k: v for k, v in batch.items() if k != "pixels"}
+        result["embedding"] = out
+        result["model"] = np.full(n, self.model_name, dtype=object)
+        result["checkpoint_sha256"] = np.full(n, self.sha256, dtype=object)
+        return result
+
+    def _embed_async(self, pixels: np.ndarray, input_hw: np.ndarray
+                     ) -> tuple[torch.Tensor, Any]:
+        """uint8 (or the model's float) BxSxSx3 + int32 Bx2 -> (BxCxHxW `out_dtype` host
+        tensor, CUDA event or None). On CUDA the work is only queued: the host tensor is
+        page-locked and complete once the event has fired; on a CPU it is complete."""
+        cuda = self.device.type == "cuda"
+        n = len(pixels)
+        if self.compile and n < self.pad_to:  # one shape for the compiled encoder
+            pad = self.pad_to - n
+            pixels = np.concatenate([pixels, np.zeros((pad, *pixels.shape[1:]), pixels.dtype)])
+            input_hw = np.concatenate([input_hw, np.full((pad, 2), pixels.shape[1],
+                                                         input_hw.dtype)])
+        x = torch.from_numpy(np.ascontiguousarray(pixels))
+        hws = torch.from_numpy(input_hw.astype(np.int64))
+        if cuda:  # page-locked: the copies are queued behind the batch before, the host goes on
+            x, hws = x.pin_memory(), hws.pin_memory()
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        hws = hws.to(self.device, non_blocking=True)
+        with autocast(self.device, self.precision):
+            emb = self.model.embed_images(x, hws)
+        # Cast on the device: a float16 copy back is half the bytes of a float32 one
+        emb = emb[:n].to(_TORCH_DTYPE[self.out_dtype.name])
+        if not cuda:
+            return emb, None
+        host = torch.empty(emb.shape, dtype=emb.dtype, pin_memory=True)
+        host.copy_(emb, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+
+    @staticmethod
+    def _collect(item: tuple[np.ndarray, torch.Tensor, Any], out: np.ndarray) -> None:
+        """Wait for one queued batch and put its embeddings into their rows of `out`."""
+        idx, host, event = item
+        if event is not None:
+            event.synchronize()
+        out[idx] = host.numpy()

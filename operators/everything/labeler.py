@@ -1,0 +1,74 @@
+"""The auto-labeling actor: everything-mode masks for each decoded image of a Ray batch."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import OnePassModel, model_kind
+
+from ..config import ComputeConfig, GeneratorConfig, ModelConfig
+from ..runtime.batch_size import choose_batch_size
+from ..runtime.device import autocast, load_model
+from ..shards.schema import usable_images
+from .grid import MaskGenerator
+from .one_pass import OnePassGenerator
+
+
+class AutoLabeler:
+    """batch (prepared rows in "original" mode: "pixels" an object array of uint8 HxWx3,
+    "status", "is_end", ...) -> the batch without pixels, plus "annotations" (object array: per
+    row a list of SA-1B annotation dicts, `id` = index within the image), "model",
+    "checkpoint_sha256", "settings" (JSON: the generator parameters that applied to this model).
+
+    model, generator, compute: the job's config sections. Promptable models (SAM family) run the
+    point-grid generator; one-pass models (FastSAM) run theirs (the registry records which).
+    model.batch_size "auto" fits the device and is capped by compute.ray_batch_size, as for
+    embed."""
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        generator: GeneratorConfig,
+        compute: ComputeConfig | None = None,
+        storage_options: dict | None = None,
+        num_threads: int | None = None,
+        device: str = "auto",
+        gpu_share: float = 1.0,
+    ) -> None:
+        compute = compute or ComputeConfig()
+        self.model, self.device, self.precision = load_model(model, storage_options,
+                                                             num_threads, device)
+        self.batch_size = choose_batch_size(model.batch_size, self.model, self.device,
+                                            self.precision, compute.ray_batch_size, gpu_share)
+        one_pass = model_kind(model.name) is OnePassModel
+        if one_pass:
+            self.generator = OnePassGenerator(self.model, generator, batch_size=self.batch_size)
+        else:
+            self.generator = MaskGenerator(self.model, generator, batch_size=self.batch_size,
+                                           compile=model.compile)
+        self.model_name = model.name
+        self.sha256 = self.model.checkpoint_sha256 or ""
+        self.settings_json = json.dumps(generator.settings(one_pass), sort_keys=True)
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = len(batch["is_end"])
+        annotations = np.empty(n, dtype=object)
+        annotations[:] = [[] for _ in range(n)]
+        todo = usable_images(batch)
+        if len(todo):
+            images = [np.ascontiguousarray(batch["pixels"][i]) for i in todo]
+            with autocast(self.device, self.precision):
+                found = self.generator.generate(images)
+            for i, anns in zip(todo, found, strict=True):
+                annotations[i] = [{"id": k, **a} for k, a in enumerate(anns)]
+        result = {k: v for k, v in batch.items() if k != "pixels"}
+        result["annotations"] = annotations
+        result["model"] = np.full(n, self.model_name, dtype=object)
+        result["checkpoint_sha256"] = np.full(n, self.sha256, dtype=object)
+        result["settings"] = np.full(n, self.settings_json, dtype=object)
+        return result

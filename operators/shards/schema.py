@@ -1,0 +1,130 @@
+"""The declared rows that cross Ray between the steps of a sharded job, and the Parquet
+schemas of the tables it writes. Every step builds and reads rows through these names.
+
+    read_and_prepare  --PREPARED-->  model actor  --PREPARED + job outputs-->  write_batch
+    write_batch  --TALLY-->  driver (commits a shard once its tallies add up to its end row)
+
+A shard's samples are followed by one end row (`is_end` True) carrying the shard's sample
+count and, when the tar broke off, why.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+# -- read -> model actor ------------------------------------------------------------------------
+
+# Prepared row fields and their default (the values of an end row or an error row)
+PREPARED_DEFAULTS: dict[str, Any] = {
+    "shard": "",  # shard name (output folder)
+    "key": "",  # sample key inside the shard
+    "source_uri": "",  # "{shard url}#{key}"
+    "image_id": -1,  # SA-1B id (json), else the last number in the key; -1: none
+    "orig_hw": None,  # int32 (2,) original height, width
+    "input_hw": None,  # int32 (2,) resized size the model sees
+    "pixels": None,  # the model input (SxSx3) or the decoded original (HxWx3), see prepare
+    "status": "ok",  # ok | error (end rows: "end")
+    "error": "",  # why the sample cannot be used
+    "image_jpeg": b"",  # optional: the resized input as JPEG
+    "is_end": False,  # True for the shard's end row
+    "shard_count": 0,  # end row: samples the shard yielded
+    "shard_error": "",  # end row: why the shard broke off ("" when whole)
+    "skipped_members": 0,  # end row: tar members that were no sample
+}
+
+
+def prepared_row(**values: Any) -> dict[str, Any]:
+    """A prepared row: PREPARED_DEFAULTS with `values` (unknown names refused)."""
+    unknown = set(values) - set(PREPARED_DEFAULTS)
+    if unknown:
+        raise KeyError(f"expected prepared-row fields {sorted(PREPARED_DEFAULTS)}, "
+                       f"got unknown {sorted(unknown)}")
+    row = dict(PREPARED_DEFAULTS)
+    row["orig_hw"] = np.zeros(2, np.int32)
+    row["input_hw"] = np.zeros(2, np.int32)
+    row.update(values)
+    return row
+
+
+def usable_images(batch: dict[str, np.ndarray]) -> np.ndarray:
+    """int64 indices of a batch's rows that are decoded images (not end rows, not errors)."""
+    return np.flatnonzero(~batch["is_end"].astype(bool) & (batch["status"] == "ok"))
+
+
+def image_rows(batch: dict[str, np.ndarray]) -> np.ndarray:
+    """bool mask of a batch's sample rows (ok or error), i.e. not end rows."""
+    return ~batch["is_end"].astype(bool)
+
+
+# -- write -> driver ----------------------------------------------------------------------------
+
+# One tally row per (shard, written part or end row) of a batch
+TALLY_DTYPES: dict[str, type] = {
+    "shard": object,
+    "is_end": bool,
+    "rows": np.int64,  # rows written in this part
+    "ok": np.int64,
+    "failed": np.int64,
+    "bytes": np.int64,  # Parquet bytes written
+    "shard_count": np.int64,  # end tally: the shard's sample count
+    "shard_error": object,
+    "skipped_members": np.int64,
+}
+
+
+def tally_columns(tallies: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Tally dicts (TALLY_DTYPES keys, missing ones zero/empty) -> a numpy batch."""
+    blank = {"is_end": False, "rows": 0, "ok": 0, "failed": 0, "bytes": 0, "shard_count": 0,
+             "shard_error": "", "skipped_members": 0}
+    rows = [{**blank, **t} for t in tallies]
+    return {k: np.array([r[k] for r in rows], dtype=dt) for k, dt in TALLY_DTYPES.items()}
+
+
+# -- Parquet tables -----------------------------------------------------------------------------
+
+HW_TYPE = pa.list_(pa.int32(), 2)
+
+ANNOTATION_TYPE = pa.struct([
+    ("id", pa.int64()),
+    ("segmentation", pa.struct([("size", pa.list_(pa.int32(), 2)), ("counts", pa.string())])),
+    ("bbox", pa.list_(pa.float64(), 4)),
+    ("area", pa.int64()),
+    ("predicted_iou", pa.float64()),
+    ("stability_score", pa.float64()),
+    ("point_coords", pa.list_(pa.list_(pa.float64(), 2))),
+    ("crop_box", pa.list_(pa.float64(), 4)),
+])
+
+_IDENTITY = [
+    ("image_id", pa.int64()),
+    ("key", pa.string()),
+    ("shard", pa.string()),
+    ("source_uri", pa.string()),
+]
+_STATUS = [("status", pa.string()), ("error", pa.string())]
+
+
+def embedding_schema(dtype: pa.DataType, shape: tuple[int, ...], include_image: bool
+                     ) -> pa.Schema:
+    """The embeddings table: one row per image, `embedding` a fixed_shape_tensor of `shape`."""
+    fields = [*_IDENTITY, ("model", pa.string()), ("checkpoint_sha256", pa.string()),
+              ("orig_hw", HW_TYPE), ("input_hw", HW_TYPE),
+              ("embedding", pa.fixed_shape_tensor(dtype, list(shape))), *_STATUS]
+    if include_image:
+        fields.append(("image_jpeg", pa.binary()))
+    return pa.schema(fields)
+
+
+MASK_SCHEMA = pa.schema([
+    *_IDENTITY,
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("model", pa.string()),
+    ("checkpoint_sha256", pa.string()),
+    ("settings", pa.string()),  # JSON: the generator parameters that applied
+    ("annotations", pa.list_(ANNOTATION_TYPE)),
+    *_STATUS,
+])
