@@ -10,7 +10,7 @@ placed at an offset in the image). Per image, side by side:
   today: masks to the host, then per mask uncrop (pad to the image), area (sum) and
     pycocotools' encode (`geometry.mask_to_rle`);
   device: `runlength.masks_to_runs` (change points, areas, boxes; one copy back);
-  strings: `runlength.runs_to_annotations` (counts and COCO strings, numpy on the host).
+  strings: `coco_rle.runs_to_annotations` (counts and COCO strings, numpy on the host).
 Both give the same RLE strings and areas (checked). Prints one JSON object: milliseconds per
 image of each part (median over the images), and the bytes that come back to the host per mask.
 """
@@ -31,8 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from operators.everything.coco_rle import runs_to_annotations  # noqa: E402
 from operators.everything.geometry import crop_boxes, mask_to_rle, uncrop_masks  # noqa: E402
-from operators.everything.runlength import masks_to_runs, runs_to_annotations  # noqa: E402
+from operators.everything.runlength import masks_to_runs  # noqa: E402
 
 
 def ellipse_masks(n: int, hw: tuple[int, int], seed: int, device: torch.device) -> torch.Tensor:

@@ -46,11 +46,22 @@ def crop_boxes(im_hw: tuple[int, int], n_layers: int, overlap_ratio: float
     return boxes, layers
 
 
+def count_true(masks: torch.Tensor) -> torch.Tensor:
+    """bool ...xHxW -> int ... set pixels per HxW mask (int64 on the CPU, int32 elsewhere).
+    On the CPU numpy's count_nonzero does it: torch's bool sums are ~8x slower there (2.13,
+    1 thread, 1500x2250 masks)."""
+    if masks.device.type == "cpu":
+        flat = masks.numpy().reshape(*masks.shape[:-2], -1)
+        return torch.from_numpy(np.asarray(np.count_nonzero(flat, axis=-1), dtype=np.int64))
+    # int32 row sums first: int16 (the official's) overflows on rows wider than 32767 px
+    return masks.sum(-1, dtype=torch.int32).sum(-1, dtype=torch.int32)
+
+
 def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
-    """...xHxW logits -> ... float: |logits > t+o| / |logits > t-o| (IoU of two thresholds)."""
-    # int32 row sums: int16 (the official's) overflows on rows wider than 32767 px
-    inter = (logits > threshold + offset).sum(-1, dtype=torch.int32).sum(-1, dtype=torch.int32)
-    union = (logits > threshold - offset).sum(-1, dtype=torch.int32).sum(-1, dtype=torch.int32)
+    """...xHxW logits -> ... float32: |logits > t+o| / |logits > t-o| (IoU of two thresholds).
+    Exact integer counts on every device (float32 division of equal counts: equal scores)."""
+    inter = count_true(logits > threshold + offset)
+    union = count_true(logits > threshold - offset)
     return inter / union
 
 

@@ -4,12 +4,23 @@ Same semantics and defaults as segment-anything's `SamAutomaticMaskGenerator` (c
 output), built differently: the crops of many images go through the encoder together and the
 prompts of several crops through the decoder together; masks stay on the model's device until
 filtered; low-resolution logits are upscaled only for masks that pass the IoU filter, in chunks;
-stability, boxes and NMS run on the device; RLE encoding comes last and only for kept masks.
+stability, thresholding and NMS run on the device.
+
+No mask crosses to the host: each upscale chunk's surviving masks are run-length encoded where
+they are (`runlength.masks_to_runs`: change points in the image frame, so uncropped by index
+arithmetic, with areas and boxes) and only those, kilobytes a mask, are copied back. The crop-edge
+filter, NMS and the annotations work from them. The COCO strings are built from the counts at
+the end (`generate(images)`), or later on CPU workers (`generate(images, encode=False)`, then
+`coco_rle.finish_annotations`), so that no per-mask host work is left in the model's loop.
+The optional small-region cleanup (`min_mask_region_area > 0`, off by default) is per-mask host
+work by nature: it decodes each kept mask from its counts on the host, cleans it and encodes the
+changed ones again.
 
 Device memory is bounded by three knobs, whatever the image size: `model.batch_size` crops
 per encoder call, `generator.decoder_batch_size` prompts per decoder call (3 low-res masks
 each) and `generator.upscale_batch_size` masks upscaled to crop resolution at once (float32 HxW
-each). Masks that survive the filters wait for NMS in host memory as bool HxW.
+each, plus a bool copy and the run-length work). Masks that survive the filters wait for NMS in
+host memory as their change points.
 """
 
 from __future__ import annotations
@@ -24,17 +35,11 @@ from models import PromptableModel
 from models.transforms import check_image
 
 from ..config import CPU_BATCH, GeneratorConfig
-from .geometry import (
-    crop_boxes,
-    layer_point_grids,
-    mask_to_rle,
-    masks_to_boxes,
-    near_crop_edge,
-    stability_score,
-    uncrop_masks,
-)
+from .coco_rle import MaskRuns, runs_to_segmentations
+from .geometry import crop_boxes, layer_point_grids, near_crop_edge, stability_score
 from .nms import box_area, nms
 from .regions import remove_small_regions
+from .runlength import masks_to_runs
 
 
 @dataclass
@@ -45,11 +50,11 @@ class _Crop:
     box: list[int]  # XYXY in the image
     layer: int  # crop layer (selects the point grid)
     orig_hw: tuple[int, int]  # the image's size
-    masks: list[torch.Tensor] = field(default_factory=list)  # host bool MxhxW, crop frame
-    boxes: list[torch.Tensor] = field(default_factory=list)  # int64 Mx4 XYXY, crop frame
-    iou: list[torch.Tensor] = field(default_factory=list)  # float M
-    stability: list[torch.Tensor] = field(default_factory=list)  # float M
-    points: list[torch.Tensor] = field(default_factory=list)  # float64 Mx2, crop pixels
+    runs: list[MaskRuns] = field(default_factory=list)  # host, M masks each, image frame
+    boxes: list[np.ndarray] = field(default_factory=list)  # host int64 Mx4 XYXY, crop frame
+    iou: list[torch.Tensor] = field(default_factory=list)  # float M (device)
+    stability: list[torch.Tensor] = field(default_factory=list)  # float M (device)
+    points: list[torch.Tensor] = field(default_factory=list)  # host float64 Mx2, crop pixels
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -96,10 +101,14 @@ class MaskGenerator:
         return self.model.device
 
     @torch.inference_mode()
-    def generate(self, images: list[np.ndarray]) -> list[list[dict]]:
+    def generate(self, images: list[np.ndarray], encode: bool = True) -> list[list[dict]]:
         """RGB uint8 HxWx3 images -> per image, a list of SA-1B annotation dicts (without
-        `id`): segmentation (COCO RLE), bbox XYWH, area, predicted_iou, stability_score,
-        point_coords [[x, y]], crop_box XYWH."""
+        `id`): segmentation, bbox XYWH, area, predicted_iou, stability_score, point_coords
+        [[x, y]], crop_box XYWH.
+
+        segmentation: with `encode`, COCO compressed RLE {"size": [H, W], "counts": str};
+        without, {"size": [H, W], "runs": int32 COCO counts}, for
+        `coco_rle.finish_annotations` to turn into the same strings elsewhere (a CPU worker)."""
         s = self.generator
         # Crops of every image
         crops: list[_Crop] = []
@@ -128,7 +137,8 @@ class MaskGenerator:
             self._decode(chunk, embeddings)
             for crop in chunk:
                 parts[crop.image].append(self._crop_nms(crop))
-        return [self._merge(p, image.shape[:2]) for p, image in zip(parts, images, strict=True)]
+        return [self._merge(p, image.shape[:2], encode)
+                for p, image in zip(parts, images, strict=True)]
 
     def _decode(self, chunk: list[_Crop], embeddings: torch.Tensor) -> None:
         """Run every crop's point grid through the decoder, decoder_batch_size prompts a call."""
@@ -165,9 +175,11 @@ class MaskGenerator:
         """Keep the masks of one crop's prompts that pass the IoU, stability and crop-edge
         filters. low_res PxCxhxw logits, iou PxC, points float64 Px2 (crop pixels, host).
 
-        Each filter step waits for the device once, to learn which masks are left (index sets
-        go to the host, then back without waiting); boolean indexing would wait at every use."""
+        Each upscale chunk waits for the device to learn which masks are stable (an index set
+        goes to the host, then back without waiting), then in `masks_to_runs` (once per 2**26
+        crop pixels, and for the copy back); boolean indexing would wait at every use."""
         s, model = self.generator, self.model
+        threshold = model.mask_threshold
         per_prompt = low_res.shape[1]
         low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)  # (P*C, h, w), (P*C,)
         points = points.repeat_interleave(per_prompt, dim=0)
@@ -176,103 +188,120 @@ class MaskGenerator:
             kept = (iou > s.pred_iou_thresh).cpu().nonzero()[:, 0]
             kept_d = kept.to(self.device, non_blocking=True)
             low_res, iou, points = low_res[kept_d], iou[kept_d], points[kept]
+        x0, y0 = crop.box[:2]
         orig_box = [0, 0, crop.orig_hw[1], crop.orig_hw[0]]
         for start in range(0, len(iou), s.upscale_batch_size):
             sl = slice(start, start + s.upscale_batch_size)
             logits = model.postprocess_masks(low_res[sl, None], crop.hw)[:, 0]  # (M, h, w)
+            stab = stability_score(logits, threshold, s.stability_score_offset)
+            # Thresholded once, before any gather: a bool copy, not a float one
+            binary = logits > threshold  # (M, h, w)
+            del logits
+            chunk_iou, chunk_points = iou[sl], points[sl]
             # Filter by stability
-            stab = stability_score(logits, model.mask_threshold, s.stability_score_offset)
-            keep = (stab >= s.stability_score_thresh if s.stability_score_thresh > 0
-                    else torch.ones_like(stab, dtype=torch.bool))
-            idx = keep.cpu().nonzero()[:, 0]
-            idx_d = idx.to(self.device, non_blocking=True)
-            binary = logits[idx_d] > model.mask_threshold
-            # Drop masks touching an inner crop edge
-            boxes = masks_to_boxes(binary)
-            inner = (~near_crop_edge(boxes, crop.box, orig_box)).cpu().nonzero()[:, 0]
-            inner_d = inner.to(self.device, non_blocking=True)
-            idx, idx_d = idx[inner], idx_d[inner_d]
-            crop.masks.append(binary[inner_d].cpu())
-            crop.boxes.append(boxes[inner_d])
-            crop.iou.append(iou[sl][idx_d])
-            crop.stability.append(stab[idx_d])
-            crop.points.append(points[sl][idx])
+            if s.stability_score_thresh > 0:
+                idx = (stab >= s.stability_score_thresh).cpu().nonzero()[:, 0]
+                if len(idx) < len(stab):
+                    idx_d = idx.to(self.device, non_blocking=True)
+                    binary, stab, chunk_iou = binary[idx_d], stab[idx_d], chunk_iou[idx_d]
+                    chunk_points = chunk_points[idx]
+            # Change points (in the image frame), areas and boxes; only these reach the host
+            runs = masks_to_runs(binary, crop.box, crop.orig_hw)
+            del binary
+            # Drop masks touching an inner crop edge, judged on crop-frame boxes ([0, 0, 0, 0]
+            # for an empty mask, as the official's batched_mask_to_box gives)
+            boxes = np.where(runs.areas[:, None] > 0, runs.boxes - [x0, y0, x0, y0], 0)
+            near = near_crop_edge(torch.from_numpy(boxes), crop.box, orig_box).numpy()
+            if near.any():
+                inner = np.flatnonzero(~near)
+                inner_d = torch.from_numpy(inner).to(self.device, non_blocking=True)
+                runs, boxes = runs.take(inner), boxes[inner]
+                stab, chunk_iou = stab[inner_d], chunk_iou[inner_d]
+                chunk_points = chunk_points[torch.from_numpy(inner)]
+            crop.runs.append(runs)
+            crop.boxes.append(boxes)
+            crop.iou.append(chunk_iou)
+            crop.stability.append(stab)
+            crop.points.append(chunk_points)
 
     def _crop_nms(self, crop: _Crop) -> dict:
-        """NMS within one crop; boxes and points moved to the image frame."""
-        h, w = crop.hw
-        if not crop.masks:
-            return {"masks": torch.zeros(0, h, w, dtype=torch.bool),
-                    "boxes": torch.zeros(0, 4, dtype=torch.long, device=self.device),
+        """NMS within one crop; boxes and points moved to the image frame (host)."""
+        if not crop.runs:
+            return {"runs": MaskRuns.empty(crop.orig_hw), "boxes": np.zeros((0, 4), np.int64),
                     "iou": torch.zeros(0), "stability": torch.zeros(0),
                     "points": torch.zeros(0, 2, dtype=torch.float64), "crop_box": crop.box}
-        boxes, iou = torch.cat(crop.boxes), torch.cat(crop.iou)
-        keep = nms(boxes.float(), iou, self.generator.box_nms_thresh)
+        boxes, iou = np.concatenate(crop.boxes), torch.cat(crop.iou)
+        boxes_d = torch.from_numpy(boxes).to(self.device, non_blocking=True)
+        keep = nms(boxes_d.float(), iou, self.generator.box_nms_thresh)
         keep_host = keep.cpu()
-        offset = torch.tensor([crop.box[0], crop.box[1]])
-        return {"masks": torch.cat(crop.masks)[keep_host],
-                "boxes": boxes[keep] + offset.to(boxes.device).repeat(2),
+        x0, y0 = crop.box[:2]
+        return {"runs": MaskRuns.cat(crop.runs, crop.orig_hw).take(keep_host.numpy()),
+                "boxes": boxes[keep_host.numpy()] + [x0, y0, x0, y0],
                 "iou": iou[keep].cpu(), "stability": torch.cat(crop.stability)[keep].cpu(),
-                "points": torch.cat(crop.points)[keep_host] + offset, "crop_box": crop.box}
+                "points": torch.cat(crop.points)[keep_host] + torch.tensor([x0, y0]),
+                "crop_box": crop.box}
 
-    def _merge(self, parts: list[dict], orig_hw: tuple[int, int]) -> list[dict]:
-        """NMS across the crops of one image, optional small-region cleanup, SA-1B dicts."""
+    def _merge(self, parts: list[dict], orig_hw: tuple[int, int], encode: bool) -> list[dict]:
+        """NMS across the crops of one image, optional small-region cleanup, SA-1B dicts
+        (segmentation encoded or as counts, see `generate`)."""
         s = self.generator
-        boxes = torch.cat([p["boxes"] for p in parts])
+        boxes = np.concatenate([p["boxes"] for p in parts])  # int64 Nx4 XYXY, image frame
         crop_of = [k for k, p in enumerate(parts) for _ in range(len(p["boxes"]))]
         order = list(range(len(crop_of)))
         if len(parts) > 1 and crop_of:
             # NMS across crops: prefer masks from smaller crops
             crops = torch.tensor([parts[k]["crop_box"] for k in crop_of], dtype=torch.float,
-                                 device=boxes.device)
-            order = nms(boxes.float(), 1 / box_area(crops), s.crop_nms_thresh).tolist()
-        offsets = np.cumsum([0] + [len(p["boxes"]) for p in parts])
-        found = []
-        boxes = boxes.cpu()
-        for idx in order:
-            k = crop_of[idx]
-            part, j = parts[k], idx - offsets[k]
-            found.append({
-                "mask": uncrop_masks(part["masks"][j : j + 1], part["crop_box"], orig_hw)[0],
-                "box": boxes[idx], "iou": part["iou"][j], "stability": part["stability"][j],
-                "point": part["points"][j], "crop_box": part["crop_box"]})
-        if s.min_mask_region_area > 0 and found:
-            found = self._clean_small_regions(found)
+                                 device=self.device)
+            boxes_d = torch.from_numpy(boxes).to(self.device, non_blocking=True)
+            order = nms(boxes_d.float(), 1 / box_area(crops), s.crop_nms_thresh).tolist()
+        runs = MaskRuns.cat([p["runs"] for p in parts], orig_hw).take(order)
+        boxes = boxes[order]
+        iou = torch.cat([p["iou"] for p in parts])[order].tolist()
+        stability = torch.cat([p["stability"] for p in parts])[order].tolist()
+        points = torch.cat([p["points"] for p in parts])[order].tolist()
+        crop_box = [parts[crop_of[i]]["crop_box"] for i in order]
+        if s.min_mask_region_area > 0 and len(order):
+            keep, runs, boxes = self._clean_small_regions(runs, boxes)
+            iou, stability = [iou[i] for i in keep], [stability[i] for i in keep]
+            points, crop_box = [points[i] for i in keep], [crop_box[i] for i in keep]
         out = []
-        for f in found:
-            x0, y0, x1, y1 = (int(v) for v in f["box"].tolist())
-            cx0, cy0, cx1, cy1 = f["crop_box"]
+        for k, seg in enumerate(runs_to_segmentations(runs, encode)):
+            x0, y0, x1, y1 = boxes[k].tolist()
+            cx0, cy0, cx1, cy1 = crop_box[k]
             out.append({
-                "segmentation": mask_to_rle(f["mask"].numpy()),
-                "area": int(f["mask"].sum()),
+                "segmentation": seg,
+                "area": int(runs.areas[k]),
                 "bbox": [x0, y0, x1 - x0, y1 - y0],
-                "predicted_iou": float(f["iou"]),
-                "point_coords": [[float(v) for v in f["point"].tolist()]],
-                "stability_score": float(f["stability"]),
+                "predicted_iou": float(iou[k]),
+                "point_coords": [[float(v) for v in points[k]]],
+                "stability_score": float(stability[k]),
                 "crop_box": [cx0, cy0, cx1 - cx0, cy1 - cy0],
             })
         return out
 
-    def _clean_small_regions(self, found: list[dict]) -> list[dict]:
+    def _clean_small_regions(self, runs: MaskRuns, boxes: np.ndarray
+                             ) -> tuple[list[int], MaskRuns, np.ndarray]:
         """Fill small holes and drop small islands of every mask, then NMS again preferring
         unchanged masks (threshold: the larger of the two NMS thresholds), as the official
-        generator does; changed masks get their new box."""
+        generator does; changed masks get their new box. Host work, mask by mask: each is
+        decoded from its change points and the changed ones are encoded again (on the CPU).
+
+        runs: N masks; boxes int64 Nx4 XYXY (image frame). Returns the kept indices (NMS
+        order) and the runs and boxes of the kept masks."""
         s = self.generator
         area = s.min_mask_region_area
-        masks, unchanged = [], []
-        for f in found:
-            mask, filled = remove_small_regions(f["mask"].numpy(), area, "holes")
+        pieces, nms_boxes, unchanged = [], [], []
+        boxes = boxes.copy()
+        for i in range(len(runs)):
+            mask, filled = remove_small_regions(runs.mask(i), area, "holes")
             mask, dropped = remove_small_regions(mask, area, "islands")
-            masks.append(torch.from_numpy(mask))
             unchanged.append(float(not (filled or dropped)))
-        stacked = torch.stack(masks)
-        boxes = masks_to_boxes(stacked)
-        keep = nms(boxes.float(), torch.tensor(unchanged),
-                   max(s.box_nms_thresh, s.crop_nms_thresh))
-        out = []
-        for i in keep.tolist():
-            f = dict(found[i])
-            if not unchanged[i]:
-                f["mask"], f["box"] = stacked[i], boxes[i]
-            out.append(f)
-        return out
+            piece = runs.take([i])
+            if filled or dropped:
+                piece = masks_to_runs(torch.from_numpy(np.ascontiguousarray(mask))[None])
+                boxes[i] = piece.boxes[0]
+            pieces.append(piece)
+            nms_boxes.append(piece.boxes[0])  # of the mask as it is now ([0, 0, 0, 0]: empty)
+        keep = nms(torch.from_numpy(np.stack(nms_boxes)).float(), torch.tensor(unchanged),
+                   max(s.box_nms_thresh, s.crop_nms_thresh)).tolist()
+        return keep, MaskRuns.cat(pieces, runs.hw).take(keep), boxes[keep]

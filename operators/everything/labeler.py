@@ -24,6 +24,10 @@ class AutoLabeler:
     row a list of SA-1B annotation dicts, `id` = index within the image), "model",
     "checkpoint_sha256", "settings" (JSON: the generator parameters that applied to this model).
 
+    The annotations leave unfinished: segmentation {"size": [H, W], "runs": int32 COCO counts}
+    (`coco_rle`); the writer stage (`masks_table`) builds the COCO strings on CPU workers, so
+    the actor's thread does no per-mask string work while the device waits.
+
     model, generator, compute: the job's config sections. Promptable models (SAM family) run the
     point-grid generator; one-pass models (FastSAM) run theirs (the registry records which).
     model.batch_size "auto" fits the device and is capped by compute.ray_batch_size, as for
@@ -63,7 +67,7 @@ class AutoLabeler:
         if len(todo):
             images = [np.ascontiguousarray(batch["pixels"][i]) for i in todo]
             with autocast(self.device, self.precision):
-                found = self.generator.generate(images)
+                found = self.generator.generate(images, encode=False)
             for i, anns in zip(todo, found, strict=True):
                 annotations[i] = [{"id": k, **a} for k, a in enumerate(anns)]
         result = {k: v for k, v in batch.items() if k != "pixels"}

@@ -33,8 +33,10 @@ from models.yolov8_seg import (
 )
 
 from ..config import CPU_BATCH, GeneratorConfig
-from .geometry import mask_to_rle, masks_to_boxes, stability_score
+from .coco_rle import MaskRuns, runs_to_segmentations
+from .geometry import stability_score
 from .nms import nms
+from .runlength import masks_to_runs
 
 MAX_NMS = 30000  # candidates (highest confidence first) that enter NMS
 MAX_DET = 300  # detections kept per image
@@ -242,9 +244,11 @@ class OnePassGenerator:
         self.generator = generator or GeneratorConfig()
 
     @torch.inference_mode()
-    def generate(self, images: list[np.ndarray]) -> list[list[dict]]:
+    def generate(self, images: list[np.ndarray], encode: bool = True) -> list[list[dict]]:
         """RGB uint8 HxWx3 images -> per image, SA-1B annotation dicts (without `id`), in
-        the model's order (highest confidence first)."""
+        the model's order (highest confidence first). segmentation: COCO compressed RLE with
+        `encode`, else {"size": [H, W], "runs": int32 COCO counts} for
+        `coco_rle.finish_annotations` (as `MaskGenerator.generate`)."""
         for image in images:
             check_image(image)
         g = self.generator
@@ -254,37 +258,45 @@ class OnePassGenerator:
             found = detect_everything(self.model, chunk, detection_conf=g.detection_conf,
                                       detection_iou=g.detection_iou,
                                       detection_imgsz=g.detection_imgsz)
-            out += [self._annotations(image, det) for image, det in zip(chunk, found, strict=True)]
+            out += [self._annotations(image, det, encode)
+                    for image, det in zip(chunk, found, strict=True)]
         return out
 
-    def _annotations(self, image: np.ndarray, det) -> list[dict]:
+    def _annotations(self, image: np.ndarray, det: Detections, encode: bool) -> list[dict]:
+        """One image's detections -> its SA-1B annotations. Full-size masks are made a chunk
+        at a time on the device and run-length encoded there (`masks_to_runs`); only change
+        points, areas and boxes come back to the host."""
         h, w = image.shape[:2]
         threshold = float(self.model.mask_threshold)
         scores = torch.as_tensor(det.scores).float().cpu().tolist()
-        anns = []
         step = max(1, min(self.generator.upscale_batch_size, MASK_PIXEL_BUDGET // (h * w)))
+        runs, stability = [], []
         for start in range(0, len(det), step):
             logits = det.mask_logits(start, start + step).float()
-            stability = stability_score(logits, threshold,
-                                        self.generator.stability_score_offset)
+            stability.append(stability_score(logits, threshold,
+                                             self.generator.stability_score_offset))
             binary = logits > threshold
             del logits
-            # one device->host copy per chunk, not one per mask
-            boxes = masks_to_boxes(binary).tolist()
-            areas = binary.flatten(1).sum(1).tolist()
-            stability = stability.tolist()
-            binary = binary.cpu().numpy()
-            for k, area in enumerate(areas):
-                if not area:
-                    continue  # a detection whose mask vanished at the threshold
-                x0, y0, x1, y1 = (int(v) for v in boxes[k])
-                anns.append({
-                    "segmentation": mask_to_rle(binary[k]),
-                    "area": int(area),
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "predicted_iou": float(scores[start + k]),
-                    "point_coords": [],
-                    "stability_score": float(stability[k]),
-                    "crop_box": [0, 0, w, h],
-                })
+            runs.append(masks_to_runs(binary))
+            del binary
+        if not runs:
+            return []
+        runs = MaskRuns.cat(runs, (h, w))
+        stab = torch.cat(stability).tolist()
+        # A detection whose mask vanished at the threshold gets no annotation
+        kept = np.flatnonzero(runs.areas > 0)
+        runs = runs.take(kept)
+        anns = []
+        for k, seg, area, box in zip(kept.tolist(), runs_to_segmentations(runs, encode),
+                                     runs.areas.tolist(), runs.boxes.tolist(), strict=True):
+            x0, y0, x1, y1 = box
+            anns.append({
+                "segmentation": seg,
+                "area": area,
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "predicted_iou": float(scores[k]),
+                "point_coords": [],
+                "stability_score": float(stab[k]),
+                "crop_box": [0, 0, w, h],
+            })
         return anns

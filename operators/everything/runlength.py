@@ -1,6 +1,7 @@
-"""COCO run-length encoding in two halves: a batched torch part that runs where the masks are
-(the GPU) and sends back only change points, areas and boxes, and a numpy part that turns those
-into SA-1B fields (compressed RLE strings) on a CPU worker.
+"""COCO run-length encoding in two halves: this batched torch part runs where the masks are
+(the GPU) and sends back only change points, areas and boxes (`masks_to_runs`); the numpy part
+in `coco_rle.py` (no torch) turns those into SA-1B fields (compressed RLE strings) on a CPU
+worker.
 
 The run lengths ("counts") are those of the mask flattened in column-major order, alternating
 runs of 0s and 1s and starting with a run of 0s (of length 0 when the first pixel is 1); the
@@ -9,49 +10,19 @@ where pixel p differs from pixel p-1 (pixel -1 counting as 0); the counts are th
 0, the change points and H*W. Masks of a crop are placed in the image implicitly: a crop pixel
 (r, c) of a crop at (x0, y0) has the flat index (c + x0) * H + (r + y0) in the image, and
 everything outside the crop is 0.
-
-The string encoding follows the format of pycocotools' `rleToString` (read for the facts, not
-copied): every count from the fourth on is stored as its difference from the count two before;
-each value is then written as the fewest 5-bit groups, least significant first, that hold it as
-a two's-complement number, a sixth bit (0x20) set on every group but the last, each group plus
-48 as one ASCII character.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
+
+from .coco_rle import MaskRuns, runs_to_annotations
 
 # Masks are processed in chunks of at most this many crop pixels: the change map of a chunk
 # takes one byte a pixel on the device (64 MiB here), next to the masks themselves. Each chunk
 # costs one device sync (the size of its change-point list).
 CHUNK_PIXELS = 1 << 26
-
-# Enough 5-bit groups for any int64 value (13 * 5 = 65 bits).
-_MAX_GROUPS = 13
-
-
-@dataclass
-class MaskRuns:
-    """Compact host copy of a batch of N masks of an HxW image, enough to build their COCO RLE.
-
-    hw: (H, W) of the image.
-    changes: int32 K (int64 when H*W >= 2**31) change points, ascending within each mask.
-    offsets: int64 N+1; mask i's change points are changes[offsets[i]:offsets[i + 1]].
-    areas: int64 N, pixels set.
-    boxes: int64 Nx4 XYXY in the image frame with inclusive max edges; [0, 0, 0, 0] when empty.
-    """
-
-    hw: tuple[int, int]
-    changes: np.ndarray
-    offsets: np.ndarray
-    areas: np.ndarray
-    boxes: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.areas)
 
 
 def _check_crop(masks: torch.Tensor, crop_box: list[int] | None, orig_hw: tuple[int, int] | None
@@ -174,85 +145,6 @@ def masks_to_runs(masks: torch.Tensor, crop_box: list[int] | None = None,
     return MaskRuns(hw=(big_h, big_w), changes=host[2 * len(small) :].view(pos_np),
                     offsets=small_host[: n + 1], areas=small_host[n + 1 : 2 * n + 1],
                     boxes=small_host[2 * n + 1 :].reshape(n, 4))
-
-
-def changes_to_counts(changes: np.ndarray, offsets: np.ndarray, numel: int
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Change points of N masks of `numel` pixels (int K, ascending per mask; int64 N+1
-    offsets) -> their COCO counts (int64 K+N) and count offsets (int64 N+1): mask i has one
-    count more than change points, the gaps between 0, its change points and `numel`."""
-    changes = np.asarray(changes, dtype=np.int64)
-    offsets = np.asarray(offsets, dtype=np.int64)
-    n = len(offsets) - 1
-    per_mask = np.diff(offsets)
-    count_offsets = offsets + np.arange(n + 1)
-    counts = np.empty(len(changes) + n, dtype=np.int64)
-    # Each change point closes one run: the gap to the previous point (0 at a mask's start)
-    prev = np.empty_like(changes)
-    prev[1:] = changes[:-1]
-    prev[offsets[:-1][per_mask > 0]] = 0
-    owner = np.repeat(np.arange(n), per_mask)
-    counts[np.arange(len(changes)) + owner] = changes - prev
-    # The last run of each mask ends at numel
-    last = np.zeros(n, dtype=np.int64)
-    some = per_mask > 0
-    last[some] = changes[offsets[1:][some] - 1]
-    counts[count_offsets[1:] - 1] = numel - last
-    return counts, count_offsets
-
-
-def counts_to_strings(counts: np.ndarray, offsets: np.ndarray) -> list[str]:
-    """int M counts of N masks (mask i's: counts[offsets[i]:offsets[i + 1]], int64 N+1 offsets)
-    -> N COCO compressed RLE strings, as pycocotools' `rleToString` writes them (it also writes
-    counts of 2**29 and more, which overrun pycocotools' own buffer). Vectorised over all
-    counts of the batch."""
-    counts = np.asarray(counts, dtype=np.int64)
-    offsets = np.asarray(offsets, dtype=np.int64)
-    if counts.ndim != 1 or offsets.ndim != 1 or len(offsets) == 0:
-        raise ValueError(f"expected 1-D counts and 1-D offsets, got shapes {counts.shape} and "
-                         f"{offsets.shape}")
-    if offsets[0] != 0 or offsets[-1] != len(counts) or np.any(np.diff(offsets) < 0):
-        raise ValueError(f"expected offsets rising from 0 to {len(counts)}, got "
-                         f"{offsets[0]}..{offsets[-1]} (or falling somewhere)")
-    # From the fourth count of each mask on, the difference from the count two before
-    local = np.arange(len(counts)) - np.repeat(offsets[:-1], np.diff(offsets))
-    values = counts.copy()
-    delta = local > 2
-    values[delta] -= counts[np.flatnonzero(delta) - 2]
-    # Groups a value needs: the fewest k with the value in [-2**(5k-1), 2**(5k-1))
-    groups = np.ones(len(values), dtype=np.int64)
-    for k in range(1, _MAX_GROUPS):
-        high = values >> (5 * k - 1)
-        groups += (high != 0) & (high != -1)
-    width = int(groups.max(initial=1))
-    shifts = 5 * np.arange(width, dtype=np.int64)
-    chars = ((values[:, None] >> shifts) & 0x1F).astype(np.uint8)  # (M, width)
-    chars |= np.where(shifts[None, :] < 5 * (groups[:, None] - 1), 0x20, 0).astype(np.uint8)
-    chars += 48
-    text = chars[np.arange(width)[None, :] < groups[:, None]].tobytes().decode("ascii")
-    ends = np.concatenate([[0], np.cumsum(groups)])[offsets].tolist()
-    return [text[a:b] for a, b in zip(ends[:-1], ends[1:], strict=True)]
-
-
-def counts_to_string(counts: np.ndarray) -> str:
-    """int K counts of one mask -> its COCO compressed RLE string (as pycocotools')."""
-    counts = np.asarray(counts)
-    if counts.ndim != 1:
-        raise ValueError(f"expected 1-D counts, got shape {counts.shape}")
-    return counts_to_strings(counts, np.array([0, len(counts)]))[0]
-
-
-def runs_to_annotations(runs: MaskRuns) -> list[dict]:
-    """MaskRuns of N masks -> N SA-1B fields {"segmentation": {"size": [H, W], "counts": str},
-    "area": int, "bbox": [x, y, w, h]} with w = x1 - x0 and h = y1 - y0 of the inclusive XYXY
-    box (as our generator writes them). CPU only."""
-    big_h, big_w = runs.hw
-    counts, count_offsets = changes_to_counts(runs.changes, runs.offsets, big_h * big_w)
-    strings = counts_to_strings(counts, count_offsets)
-    boxes = runs.boxes.copy()
-    boxes[:, 2:] -= boxes[:, :2]
-    return [{"segmentation": {"size": [big_h, big_w], "counts": s}, "area": a, "bbox": b}
-            for s, a, b in zip(strings, runs.areas.tolist(), boxes.tolist(), strict=True)]
 
 
 def masks_to_annotations(masks: torch.Tensor, crop_box: list[int] | None = None,

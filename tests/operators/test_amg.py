@@ -9,6 +9,7 @@ from pycocotools import mask as mask_utils
 
 from models import build_model
 from operators.config import GeneratorConfig
+from operators.everything.coco_rle import finish_annotations
 from operators.everything.geometry import (
     crop_boxes,
     layer_point_grids,
@@ -183,3 +184,29 @@ def test_padded_encoder_batches_give_the_same_masks():
             assert (ma & mb).sum() / max((ma | mb).sum(), 1) >= 0.99
             assert a["crop_box"] == b["crop_box"] and a["point_coords"] == b["point_coords"]
             assert abs(a["predicted_iou"] - b["predicted_iou"]) < 1e-4
+
+
+@pytest.mark.parametrize("cleanup", [0, 40])
+def test_unencoded_annotations_finish_to_the_encoded_ones(cleanup):
+    """generate(encode=False) leaves each segmentation as int32 COCO counts ("runs", what the
+    actor hands to the writer); finish_annotations turns them into exactly generate()'s
+    annotations, whose areas and boxes are pycocotools' on the decoded masks."""
+    _, ours, _ = _models()
+    settings = GeneratorConfig(points_per_side=4, pred_iou_thresh=-1, stability_score_thresh=0.5,
+                               crop_n_layers=1, box_nms_thresh=1.0, crop_nms_thresh=1.0,
+                               min_mask_region_area=cleanup, upscale_batch_size=5)
+    images = [smooth_image(96, 128, seed=5), smooth_image(57, 81, seed=6)]
+    generator = MaskGenerator(ours, settings, batch_size=4)
+    encoded = generator.generate(images)
+    raw = generator.generate(images, encode=False)
+    assert finish_annotations(raw) == encoded
+    assert all(len(a) > 10 for a in encoded)
+    for image, anns, raw_anns in zip(images, encoded, raw, strict=True):
+        for ann, r in zip(anns, raw_anns, strict=True):
+            seg = r["segmentation"]
+            assert seg["size"] == list(image.shape[:2]) and seg["runs"].dtype == np.int32
+            rle = {"size": ann["segmentation"]["size"],
+                   "counts": ann["segmentation"]["counts"].encode()}
+            x, y, w, h = ann["bbox"]
+            assert ann["area"] == int(mask_utils.area(rle)) == int(seg["runs"][1::2].sum())
+            assert [x, y, w + 1, h + 1] == mask_utils.toBbox(rle).tolist()

@@ -10,6 +10,7 @@ from pycocotools import mask as mask_utils
 
 from models import build_model
 from operators.config import GeneratorConfig
+from operators.everything.coco_rle import finish_annotations
 from operators.everything.one_pass import (
     OnePassGenerator,
     detect_everything,
@@ -108,3 +109,15 @@ def test_extreme_aspect_ratio_gets_one_pixel_not_a_crash(model):
     out = OnePassGenerator(model, GeneratorConfig(detection_imgsz=256)).generate(
         [np.full((1, 3000, 3), 128, np.uint8)])
     assert len(out) == 1 and all(a["segmentation"]["size"] == [1, 3000] for a in out[0])
+
+
+def test_unencoded_annotations_finish_to_the_encoded_ones(model):
+    """generate(encode=False) (the actor's call) + finish_annotations (the writer's) equals
+    generate(), for chunks of any size."""
+    images = [golden_image(), golden_image(seed=1, shape=(150, 260, 3))]
+    for chunk in [3, 64]:
+        generator = OnePassGenerator(model, SETTINGS.model_copy(
+            update={"upscale_batch_size": chunk}))
+        raw = generator.generate(images, encode=False)
+        assert all(a["segmentation"]["runs"].dtype == np.int32 for anns in raw for a in anns)
+        assert finish_annotations(raw) == generator.generate(images)

@@ -8,15 +8,18 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from operators.everything.geometry import mask_to_rle, masks_to_boxes
-from operators.everything.runlength import (
+from operators.everything.coco_rle import (
+    MaskRuns,
     changes_to_counts,
+    counts_to_mask,
     counts_to_string,
     counts_to_strings,
-    masks_to_annotations,
-    masks_to_runs,
+    finish_annotations,
     runs_to_annotations,
+    runs_to_segmentations,
 )
+from operators.everything.geometry import mask_to_rle, masks_to_boxes
+from operators.everything.runlength import masks_to_annotations, masks_to_runs
 
 
 def _blobs(n: int, hw: tuple[int, int], seed: int) -> np.ndarray:
@@ -217,6 +220,85 @@ def test_bad_inputs_name_what_was_expected():
         counts_to_string(np.zeros((2, 2), dtype=np.int64))
     with pytest.raises(ValueError, match="expected offsets rising from 0 to 3"):
         counts_to_strings(np.zeros(3, dtype=np.int64), np.array([0, 2]))
+
+
+@pytest.mark.parametrize("crop_box,orig_hw", [
+    (None, None), ([4, 3, 13, 10], (10, 13)), ([0, 2, 13, 8], (10, 13)), ([5, 0, 11, 10], (10, 13)),
+])
+def test_unfinished_segmentations_finish_to_pycocotools(crop_box, orig_hw):
+    """The actor's form (counts, "runs") finished on a CPU worker gives pycocotools' strings
+    byte for byte on crafted masks (empty, full, single pixels, every border, odd sizes)."""
+    x0, y0, x1, y1 = crop_box or [0, 0, 13, 10]
+    masks = _crafted((y1 - y0, x1 - x0))
+    big_h, big_w = orig_hw or masks.shape[1:]
+    full = np.zeros((len(masks), big_h, big_w), dtype=bool)
+    full[:, y0:y1, x0:x1] = masks
+    runs = masks_to_runs(torch.from_numpy(masks), crop_box, orig_hw)
+    raw = runs_to_segmentations(runs, encode=False)
+    assert [list(r) for r in raw] == [["size", "runs"]] * len(masks)
+    assert all(r["runs"].dtype == np.int32 for r in raw)
+    rows = [[{"segmentation": r, "area": int(a)}] for r, a in zip(raw, runs.areas, strict=True)]
+    finished = finish_annotations(rows)
+    for (ann,), m, r in zip(finished, full, raw, strict=True):
+        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        assert ann["segmentation"] == {"size": [big_h, big_w], "counts": rle["counts"].decode()}
+        assert ann["area"] == int(m.sum())
+        assert np.array_equal(counts_to_mask(r["runs"], (big_h, big_w)), m)
+    assert rows[0][0]["segmentation"] is raw[0]  # the input is left as it was
+    assert [s["counts"] for s in runs_to_segmentations(runs)] == [
+        a[0]["segmentation"]["counts"] for a in finished]
+
+
+def test_finish_annotations_takes_arrow_round_trips_and_passes_the_rest_through():
+    masks = _blobs(3, (9, 14), seed=6)
+    runs = masks_to_runs(torch.from_numpy(masks))
+    want = runs_to_segmentations(runs)
+    raw = runs_to_segmentations(runs, encode=False)
+    # as they may come back from Arrow: lists and numpy arrays, rows as object arrays
+    arrowish = np.empty(4, dtype=object)
+    arrowish[:] = [
+        np.array([{"segmentation": {"size": np.array(r["size"]), "runs": r["runs"].tolist()},
+                   "id": k} for k, r in enumerate(raw)], dtype=object),
+        None,
+        [{"segmentation": want[0], "id": 0}, {"id": 1, "prompt": "no mask"}],
+        [],
+    ]
+    out = finish_annotations(arrowish)
+    assert [a["segmentation"] for a in out[0]] == want
+    assert [list(a) for a in out[0]] == [["segmentation", "id"]] * 3
+    assert out[1] is None and out[3] == []
+    assert out[2] == [{"segmentation": want[0], "id": 0}, {"id": 1, "prompt": "no mask"}]
+    assert finish_annotations([]) == []
+
+
+def test_finish_annotations_refuses_counts_of_another_size():
+    bad = [[{"segmentation": {"size": [3, 4], "runs": np.array([5, 6])}}]]
+    with pytest.raises(ValueError, match=r"summing to H\*W = 12, got a sum of 11 \(image 0"):
+        finish_annotations(bad)
+    with pytest.raises(ValueError, match="expected runs as 1-D counts"):
+        finish_annotations([[{"segmentation": {"size": [1, 1], "runs": np.zeros((0,))}}]])
+    with pytest.raises(ValueError, match=r"expected 1-D non-negative counts summing to H\*W"):
+        counts_to_mask(np.array([3, 4]), (2, 3))
+
+
+def test_runs_take_cat_and_decode():
+    masks = np.concatenate([_crafted((7, 13)), _blobs(4, (7, 13), seed=8)])
+    runs = masks_to_runs(torch.from_numpy(masks))
+    for i in range(len(masks)):
+        assert np.array_equal(runs.mask(i), masks[i])
+    index = [5, 0, 5, len(masks) - 1, 1]
+    picked = runs.take(index)
+    assert runs_to_annotations(picked) == [runs_to_annotations(runs)[i] for i in index]
+    parts = [runs.take([]), runs.take(index[:2]), runs.take(index[2:])]
+    whole = MaskRuns.cat(parts, (7, 13))
+    for field in ["changes", "offsets", "areas", "boxes"]:
+        np.testing.assert_array_equal(getattr(whole, field), getattr(picked, field))
+    assert len(MaskRuns.cat([], (7, 13))) == 0 and len(MaskRuns.empty((7, 13))) == 0
+    assert runs_to_segmentations(MaskRuns.empty((7, 13)), encode=False) == []
+    with pytest.raises(ValueError, match=r"expected mask indices in \[0, 14\), got 0..14"):
+        runs.take([0, 14])
+    with pytest.raises(ValueError, match=r"expected runs of an image of \(7, 14\), got \(7, 13\)"):
+        MaskRuns.cat([runs], (7, 14))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
