@@ -27,17 +27,44 @@ class Strict(BaseModel):
 
 
 class StorageConfig(Strict):
-    """Object-store access. Credentials come from the usual AWS variables (or instance roles);
-    they are never printed or written."""
+    """Object-store access and what to do when it fails. Credentials come from the usual AWS
+    variables, a profile or the machine's role (instance profile, IRSA, a Kubernetes Secret);
+    they are never printed or written.
+
+    Three layers of retries, innermost first: botocore retries each request
+    (`request_attempts`, `retry_mode`), s3fs re-fetches a broken body (5 times, its own), and
+    samdata re-opens a shard's byte stream at its offset with exponential backoff and jitter
+    (`read_retries`, `retry_backoff_s` doubling up to `retry_backoff_max_s`) when a failure
+    outlasts both. A shard that still cannot be read is left uncommitted (a rerun redoes it)."""
 
     endpoint_url: str | None = None  # S3-compatible stores (MinIO, moto, R2, ...)
     anon: bool = False
+    region: str | None = None  # e.g. us-west-2 (None: the AWS default chain)
+    request_attempts: int = Field(default=5, ge=1)  # botocore attempts per request
+    retry_mode: Literal["standard", "adaptive", "legacy"] = "standard"  # botocore retry mode
+    read_timeout_s: float = Field(default=60.0, gt=0)  # a stalled body fails after this
+    read_retries: int = Field(default=8, ge=0)  # samdata re-opens of a shard's stream
+    retry_backoff_s: float = Field(default=1.0, ge=0)  # first backoff; doubles each time
+    retry_backoff_max_s: float = Field(default=60.0, ge=0)  # longest single backoff
+    block_size: int | None = Field(default=None, ge=1 << 16)  # bytes per ranged GET (s3fs's
+    #   default_block_size; None: s3fs's 50 MiB, so an SA-1B shard is ~200 GETs)
 
     def options(self) -> dict:
-        """fsspec storage options for s3:// URLs (empty when nothing is set)."""
-        opts: dict = {}
+        """fsspec storage options for s3:// URLs (local paths ignore them)."""
+        client: dict = {}
         if self.endpoint_url:
-            opts["client_kwargs"] = {"endpoint_url": self.endpoint_url}
+            client["endpoint_url"] = self.endpoint_url
+        if self.region:
+            client["region_name"] = self.region
+        opts: dict = {
+            "config_kwargs": {"retries": {"max_attempts": self.request_attempts,
+                                          "mode": self.retry_mode},
+                              "read_timeout": self.read_timeout_s},
+        }
+        if client:
+            opts["client_kwargs"] = client
+        if self.block_size:
+            opts["default_block_size"] = self.block_size
         if self.anon:
             opts["anon"] = True
         return opts
@@ -170,3 +197,69 @@ class GeneratorConfig(Strict):
         the grid fields for prompt-based models, the detection fields for one-pass models."""
         names = self.ONE_PASS_FIELDS if one_pass else self.GRID_FIELDS
         return {name: getattr(self, name) for name in names}
+
+
+class PromptsConfig(Strict):
+    """`samdata segment`: where each image's prompts come from and how they become masks."""
+
+    # sa1b: the shard's own json (annotations' bbox / point_coords); coco: an instances JSON
+    # at `path` (images matched to sample keys by file name); parquet: a dataset at `path`
+    # with `key`, `boxes` (XYXY), optional `points`, `labels`, `category`, `score`
+    source: Literal["sa1b", "coco", "parquet"] = "sa1b"
+    path: str | None = None  # coco / parquet: local path or fsspec URL
+    use: Literal["box", "point", "box+point"] = "box"  # which parts of a prompt to give
+    multimask: bool = True  # SAM design: 3 masks, keep the highest predicted IoU; False: the
+    #   single-mask output. FastSAM selects among its everything-mode masks instead
+    decoder_batch_size: int = Field(default=64, ge=1)  # prompts per decoder call, across
+    #   the images of an actor call (SAM's decoder: ~25 MB a prompt in fp32)
+    upscale_batch_size: int = Field(default=64, ge=1)  # masks made at full size at once
+
+    @field_validator("path")
+    @classmethod
+    def _no_empty(cls, v):
+        if v is not None and not v.strip():
+            raise ValueError("expected a path or URL, got an empty string")
+        return v
+
+
+class EvaluatedModel(ModelConfig):
+    """A model of `samdata evaluate`: a `model` section plus the name of its row in the
+    report (default: the registry name), so two checkpoints of one architecture can be
+    compared."""
+
+    label: str | None = None
+
+    @property
+    def row_name(self) -> str:
+        return self.label or self.name
+
+
+class GroundTruthConfig(Strict):
+    """`samdata evaluate`: the ground truth. sa1b: the `annotations` of each sample's json in
+    the shards (SA-1B's masks are themselves SAM output: "ground truth" there means the
+    released annotation); coco: an instances JSON at `path`, images matched to sample keys by
+    file name."""
+
+    source: Literal["sa1b", "coco"] = "sa1b"
+    path: str | None = None  # coco: local path or fsspec URL of the instances JSON
+
+
+class EvaluationConfig(Strict):
+    """`samdata evaluate`: which images and the protocols' free parameters (everything else is
+    fixed by the protocols, see operators/evaluation/)."""
+
+    sample: int = Field(default=1000, ge=1)  # images drawn (seeded) from the corpus
+    all: bool = False  # every image instead of a sample
+    seed: int = 0  # the sample and the agreement points
+    clicks: list[int] = Field(default=[1, 3, 5], min_length=1)  # points: mIoU after these
+    agreement_points: int = Field(default=16, ge=0)  # agreement: seeded single positive
+    #   points per image, besides the ground-truth boxes
+    decoder_batch_size: int = Field(default=64, ge=1)  # prompts per decoder call
+    upscale_batch_size: int = Field(default=64, ge=1)  # masks made at full size at once
+
+    @field_validator("clicks")
+    @classmethod
+    def _clicks(cls, v):
+        if any(c < 1 for c in v) or len(set(v)) != len(v):
+            raise ValueError(f"expected distinct click counts >= 1, got {v}")
+        return sorted(v)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 
-# Forwarded to Ray workers so they reach the same object store; values are never printed.
-FORWARDED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-                 "AWS_PROFILE")
+# Object-store settings that are not secret: a submitted job gets them by default (values are
+# never printed).
+SETTINGS_ENV = ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+# Secrets: never put into a job's runtime_env unless asked (`samdata submit --forward-secrets`):
+# Ray writes a runtime_env into its logs (runtime_env_agent.log) and shows it with the job's
+# details to anyone who can read the dashboard. A cluster reads its own identity instead
+# (instance profile, IRSA, a Kubernetes Secret: infra/README.md).
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 
 
 # Set by Ray's job supervisor for a submitted job's driver (holds the job's runtime env).
@@ -15,23 +19,30 @@ JOB_RUNTIME_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,
-             num_gpus: int | None = None) -> None:
+             num_gpus: int | None = None, temp_dir: str | None = None) -> None:
     """Connect to `address` (or start a local Ray, with `num_cpus`/`num_gpus` when given:
-    else Ray counts the machine's) unless already connected."""
+    else Ray counts the machine's; `temp_dir`: its own temp directory instead of Ray's
+    machine-wide default) unless already connected.
+
+    No credentials travel in a runtime_env: a local Ray's workers inherit this process's
+    environment, and a cluster's workers use the cluster's identity. Non-secret settings
+    (region, endpoint) are forwarded when joining a cluster from outside a submitted job."""
     import ray
 
     if ray.is_initialized():
         return
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    if os.environ.get(JOB_RUNTIME_ENV_VAR):
-        # Inside a submitted job: the job's runtime env (set by `samdata submit`) already
-        # reaches every worker, and Ray refuses a driver env that repeats its keys.
+    env = {k: os.environ[k] for k in SETTINGS_ENV if k in os.environ}
+    if address is None or os.environ.get(JOB_RUNTIME_ENV_VAR):
+        # A local Ray inherits the environment; inside a submitted job the job's runtime env
+        # already reaches every worker, and Ray refuses a driver env that repeats its keys.
         env = {}
     kwargs: dict = {"runtime_env": {"env_vars": env}} if env else {}
     if address is None and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     if address is None and num_gpus is not None:
         kwargs["num_gpus"] = num_gpus
+    if address is None and temp_dir is not None:
+        kwargs["_temp_dir"] = temp_dir
     ray.init(address=address, log_to_driver=True, **kwargs)
 
 

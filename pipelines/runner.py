@@ -1,8 +1,11 @@
-"""The shared driver of the sharded pipelines (embed, autolabel).
+"""The shared driver of the sharded pipelines (embed, autolabel, ...).
 
-read -> model actor pool -> write, with the shard as the unit of work and of resume: committed
-shards are skipped, partial ones cleared and redone, and a shard is committed (its
-`_stats.json` written) only once every one of its samples is written.
+read -> model actor pool -> write, with the shard as the unit of work, of failure and of
+resume: committed shards are skipped; an uncommitted shard keeps the complete part files of an
+earlier run and only its missing samples are processed; a shard is committed (its `_stats.json`
+written, last) once every one of its samples is written exactly once. A shard that cannot be
+read or written (storage failing past the retries) is left uncommitted while the others
+finish; the summary names it first and the command exits non-zero, and a rerun redoes it.
 """
 
 from __future__ import annotations
@@ -13,24 +16,34 @@ from typing import Any
 
 from operators.shards.listing import list_shards
 from operators.shards.prepare import read_and_prepare
-from operators.shards.write import clear_shard, commit_shard, committed_shards, write_batch
+from operators.shards.resumable import StorageUnavailable
+from operators.shards.write import (
+    commit_shard,
+    committed_shards,
+    existing_parts,
+    write_batch,
+)
 
-from .config import JobConfig
+from .config import ComputeConfig, JobConfig
 from .ray_env import init_ray, resolve_actors
 
 
 @dataclass
 class ShardProgress:
-    rows: int = 0
+    rows: int = 0  # written, this run and kept from earlier ones
     ok: int = 0
     failed: int = 0
     bytes: int = 0
+    resumed: int = 0  # rows kept from an earlier run
     expected: int | None = None
     error: str = ""
     skipped_members: int = 0
+    unavailable: str = ""  # why the shard could not be read or written
+    committed: bool = False
 
     def complete(self) -> bool:
-        return self.expected is not None and self.rows == self.expected
+        return (not self.unavailable and not self.committed and self.expected is not None
+                and self.rows == self.expected)
 
 
 @dataclass
@@ -43,14 +56,22 @@ class RunSummary:
     shards_skipped: int = 0
     shards_done: int = 0
     shards_with_errors: list[dict] = field(default_factory=list)
+    shards_unfinished: list[dict] = field(default_factory=list)  # {shard, reason}: not written
     images_ok: int = 0
     images_failed: int = 0
+    images_processed: int = 0  # rows written by this run
+    images_resumed: int = 0  # rows of committed shards kept from an earlier run
     bytes_written: int = 0
     seconds: float = 0.0
 
     @property
     def images_per_s(self) -> float:
-        return (self.images_ok + self.images_failed) / self.seconds if self.seconds else 0.0
+        return self.images_processed / self.seconds if self.seconds else 0.0
+
+    @property
+    def complete(self) -> bool:
+        """Every shard committed (the command exits 0 only then)."""
+        return not self.shards_unfinished
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -59,11 +80,17 @@ class RunSummary:
         return d
 
     def text(self) -> str:
-        lines = [
+        lines = []
+        if self.shards_unfinished:  # first: what the user must act on (rerun)
+            lines.append(f"samdata {self.job}: {len(self.shards_unfinished)} shard(s) NOT "
+                         f"written; rerun the same command to finish them:")
+            lines += [f"  unfinished {s['shard']}: {s['reason']}" for s in self.shards_unfinished]
+        lines += [
             f"samdata {self.job}: {self.images_ok} images ok, {self.images_failed} failed, "
             f"{self.shards_done} shards written, {self.shards_skipped} already done "
             f"(of {self.shards_total})",
-            f"  {self.images_per_s:.2f} images/s over {self.seconds:.1f} s, "
+            f"  {self.images_processed} processed by this run ({self.images_per_s:.2f} images/s "
+            f"over {self.seconds:.1f} s), {self.images_resumed} kept from an earlier run, "
             f"{self.bytes_written / 2**20:.1f} MiB written",
             f"  model {self.model}" + ("  ** RANDOM WEIGHTS: outputs are meaningless **"
                                       if self.random_weights else ""),
@@ -79,7 +106,8 @@ class RunSummary:
 class Job:
     """What a sharded job runs on the shared driver: the actor class and its constructor
     arguments (the validated config sections it consumes), the reader's mode ("padded" model
-    input or the "original" image), the output table and whether rows carry the image."""
+    input or the "original" image), the output table, whether rows carry the image and
+    whether they carry the sample json's annotations (schema `annotations_json`)."""
 
     name: str
     actor: type
@@ -87,6 +115,7 @@ class Job:
     read_mode: str
     table: str
     include_image: bool = False
+    include_annotations: bool = False
 
 
 def run_sharded(cfg: JobConfig, job: Job) -> RunSummary:
@@ -100,13 +129,19 @@ def run_sharded(cfg: JobConfig, job: Job) -> RunSummary:
     summary = RunSummary(job=job.name, output=root, model=cfg.model.name,
                          random_weights=cfg.model.checkpoint is None)
 
-    # Find the shards; skip committed ones and clear partial output of the rest
+    # Find the shards; skip committed ones, keep the complete parts of the others
     shards = list_shards(cfg.input.urls, cfg.input.shards, cfg.input.limit, opts)
     done = committed_shards(root, opts)
     todo = [s for s in shards if s.name not in done]
     summary.shards_total, summary.shards_skipped = len(shards), len(shards) - len(todo)
+    progress: dict[str, ShardProgress] = {}
+    items = []
     for s in todo:
-        clear_shard(root, s.name, opts)
+        kept = existing_parts(root, s.name, opts)
+        progress[s.name] = ShardProgress(rows=kept.rows, ok=kept.ok, failed=kept.failed,
+                                         bytes=kept.bytes, resumed=kept.rows)
+        items.append({"shard": s.name, "url": s.url, "container": s.container,
+                      "skip_keys": kept.keys})
     if not todo:
         summary.seconds = time.perf_counter() - start
         return summary
@@ -115,37 +150,25 @@ def run_sharded(cfg: JobConfig, job: Job) -> RunSummary:
     actors, gpus = resolve_actors(cfg.compute.actors, cfg.compute.gpus_per_actor)
 
     # Read, decode and (for padded mode) resize on CPU tasks: one task per shard
-    items = [{"shard": s.name, "url": s.url, "container": s.container} for s in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.flat_map(read_and_prepare, fn_kwargs=dict(
         model_name=cfg.model.name, input_cfg=cfg.input, storage_options=opts,
-        include_image=job.include_image, mode=job.read_mode))
+        include_image=job.include_image, mode=job.read_mode, storage=cfg.storage,
+        include_annotations=job.include_annotations))
     # Run the model on the actor pool (GPU when the config or the cluster gives one)
-    ds = ds.map_batches(
-        job.actor,
-        fn_constructor_kwargs=dict(
-            job.actor_kwargs, compute=cfg.compute, storage_options=opts,
-            num_threads=None if gpus else max(1, int(cfg.compute.cpus_per_actor)),
-            # an actor given a GPU must use it; one given none stays on the CPU
-            device="cuda" if gpus else "cpu", gpu_share=min(gpus, 1.0) if gpus else 1.0),
-        batch_size=cfg.compute.ray_batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(
-            size=actors,
-            max_tasks_in_flight_per_actor=cfg.compute.max_tasks_in_flight_per_actor),
-        num_gpus=gpus,
-        num_cpus=cfg.compute.cpus_per_actor,
-    )
+    ds = map_on_actors(ds, job.actor, job.actor_kwargs, cfg.compute, opts, actors, gpus)
     # Write Parquet files per shard on CPU tasks
     ds = ds.map_batches(write_batch, batch_format="numpy", batch_size=cfg.compute.ray_batch_size,
                         fn_kwargs=dict(root=root, storage_options=opts,
-                                       include_image=job.include_image, table=job.table))
+                                       include_image=job.include_image, table=job.table,
+                                       storage=cfg.storage))
 
-    # Commit each shard once all its samples are written
-    progress: dict[str, ShardProgress] = {s.name: ShardProgress() for s in todo}
+    # Commit each shard once all its samples are written, each once
     for row in ds.iter_rows():
         p = progress[row["shard"]]
-        if row["is_end"]:
+        if row["shard_unavailable"]:
+            p.unavailable = p.unavailable or str(row["shard_unavailable"])
+        elif row["is_end"]:
             p.expected = int(row["shard_count"])
             p.error = row["shard_error"]
             p.skipped_members = int(row["skipped_members"])
@@ -154,25 +177,59 @@ def run_sharded(cfg: JobConfig, job: Job) -> RunSummary:
             p.ok += int(row["ok"])
             p.failed += int(row["failed"])
             p.bytes += int(row["bytes"])
+            summary.images_processed += int(row["rows"])
         if p.complete():
-            commit_shard(root, row["shard"], _stats(row["shard"], p, cfg, job), opts)
+            try:
+                commit_shard(root, row["shard"], _stats(row["shard"], p, cfg, job), opts,
+                             cfg.storage)
+            except StorageUnavailable as e:
+                p.unavailable = f"the commit marker could not be written: {e}"
+                continue
+            p.committed = True
             summary.shards_done += 1
             summary.images_ok += p.ok
             summary.images_failed += p.failed
+            summary.images_resumed += p.resumed
             summary.bytes_written += p.bytes
             if p.error:
                 summary.shards_with_errors.append({"shard": row["shard"], "error": p.error})
-            p.expected = -1  # committed; no second commit
     summary.seconds = time.perf_counter() - start
-    incomplete = [n for n, p in progress.items() if p.expected != -1]
-    if incomplete:
-        raise RuntimeError(f"shards not completed (rerun to redo them): {', '.join(incomplete)}")
+    for name, p in progress.items():
+        if not p.committed:
+            reason = p.unavailable or (
+                f"{p.rows} of {p.expected} samples written" if p.expected is not None
+                else "its end was never seen (the run stopped early)")
+            summary.shards_unfinished.append({"shard": name, "reason": reason})
     return summary
+
+
+def map_on_actors(ds, actor: type, actor_kwargs: dict[str, Any], compute: ComputeConfig,
+                  storage_options: dict, actors: int, gpus: float):
+    """`ds.map_batches` on a pool of `actors` instances of `actor` (a model actor taking its
+    config sections `actor_kwargs` plus compute, storage_options, num_threads, device and
+    gpu_share), `gpus` GPUs each (resolve_actors), compute.ray_batch_size rows a call."""
+    import ray
+
+    return ds.map_batches(
+        actor,
+        fn_constructor_kwargs=dict(
+            actor_kwargs, compute=compute, storage_options=storage_options,
+            num_threads=None if gpus else max(1, int(compute.cpus_per_actor)),
+            # an actor given a GPU must use it; one given none stays on the CPU
+            device="cuda" if gpus else "cpu", gpu_share=min(gpus, 1.0) if gpus else 1.0),
+        batch_size=compute.ray_batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(
+            size=actors, max_tasks_in_flight_per_actor=compute.max_tasks_in_flight_per_actor),
+        num_gpus=gpus,
+        num_cpus=compute.cpus_per_actor,
+    )
 
 
 def _stats(shard: str, p: ShardProgress, cfg: JobConfig, job: Job) -> dict:
     return {
         "shard": shard, "job": job.name, "images": p.rows, "ok": p.ok, "failed": p.failed,
+        "resumed": p.resumed,
         "bytes": p.bytes, "shard_error": p.error or None, "skipped_members": p.skipped_members,
         "model": cfg.model.name,
         "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

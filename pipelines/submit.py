@@ -3,8 +3,12 @@
 `samdata submit embed|autolabel --config CFG --address http://HEAD:8265` validates the config
 here (a bad one never reaches the cluster), stages a job working dir (the project's packages
 and the validated config as `samdata-job.yaml`, or only the config with --image-has-project),
-forwards the object-store env vars by name (values are never printed), submits, prints the job
-id and with --follow streams the logs until the job ends, exiting with its status.
+forwards the non-secret object-store settings (region, endpoint) by name, submits, prints the
+job id and with --follow streams the logs until the job ends, exiting with its status.
+
+Credentials are not forwarded: Ray logs a job's runtime_env on the head and shows it with the
+job's details, so the job uses the cluster's own identity (instance profile, IRSA, a Kubernetes
+Secret). `--forward-secrets` sends the AWS key variables anyway, saying what Ray does with them.
 
 Token authentication (on by default in Ray 2.60): the token comes from --token-file,
 $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, in that order, and is sent as a
@@ -25,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from .ray_env import FORWARDED_ENV
+from .ray_env import SECRET_ENV, SETTINGS_ENV
 
 PACKAGES = ("models", "operators", "pipelines")  # what the job imports; the config goes apart
 JOB_CONFIG = "samdata-job.yaml"
@@ -112,14 +116,16 @@ def stage_working_dir(config: dict, with_project: bool) -> str:
 
 def submit(job: str, config: dict, address: str, token_file: str | None = None,
            with_project: bool = True, pip: list[str] | None = None,
-           job_id: str | None = None) -> tuple[str, list[str]]:
+           job_id: str | None = None, forward_secrets: bool = False) -> tuple[str, list[str]]:
     """Submit `samdata {job}` on the validated `config` (a dict); returns (job id, names of
-    the forwarded env vars)."""
+    the forwarded env vars). forward_secrets: also forward the AWS key variables (SECRET_ENV),
+    which Ray then writes into the head's logs and the job's details."""
     jobs = client(address, token_file)
     cfg = dict(config)
     cfg["ray"] = {**cfg.get("ray", {}), "address": None, "num_cpus": None}  # the job's cluster
     stage = stage_working_dir(cfg, with_project)
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    names = SETTINGS_ENV + (SECRET_ENV if forward_secrets else ())
+    env = {k: os.environ[k] for k in names if k in os.environ}
     runtime_env: dict[str, Any] = {"working_dir": stage, "env_vars": env}
     if pip:
         runtime_env["pip"] = pip

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -53,6 +55,10 @@ def ray_local(s3_endpoint):
 
     from pipelines.ray_env import init_ray
 
-    init_ray(None, num_cpus=2, num_gpus=0)
+    # its own temp dir (short: unix socket paths), not Ray's machine-wide default, which
+    # another Ray on the machine would share (it once took worker logs from under the tests)
+    temp_dir = tempfile.mkdtemp(prefix="sd-", dir="/tmp")
+    init_ray(None, num_cpus=2, num_gpus=0, temp_dir=temp_dir)
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)

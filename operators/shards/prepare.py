@@ -8,6 +8,7 @@ and the driver can tell when a shard is complete. Row fields: schema.PREPARED_DE
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
@@ -18,10 +19,11 @@ from PIL import Image
 
 from models import MODEL_REGISTRY
 
-from ..config import InputConfig
+from ..config import InputConfig, StorageConfig
 from .decode import DecodeError, decode_image_for
 from .listing import Shard
 from .read import Sample, ShardEnd, image_id_from, iter_shard
+from .resumable import StorageUnavailable
 from .schema import prepared_row
 
 
@@ -56,17 +58,20 @@ def _row(size: int, dtype: np.dtype = np.uint8, **values: Any) -> dict[str, Any]
 
 
 def prepare_sample(sample: Sample, shard: str, model: torch.nn.Module, max_image_pixels: int,
-                   include_image: bool, mode: str = "padded", jpeg_draft: bool = False
-                   ) -> dict[str, Any]:
+                   include_image: bool, mode: str = "padded", jpeg_draft: bool = False,
+                   include_annotations: bool = False) -> dict[str, Any]:
     """One Sample -> one row with orig_hw, input_hw and "pixels": by `mode`, SxSx3 (the
     model's prepared input: resized, padded; uint8 or the model's float) or uint8 HxWx3 (the
     decoded original). Error rows carry zeros of the same dtype. jpeg_draft (padded mode):
     decode JPEGs at a reduced DCT scale no smaller than the model's input; orig_hw stays the
-    original's."""
+    original's. include_annotations: "annotations_json" holds the json's `annotations` as
+    JSON text ("[]" when it has none, "" for a sample without json)."""
     size = 1 if mode == "original" else model.image_size
     dtype = np.uint8 if mode == "original" else input_dtype(model)
     base = dict(shard=shard, key=sample.key, source_uri=sample.source_uri,
                 image_id=image_id_from(sample.key, sample.meta) or -1)
+    if include_annotations and sample.meta is not None:
+        base["annotations_json"] = json.dumps(sample.meta.get("annotations") or [])
     if sample.error:
         return _row(size, dtype, status="error", error=sample.error, **base)
     draft = model.image_size if jpeg_draft and mode != "original" else None
@@ -97,23 +102,41 @@ def read_and_prepare(
     storage_options: dict | None = None,
     include_image: bool = False,
     mode: str = "padded",
+    storage: StorageConfig | None = None,
+    include_annotations: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Ray Data flat_map: {"shard", "url", "container"} -> a row per sample, then an end row.
+    """Ray Data flat_map: {"shard", "url", "container", optional "skip_keys"} -> a row per
+    sample, then an end row.
 
     model_name: model.name (its CPU preprocessing); input_cfg: the job's `input` section
-    (format, max_image_pixels, jpeg_draft). mode "padded": "pixels" is the model's SxSx3 input
-    (embedding); "original": "pixels" is the decoded image uint8 HxWx3 at its own size
-    (everything mode crops it); error and end rows then carry a 1x1x3 placeholder."""
+    (format, max_image_pixels, jpeg_draft); storage: the `storage` section (retries).
+    mode "padded": "pixels" is the model's SxSx3 input (embedding); "original": "pixels" is
+    the decoded image uint8 HxWx3 at its own size (everything mode crops it); error and end
+    rows then carry a 1x1x3 placeholder. Samples whose key is in skip_keys (already written
+    by an earlier run) are read past but get no row; the end row still counts them.
+    include_annotations: rows carry the json's annotations (see `prepare_sample`).
+
+    Never raises for one shard's trouble (one shard must not abort the others): a shard that
+    cannot be read ends with `shard_unavailable` set, and the driver leaves it uncommitted."""
     model = model_skeleton(model_name)
     shard = Shard(name=item["shard"], url=item["url"], container=item["container"])
+    skip = frozenset(item.get("skip_keys") or ())
     original = mode == "original"
-    for part in iter_shard(shard, storage_options, fmt=input_cfg.format):
-        if isinstance(part, ShardEnd):
-            yield _row(1 if original else model.image_size,
-                       np.uint8 if original else input_dtype(model),
-                       shard=shard.name, status="end", is_end=True,
-                       shard_count=part.count, shard_error=part.error or "",
-                       skipped_members=part.skipped_members)
-        else:
-            yield prepare_sample(part, shard.name, model, input_cfg.max_image_pixels,
-                                 include_image, mode, input_cfg.jpeg_draft)
+    size = 1 if original else model.image_size
+    dtype = np.uint8 if original else input_dtype(model)
+    try:
+        for part in iter_shard(shard, storage_options, fmt=input_cfg.format, storage=storage):
+            if isinstance(part, ShardEnd):
+                yield _row(size, dtype, shard=shard.name, status="end", is_end=True,
+                           shard_count=part.count, shard_error=part.error or "",
+                           skipped_members=part.skipped_members)
+            elif part.key not in skip:
+                yield prepare_sample(part, shard.name, model, input_cfg.max_image_pixels,
+                                     include_image, mode, input_cfg.jpeg_draft,
+                                     include_annotations)
+    except StorageUnavailable as e:
+        yield _row(size, dtype, shard=shard.name, status="end", is_end=True,
+                   shard_unavailable=str(e))
+    except Exception as e:  # noqa: BLE001 - isolate the shard; the driver names it
+        yield _row(size, dtype, shard=shard.name, status="end", is_end=True,
+                   shard_unavailable=f"reading failed: {type(e).__name__}: {e}")

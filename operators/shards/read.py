@@ -1,8 +1,11 @@
 """Reading shards into samples: tar members grouped by key, or the files of an image folder.
 
 Nothing is dropped silently: every image member (and every SA-1B json without its image)
-becomes one sample, with `error` set when it cannot be used; a shard that breaks off (a
-truncated tar) yields what it held and then reports the break.
+becomes one sample, with `error` set when it cannot be used; a shard whose bytes were all read
+but that breaks off (a truncated or corrupt tar) yields what it held and then reports the
+break. Storage faults are not breaks: the byte stream re-opens at its offset
+(resumable.ResumableReader), and a shard that still cannot be read raises StorageUnavailable,
+so that it is never committed as if it were truncated.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from dataclasses import dataclass, field
 
 import fsspec
 
+from ..config import StorageConfig
 from .listing import IMAGE_EXTENSIONS, Shard
+from .resumable import ResumableReader, with_retries
 
 
 @dataclass
@@ -94,14 +99,17 @@ def _finish(group: dict, key: str, source: str, require_json: bool) -> Sample | 
     return sample
 
 
-def _tar_groups(url: str, storage_options: dict | None, failure: list
-                ) -> Iterator[tuple[str, dict]]:
-    """(key, {(member name, ext): bytes}) for consecutive members sharing a key; a read error
-    ends the stream, is appended to `failure`, and the member it hit holds the exception."""
+def _tar_groups(url: str, storage_options: dict | None, failure: list,
+                storage: StorageConfig | None = None) -> Iterator[tuple[str, dict]]:
+    """(key, {(member name, ext): bytes}) for consecutive members sharing a key. A tar that
+    breaks off (its bytes read, its structure cut or corrupt) ends the stream, the error is
+    appended to `failure` and the member it hit holds it; a storage failure that outlasts the
+    retries raises StorageUnavailable."""
     group: dict = {}
     key = ""
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+        with ResumableReader(fs, path, storage) as f:
             with tarfile.open(fileobj=f, mode="r|*") as tar:
                 for member in tar:
                     if not member.isfile():
@@ -123,11 +131,13 @@ def _tar_groups(url: str, storage_options: dict | None, failure: list
 
 
 def iter_tar(shard: Shard, storage_options: dict | None = None,
-             require_json: bool = False) -> Iterator[Sample | ShardEnd]:
-    """Stream a tar shard: one Sample per key holding an image or json, then a ShardEnd."""
+             require_json: bool = False, storage: StorageConfig | None = None
+             ) -> Iterator[Sample | ShardEnd]:
+    """Stream a tar shard: one Sample per key holding an image or json, then a ShardEnd.
+    Raises StorageUnavailable when the object cannot be read (see the module docstring)."""
     count = skipped = 0
     failure: list[Exception] = []
-    for key, group in _tar_groups(shard.url, storage_options, failure):
+    for key, group in _tar_groups(shard.url, storage_options, failure, storage):
         sample = _finish(group, key, shard.url, require_json)
         if sample is None:
             skipped += len(group)
@@ -142,10 +152,13 @@ def iter_tar(shard: Shard, storage_options: dict | None = None,
     yield ShardEnd(count=count, error=error, skipped_members=skipped)
 
 
-def iter_folder(shard: Shard, storage_options: dict | None = None) -> Iterator[Sample | ShardEnd]:
-    """A folder of images (json sidecars optional): one Sample per image file."""
+def iter_folder(shard: Shard, storage_options: dict | None = None,
+                storage: StorageConfig | None = None) -> Iterator[Sample | ShardEnd]:
+    """A folder of images (json sidecars optional): one Sample per image file. Raises
+    StorageUnavailable when a listed file cannot be read after the retries."""
+    storage = storage or StorageConfig()
     fs, root = fsspec.core.url_to_fs(shard.url, **(storage_options or {}))
-    files = sorted(fs.find(root))
+    files = sorted(with_retries(f"the listing of '{shard.url}'", lambda: fs.find(root), storage))
     by_key: dict[str, dict] = {}
     for path in files:
         rel = posixpath.relpath(path, root)
@@ -157,12 +170,8 @@ def iter_folder(shard: Shard, storage_options: dict | None = None) -> Iterator[S
         if not any(ext in IMAGE_EXTENSIONS for _, ext in group):
             skipped += len(group)
             continue
-        loaded = {}
-        for (rel, ext), path in group.items():
-            try:
-                loaded[(rel, ext)] = fs.cat_file(path)
-            except OSError as e:
-                loaded[(rel, ext)] = e
+        loaded = {(rel, ext): with_retries(f"'{path}'", lambda p=path: fs.cat_file(p), storage)
+                  for (rel, ext), path in group.items()}
         sample = _finish(loaded, k, shard.url, require_json=False)
         count += 1
         yield sample
@@ -170,10 +179,13 @@ def iter_folder(shard: Shard, storage_options: dict | None = None) -> Iterator[S
 
 
 def iter_shard(shard: Shard, storage_options: dict | None = None,
-               fmt: str = "auto") -> Iterator[Sample | ShardEnd]:
+               fmt: str = "auto", storage: StorageConfig | None = None
+               ) -> Iterator[Sample | ShardEnd]:
     """Samples of any shard, then its ShardEnd. fmt: auto|sa1b|webdataset|folder
-    (auto: folders -> folder, `sa_*.tar` -> sa1b (json required), other tars -> webdataset)."""
+    (auto: folders -> folder, `sa_*.tar` -> sa1b (json required), other tars -> webdataset).
+    storage: the retry settings (defaults when None). Raises StorageUnavailable when the
+    shard cannot be read (see the module docstring)."""
     if shard.container == "folder":
-        return iter_folder(shard, storage_options)
+        return iter_folder(shard, storage_options, storage)
     require_json = fmt == "sa1b" or (fmt == "auto" and shard.name.startswith("sa_"))
-    return iter_tar(shard, storage_options, require_json=require_json)
+    return iter_tar(shard, storage_options, require_json=require_json, storage=storage)

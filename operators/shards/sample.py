@@ -44,7 +44,7 @@ def _distinct_colour(rng: np.random.Generator, taken: list[np.ndarray]) -> np.nd
         c = rng.integers(0, 256, 3)
         if all(np.abs(c - t).max() >= _MIN_COLOUR_DIST for t in taken):
             return c.astype(np.uint8)
-    raise RuntimeError("no distinct colour found")  # unreachable with <= 4 shapes + background
+    raise RuntimeError("no distinct colour found")  # unreachable with <= 8 shapes + background
 
 
 def _shape_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -61,20 +61,25 @@ def _shape_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return ((yy - ch) / (rh / 2)) ** 2 + ((xx - cw) / (rw / 2)) ** 2 <= 1.0
 
 
-def _make_image(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """uint8 HxWx3 RGB image (gradient background + 1-4 flat shapes in distinct colours) and the
-    bool HxW visible mask of each shape still visible, in drawing order."""
+def _make_image(rng: np.random.Generator, h: int, w: int, max_shapes: int = 4,
+                texture: float = 0.0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """uint8 HxWx3 RGB image (gradient background + 1..max_shapes flat shapes in distinct
+    colours, then seeded Gaussian grain of std `texture` levels over everything) and the bool
+    HxW visible mask of each shape still visible, in drawing order."""
     img, taken = _background(rng, h, w)
     img = np.rint(img).astype(np.uint8)
     taken = list(taken)
     masks: list[np.ndarray] = []
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(1, max_shapes + 1))):
         m = _shape_mask(rng, h, w)
         colour = _distinct_colour(rng, taken)
         taken.append(colour)
         img[m] = colour
         masks = [prev & ~m for prev in masks]  # the new shape occludes the earlier ones
         masks.append(m)
+    if texture > 0:  # grain: the masks stay exact, the image stops being flat
+        grain = rng.normal(0.0, texture, (h, w, 1))
+        img = np.clip(np.rint(img + grain), 0, 255).astype(np.uint8)
     return img, [m for m in masks if m.any()]
 
 
@@ -105,7 +110,8 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _shard_bytes(shard: int, images: int, seed: int, min_side: int, max_side: int) -> bytes:
+def _shard_bytes(shard: int, images: int, seed: int, min_side: int, max_side: int,
+                 max_shapes: int = 4, texture: float = 0.0) -> bytes:
     """The uncompressed tar bytes of shard number `shard`."""
     rng = np.random.default_rng([seed, shard])
     buf = io.BytesIO()
@@ -113,7 +119,7 @@ def _shard_bytes(shard: int, images: int, seed: int, min_side: int, max_side: in
         for i in range(images):
             image_id = shard * IDS_PER_SHARD + i + 1
             h, w = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
-            img, masks = _make_image(rng, h, w)
+            img, masks = _make_image(rng, h, w, max_shapes, texture)
             jpg = io.BytesIO()
             Image.fromarray(img).save(jpg, "JPEG", quality=95)
             meta = {
@@ -135,12 +141,16 @@ def write_sample_corpus(
     max_side: int = 160,
     storage_options: dict | None = None,
     first_shard: int = 0,
+    max_shapes: int = 4,
+    texture: float = 0.0,
 ) -> list[str]:
     """Write `shards` SA-1B-format tar shards to the folder or fsspec URL prefix `out`.
 
     Shards are `sa_{first_shard:06d}.tar` onwards, each with `images_per_shard` images whose
     sides are in [min_side, max_side]; image ids are `shard * 100000 + i + 1` (i from 0) and
-    annotation ids `image_id * 100 + k`. `storage_options` go to `fsspec.core.url_to_fs`.
+    annotation ids `image_id * 100 + k`; each image has 1..`max_shapes` shapes and, with
+    `texture` > 0, grain of that std (uint8 levels). `storage_options` go to
+    `fsspec.core.url_to_fs`.
     Returns the shard paths, sorted: full URLs for a URL `out`, plain paths for a local one.
     """
     if shards < 0 or first_shard < 0:
@@ -150,11 +160,15 @@ def write_sample_corpus(
                          f"got {images_per_shard}")
     if not 1 <= min_side <= max_side:
         raise ValueError(f"need 1 <= min_side <= max_side, got {min_side}, {max_side}")
+    if not 1 <= max_shapes <= 8 or texture < 0:
+        raise ValueError(f"expected 1 <= max_shapes <= 8 and texture >= 0, got {max_shapes}, "
+                         f"{texture}")
     fs, root = fsspec.core.url_to_fs(out, **(storage_options or {}))
     fs.makedirs(root, exist_ok=True)
     written = []
     for s in range(first_shard, first_shard + shards):
         path = f"{root}/sa_{s:06d}.tar"
-        fs.pipe_file(path, _shard_bytes(s, images_per_shard, seed, min_side, max_side))
+        fs.pipe_file(path, _shard_bytes(s, images_per_shard, seed, min_side, max_side,
+                                        max_shapes, texture))
         written.append(fs.unstrip_protocol(path) if "://" in out else path)
     return sorted(written)

@@ -5,7 +5,8 @@ schemas of the tables it writes. Every step builds and reads rows through these 
     write_batch  --TALLY-->  driver (commits a shard once its tallies add up to its end row)
 
 A shard's samples are followed by one end row (`is_end` True) carrying the shard's sample
-count and, when the tar broke off, why.
+count and, when the tar broke off, why (`shard_error`: the shard is committed with it) or why
+it could not be read (`shard_unavailable`: storage failed; the shard is left uncommitted).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ PREPARED_DEFAULTS: dict[str, Any] = {
     "shard_count": 0,  # end row: samples the shard yielded
     "shard_error": "",  # end row: why the shard broke off ("" when whole)
     "skipped_members": 0,  # end row: tar members that were no sample
+    "shard_unavailable": "",  # end row: why the shard could not be read (not committed)
+    "annotations_json": "",  # the sample json's `annotations` as JSON text, for jobs that
+    #   ask for it (segment: SA-1B prompts; evaluate: ground truth); "" otherwise
 }
 
 
@@ -72,13 +76,14 @@ TALLY_DTYPES: dict[str, type] = {
     "shard_count": np.int64,  # end tally: the shard's sample count
     "shard_error": object,
     "skipped_members": np.int64,
+    "shard_unavailable": object,  # end tally: unreadable shard; part tally: write failure
 }
 
 
 def tally_columns(tallies: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Tally dicts (TALLY_DTYPES keys, missing ones zero/empty) -> a numpy batch."""
     blank = {"is_end": False, "rows": 0, "ok": 0, "failed": 0, "bytes": 0, "shard_count": 0,
-             "shard_error": "", "skipped_members": 0}
+             "shard_error": "", "skipped_members": 0, "shard_unavailable": ""}
     rows = [{**blank, **t} for t in tallies]
     return {k: np.array([r[k] for r in rows], dtype=dt) for k, dt in TALLY_DTYPES.items()}
 
@@ -127,4 +132,22 @@ MASK_SCHEMA = pa.schema([
     ("settings", pa.string()),  # JSON: the generator parameters that applied
     ("annotations", pa.list_(ANNOTATION_TYPE)),
     *_STATUS,
+])
+
+# `samdata segment`: one result per prompt, the SA-1B fields (point_coords: the prompt's
+# points) followed by the rest of the prompt and the fields it carried through
+SEGMENT_ANNOTATION_TYPE = pa.struct([
+    *ANNOTATION_TYPE,
+    ("prompt_box", pa.list_(pa.float64(), 4)),  # XYXY original pixels; null: no box
+    ("point_labels", pa.list_(pa.int32())),  # of point_coords: 1 foreground, 0 background
+    ("category_id", pa.int64()),  # carried from the prompt source; null when none
+    ("category", pa.string()),
+    ("score", pa.float64()),  # e.g. the detector's confidence
+    ("source_id", pa.int64()),  # the prompt's annotation id in its source (SA-1B, COCO)
+])
+
+SEGMENT_SCHEMA = pa.schema([
+    field if field.name != "annotations" else pa.field("annotations",
+                                                       pa.list_(SEGMENT_ANNOTATION_TYPE))
+    for field in MASK_SCHEMA
 ])

@@ -56,11 +56,19 @@ def test_truncated_tar_yields_what_it_holds_then_a_shard_error(tmp_path):
     assert row["status"] == "error"
 
 
-def test_missing_shard_is_a_shard_error_not_a_crash(tmp_path):
+def test_a_vanished_shard_is_unavailable_not_a_truncated_one(tmp_path):
+    """An object gone between listing and reading is a storage failure: the shard is left
+    uncommitted for a rerun (an end row with shard_unavailable), never committed as empty."""
+    from operators.config import InputConfig
     from operators.shards.listing import Shard
+    from operators.shards.prepare import read_and_prepare
+    from operators.shards.resumable import StorageUnavailable
 
-    samples, end = _read(Shard("sa_000009", str(tmp_path / "gone.tar"), "tar"))
-    assert samples == [] and end.count == 0 and "unreadable" in end.error
+    with pytest.raises(StorageUnavailable, match="gone.tar.*FileNotFoundError"):
+        _read(Shard("sa_000009", str(tmp_path / "gone.tar"), "tar"))
+    item = {"shard": "sa_000009", "url": str(tmp_path / "gone.tar"), "container": "tar"}
+    (end,) = read_and_prepare(item, "sam_tiny", InputConfig(urls=["-"]))
+    assert end["is_end"] and "gone.tar" in end["shard_unavailable"] and not end["shard_error"]
 
 
 def test_folder_of_images_is_one_shard(tmp_path):

@@ -137,3 +137,39 @@ def test_writes_to_s3(s3_bucket, s3_endpoint):
     members = _members(fs.cat_file(urls[1]))
     assert [n for n, _ in members] == ["sa_100001.jpg", "sa_100001.json"]
     _check_image(members[0][1], json.loads(members[1][1]), 100_001, 48, 160)
+
+
+def test_richer_sample_images_keep_exact_masks(tmp_path):
+    """More shapes and grain (the demo's corpus): each annotation still decodes to the pixels
+    of its shape, now textured; the default settings' bytes are unchanged by the options."""
+    import io
+    import json
+    import tarfile
+
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    plain = write_sample_corpus(str(tmp_path / "a"), shards=1, images_per_shard=2, seed=5)
+    again = write_sample_corpus(str(tmp_path / "b"), shards=1, images_per_shard=2, seed=5,
+                                max_shapes=4, texture=0.0)
+    assert open(plain[0], "rb").read() == open(again[0], "rb").read()
+    rich = write_sample_corpus(str(tmp_path / "c"), shards=1, images_per_shard=3, seed=5,
+                               min_side=256, max_side=320, max_shapes=8, texture=6.0)
+    with tarfile.open(rich[0]) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    shapes = 0
+    for name, data in members.items():
+        if not name.endswith(".json"):
+            continue
+        meta = json.loads(data)
+        img = np.asarray(Image.open(io.BytesIO(members[name[:-5] + ".jpg"])).convert("RGB"))
+        assert 256 <= min(img.shape[:2]) and max(img.shape[:2]) <= 320
+        for ann in meta["annotations"]:
+            m = mask_utils.decode({**ann["segmentation"],
+                                   "counts": ann["segmentation"]["counts"].encode()}) > 0
+            assert m.shape == img.shape[:2] and m.sum() == ann["area"] > 0
+            assert img[m].std(axis=0).max() > 2  # textured, not flat
+            shapes += 1
+    assert shapes > 3 * 2  # more than the default's 1-4 on average
+    with pytest.raises(ValueError, match="max_shapes"):
+        write_sample_corpus(str(tmp_path / "d"), max_shapes=9)

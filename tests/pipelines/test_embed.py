@@ -103,12 +103,15 @@ def test_rerun_skips_committed_shards_and_never_duplicates(ray_local, tmp_path):
     cfg = _cfg(str(tmp_path / "in"), str(tmp_path / "out"))
     first = run_embed(cfg)
     assert first.shards_done == 2
-    # a partial shard left by a crash: no marker, a stray file -> cleared and redone
+    # a partial shard left by a crash: no marker, and a stray file with another shard's rows
+    # -> the stray is removed, the shard's own complete parts are kept
     (tmp_path / "out" / "sa_000001" / "_stats.json").unlink()
     (tmp_path / "out" / "sa_000001" / "sa_000001-stray.parquet").write_bytes(
         (tmp_path / "out" / "sa_000000").glob("*.parquet").__next__().read_bytes())
     second = run_embed(cfg)
     assert (second.shards_skipped, second.shards_done) == (1, 1)
+    assert (second.images_resumed, second.images_processed) == (2, 0)
+    assert not (tmp_path / "out" / "sa_000001" / "sa_000001-stray.parquet").exists()
     keys = pq.read_table(tmp_path / "out").column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 4
 

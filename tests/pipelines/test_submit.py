@@ -55,7 +55,8 @@ def test_submit_embed_follow_to_success(head, token_file, s3_bucket, s3_endpoint
     out, err = capsys.readouterr()
     assert rc == 0, (out + err)[-4000:]
     job_id = out.splitlines()[0]
-    assert "SUCCEEDED" in err and "AWS_SECRET_ACCESS_KEY" in err
+    assert "SUCCEEDED" in err and "AWS_DEFAULT_REGION" in err
+    assert "AWS_SECRET_ACCESS_KEY" not in err  # secrets stay home unless asked
     assert "testing" not in err  # names of forwarded env vars, never their values
     assert "6 ok" in out or "images_ok" in out  # the run summary, streamed from the job
     table = pads.dataset(f"{bucket}/emb", filesystem=fs, format="parquet").to_table()
@@ -195,3 +196,48 @@ def test_submit_stages_the_packages_of_an_installed_copy(tmp_path):
     listed, origin = run.stdout.strip().splitlines()
     assert listed == "['models', 'operators', 'pipelines', 'samdata-job.yaml']"
     assert origin.startswith(str(site))
+
+
+def _found(sentinel: str, *texts: str, tree: Path | None = None) -> list[str]:
+    """Where `sentinel` appears: the texts given (by index) and the files under `tree`."""
+    where = [f"text {i}" for i, t in enumerate(texts) if sentinel in t]
+    for path in (tree.rglob("*") if tree else ()):
+        try:
+            if path.is_file() and sentinel.encode() in path.read_bytes():
+                where.append(str(path))
+        except OSError:
+            continue
+    return where
+
+
+def test_a_secret_never_reaches_the_cluster_unless_forwarded(head, token_file, s3_bucket,
+                                                             s3_endpoint, tmp_path, capsys,
+                                                             monkeypatch):
+    """Submit with a sentinel AWS_SECRET_ACCESS_KEY: it appears nowhere in the head's log tree,
+    the job's details from the Jobs API, the job's logs or the outputs. With
+    --forward-secrets it does reach the head's logs (so the search above can find it)."""
+    from ray.job_submission import JobSubmissionClient
+
+    fs, bucket = s3_bucket
+    write_sample_corpus(f"s3://{bucket}/corpus", shards=1, images_per_shard=2, seed=4,
+                        storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}})
+    sentinel = "sentinel-" + secrets.token_hex(12)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", sentinel)  # moto does not check signatures
+    config = _config(tmp_path, bucket, s3_endpoint)
+    rc = main(["submit", "embed", "--config", config, "--address", head.address,
+               "--token-file", token_file, "--follow"])
+    out, err = capsys.readouterr()
+    assert rc == 0, (out + err)[-4000:]
+    job_id = out.splitlines()[0]
+    jobs = JobSubmissionClient(head.address, headers={"Authorization": f"Bearer {head.token}"})
+    info = repr(jobs.get_job_info(job_id))
+    objects = "".join(fs.cat_file(p).decode("latin-1") for p in fs.find(f"{bucket}/emb"))
+    assert objects and "runtime_env" in info  # the places searched hold something
+    assert _found(sentinel, out + err, info, jobs.get_job_logs(job_id), objects,
+                  tree=Path(head.temp_dir)) == []
+    # Asked for, the secret does travel, and Ray writes it down: the search would see it
+    rc = main(["submit", "embed", "--config", config, "--address", head.address,
+               "--token-file", token_file, "--forward-secrets", "--follow"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "--forward-secrets" in err and "dashboard" in err
+    assert _found(sentinel, tree=Path(head.temp_dir)) != []
