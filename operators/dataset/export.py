@@ -5,10 +5,14 @@ SA-1B: `{out}/{shard}/{key}.json` = {"image": {image_id, width, height, file_nam
 
 COCO: one instances file that `pycocotools.coco.COCO` loads and `COCOeval` accepts as ground
 truth (or, via `COCO.loadRes(data["annotations"])`, as results: every annotation has a
-`score`, its predicted IoU). Class-agnostic: one category, id 1, "object". Annotation ids run
-from 1 (COCOeval reads id 0 as "unmatched"); image ids are the SA-1B image ids when every row
-has a distinct one, else 1..N in dataset order. The file is written in two streaming passes
-(images, then annotations), so memory does not grow with the dataset.
+`score`: the score its prompt carried (`samdata segment`, e.g. a detector's), else its
+predicted IoU). Categories: those the prompts of a `samdata segment` dataset carried
+(`category_id` as it is, with its `category` name; a name alone gets the lowest free id);
+masks without one, as every auto-label, are in the category "object" (class-agnostic: an
+auto-label dataset has that one category, id 1). Annotation ids run from 1 (COCOeval reads id 0
+as "unmatched"); image ids are the SA-1B image ids when every row has a distinct one, else 1..N
+in dataset order. The file is written in two streaming passes (images, then annotations, then
+the categories they used), so memory does not grow with the dataset.
 
 Rows whose status is not "ok" have no masks: they are left out of both formats and reported
 (`failed`, with key and error) in the returned summary and in COCO `info`.
@@ -79,9 +83,45 @@ def _image_ids(root: str, storage_options: dict | None, shards: str | None
     return images, failed, usable
 
 
+class _Categories:
+    """The categories of an export, collected while its annotations stream by."""
+
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}  # id -> name
+        self.by_name: dict[str, int] = {}  # ids given to names without an id
+
+    def id_of(self, ann: dict) -> int:
+        """The category id of an annotation (see the module docstring)."""
+        cid, name = ann.get("category_id"), ann.get("category")
+        if cid is None:
+            name = name or COCO_CATEGORY["name"]
+            if name not in self.by_name:
+                cid = 1
+                while cid in self.names:
+                    cid += 1
+                self.by_name[name] = cid
+                self.names[cid] = name
+            return self.by_name[name]
+        cid = int(cid)
+        known = self.names.get(cid)
+        if known is not None and cid in self.by_name.values() and known != name:
+            raise ValueError(f"expected category id {cid} for one category, got it for "
+                             f"'{known}' (a name without an id) and for '{name}'")
+        self.names[cid] = name or known or str(cid)
+        return cid
+
+    def coco(self) -> list[dict]:
+        """COCO `categories`, by id ("object" as the exporter always wrote it)."""
+        return [dict(COCO_CATEGORY) if n == COCO_CATEGORY["name"] and i == COCO_CATEGORY["id"]
+                else {"id": i, "name": n, "supercategory": n}
+                for i, n in sorted(self.names.items())]
+
+
 def _coco_annotations(root: str, storage_options: dict | None, shards: str | None,
-                      id_of: dict[tuple[str, str], int]) -> Iterator[dict]:
-    """Second pass: COCO annotation dicts of every ok row, ids from 1."""
+                      id_of: dict[tuple[str, str], int], categories: _Categories
+                      ) -> Iterator[dict]:
+    """Second pass: COCO annotation dicts of every ok row, ids from 1; every other field of a
+    row's annotation (a segment result's prompt too) is kept."""
     next_id = 1
     cols = ("key", "shard", "status", "annotations")
     for row in iter_rows(root, storage_options, shards, columns=cols):
@@ -89,19 +129,14 @@ def _coco_annotations(root: str, storage_options: dict | None, shards: str | Non
             continue
         image_id = id_of[(row["shard"], row["key"])]
         for ann in row["annotations"] or []:
+            score = ann.get("score")
             yield {
+                **{k: v for k, v in ann.items() if k not in ("id", "category_id", "score")},
                 "id": next_id,
                 "image_id": image_id,
-                "category_id": COCO_CATEGORY["id"],
-                "segmentation": ann["segmentation"],
-                "area": ann["area"],
-                "bbox": ann["bbox"],
+                "category_id": categories.id_of(ann),
                 "iscrowd": 0,
-                "score": ann["predicted_iou"],
-                "predicted_iou": ann["predicted_iou"],
-                "stability_score": ann["stability_score"],
-                "point_coords": ann["point_coords"],
-                "crop_box": ann["crop_box"],
+                "score": ann["predicted_iou"] if score is None else score,
             }
             next_id += 1
 
@@ -115,19 +150,19 @@ def export_coco(root: str, out: str, storage_options: dict | None = None,
     info = {"description": f"samdata auto-labels exported from {root}",
             "failed_images": failed}
     count = 0
+    categories = _Categories()
     with fsspec.open(out, "w", **(out_storage_options or {})) as f:
-        f.write('{"info": ' + json.dumps(info) + ', "licenses": [], "categories": ')
-        f.write(json.dumps([COCO_CATEGORY]) + ', "images": [')
+        f.write('{"info": ' + json.dumps(info) + ', "licenses": [], "images": [')
         for n, r in enumerate(images):
             f.write((", " if n else "") + json.dumps({
                 "id": id_of[(r["shard"], r["key"])], "width": r["width"], "height": r["height"],
                 "file_name": file_name(r["key"]), "samdata_key": r["key"],
                 "samdata_shard": r["shard"]}))
         f.write('], "annotations": [')
-        for ann in _coco_annotations(root, storage_options, shards, id_of):
+        for ann in _coco_annotations(root, storage_options, shards, id_of, categories):
             f.write((", " if count else "") + json.dumps(ann))
             count += 1
-        f.write("]}\n")
+        f.write('], "categories": ' + json.dumps(categories.coco() or [COCO_CATEGORY]) + "}\n")
     return {"images": len(images), "annotations": count, "failed": failed}
 
 

@@ -73,19 +73,36 @@ def _deepest(dist: np.ndarray) -> tuple[int, int, float]:
     return y, x, float(dist[y, x])
 
 
+def deepest_in(region: np.ndarray, previous: Sequence[Click] = ()) -> tuple[int, int, float]:
+    """(y, x, depth) of the first deepest pixel of bool HxW `region` in row-major order
+    (depth: `border_distance`), pixels of `previous` clicks excluded; (0, 0, 0.0) when no pixel
+    is left, as the argmax of an all-zero distance map.
+
+    Computed on the region's bounding box padded by one pixel, which gives the whole image's
+    distances: clamping any pixel outside that ring onto it brings it no farther from a
+    region pixel, and the ring is outside the region. A large image with small regions costs
+    the regions' size, not the image's."""
+    rows = np.flatnonzero(region.any(axis=1))
+    if not len(rows):
+        return 0, 0, 0.0
+    cols = np.flatnonzero(region.any(axis=0))
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    dist = border_distance(region[y0:y1, x0:x1])
+    for click in previous:
+        if y0 <= click.y < y1 and x0 <= click.x < x1:
+            dist[click.y - y0, click.x - x0] = 0.0
+    y, x, depth = _deepest(dist)
+    return (int(y + y0), int(x + x0), depth) if depth > 0 else (0, 0, 0.0)
+
+
 def next_click(gt: np.ndarray, pred: np.ndarray, previous: Sequence[Click] = ()) -> Click:
     """The next click for prediction `pred` (bool HxW) of ground truth `gt` (bool HxW): at the
     deepest point of the larger error region, positive in false negatives, negative in false
     positives. Pixels of `previous` clicks are not clicked again."""
     _check_mask(gt, "gt")
     _check_mask(pred, "pred", gt.shape)
-    fn_dist = border_distance(gt & ~pred)
-    fp_dist = border_distance(~gt & pred)
-    for click in previous:
-        fn_dist[click.y, click.x] = 0.0
-        fp_dist[click.y, click.x] = 0.0
-    fn_y, fn_x, fn_max = _deepest(fn_dist)
-    fp_y, fp_x, fp_max = _deepest(fp_dist)
+    fn_y, fn_x, fn_max = deepest_in(gt & ~pred, previous)
+    fp_y, fp_x, fp_max = deepest_in(~gt & pred, previous)
     if fn_max > fp_max:
         return Click(x=fn_x, y=fn_y, positive=True)
     return Click(x=fp_x, y=fp_y, positive=False)

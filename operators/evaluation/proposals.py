@@ -93,11 +93,14 @@ def rank_proposals(image_id: int, masks: Sequence[Mapping], limit: int = MAX_PRO
     """Everything-mode masks of one image (each with `segmentation` RLE, `predicted_iou`,
     `stability_score`, as in SA-1B records) -> at most `limit` detections {image_id,
     segmentation, score}, best first, score = mean of predicted IoU and stability score (ties
-    keep input order)."""
+    keep input order). A mask without a stability score (a FastSAM point prompt's, from
+    `samdata segment`) ranks by its predicted IoU alone."""
     if not masks:
         return []
-    scores = proposal_scores(np.array([m["predicted_iou"] for m in masks]),
-                             np.array([m["stability_score"] for m in masks]))
+    iou = np.array([m["predicted_iou"] for m in masks], dtype=np.float64)
+    stability = np.array([m["predicted_iou"] if m["stability_score"] is None
+                          else m["stability_score"] for m in masks], dtype=np.float64)
+    scores = proposal_scores(iou, stability)
     order = np.argsort(-scores, kind="stable")[:limit]
     return [{"image_id": image_id, "segmentation": masks[i]["segmentation"],
              "score": float(scores[i])} for i in order]

@@ -4,7 +4,9 @@ Pillow; matplotlib is not a dependency).
 `results` maps a model name to its protocols; every protocol is optional:
 - "box": `MiouAccumulator.summary()` of the box-prompt protocol (miou_all/small/medium/large).
 - "clicks": {number of clicks: `MiouAccumulator.summary()`} of the point-click protocol.
-- "agreement": `MiouAccumulator.summary()` of student-vs-teacher agreement.
+- "agreement": `MiouAccumulator.summary()` of student-vs-teacher agreement on the ground-truth
+  boxes (buckets by ground-truth area); "agreement_points": on the seeded points (buckets by
+  the reference mask's area).
 - "proposals": `average_recall(...)` (AR@10, AR@100, AR@1000, AR_small/medium/large@1000).
 mIoU summaries are already x100; AR values are COCOeval's [0, 1] and are shown x100, so that
 every number reads like the papers' tables.
@@ -60,7 +62,9 @@ def table_columns(results: Results) -> list[Column]:
     for n in click_counts(results):
         columns.append((f"{n} click{'s' if n > 1 else ''}", _get("clicks", n, "miou_all")))
     if any("agreement" in m for m in results.values()):
-        columns.append(("Agreement mIoU", _get("agreement", "miou_all")))
+        columns.append(("Agreement mIoU (boxes)", _get("agreement", "miou_all")))
+    if any("agreement_points" in m for m in results.values()):
+        columns.append(("Agreement mIoU (points)", _get("agreement_points", "miou_all")))
     if any("proposals" in m for m in results.values()):
         columns += [(AR_LABELS[k], _get("proposals", k, scale=100.0)) for k in AR_KEYS]
     return columns
@@ -189,8 +193,9 @@ def _legend(draw: ImageDraw.ImageDraw, names: Sequence[str], y: int, width: int)
 
 def render_chart(results: Results, size: tuple[int, int] = CHART_SIZE) -> Image.Image:
     """RGB chart of `results` (width x height = `size`): box mIoU per size bucket (grouped
-    bars), mIoU per click count (lines), AR per number of proposals (lines); a legend of the
-    models on top. A panel without data says so."""
+    bars; agreement on the ground-truth boxes when no model has box results), mIoU per click
+    count (lines), AR per number of proposals (lines); a legend of the models on top. A panel
+    without data says so."""
     if not results:
         raise ValueError("expected results of at least one model, got none")
     width, height = size
@@ -203,11 +208,16 @@ def render_chart(results: Results, size: tuple[int, int] = CHART_SIZE) -> Image.
     boxes = [(i * third, 44, (i + 1) * third, height) for i in range(3)]
     models = list(results.values())
 
-    panel = _Panel(draw, boxes[0], "Box prompt: mIoU by object size",
-                   [CHART_SIZE_LABELS[b] for b in BUCKETS], "ground-truth area (px)", "mIoU")
+    # mIoU by size: the box protocol, or agreement on the ground-truth boxes when no box run
+    sized = "box" if any("box" in m for m in models) or not any(
+        "agreement" in m for m in models) else "agreement"
+    title = ("Box prompt: mIoU by object size" if sized == "box"
+             else "Agreement with the reference: mIoU by size")
+    panel = _Panel(draw, boxes[0], title, [CHART_SIZE_LABELS[b] for b in BUCKETS],
+                   "ground-truth area (px)", "mIoU")
     panel.axes()
-    series = [(c, [_get("box", f"miou_{b}")(m) for b in BUCKETS]) for c, m in zip(colours, models,
-                                                                                   strict=True)]
+    series = [(c, [_get(sized, f"miou_{b}")(m) for b in BUCKETS]) for c, m in zip(colours, models,
+                                                                                  strict=True)]
     _draw_or_say(panel, series, panel.bars)
 
     counts = click_counts(results)

@@ -9,6 +9,7 @@ from operators.evaluation.clicks import (
     Click,
     border_distance,
     click_prompts,
+    deepest_in,
     first_click,
     next_click,
     simulate_clicks,
@@ -154,3 +155,22 @@ def test_simulation_checks_the_predicted_mask():
         simulate_clicks(lambda p, lab: np.zeros((5, 5), dtype=bool), gt, 2)
     with pytest.raises(ValueError, match="n_clicks >= 1, got 0"):
         simulate_clicks(lambda p, lab: gt, gt, 0)
+
+
+def test_deepest_in_a_crop_equals_the_whole_image():
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        h, w = (int(v) for v in rng.integers(5, 40, 2))
+        region = np.zeros((h, w), dtype=bool)
+        for _ in range(int(rng.integers(0, 4))):  # a few rectangles, some at the border
+            y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+            region[y0 : y0 + int(rng.integers(1, h)), x0 : x0 + int(rng.integers(1, w))] = True
+        ys, xs = np.nonzero(region)
+        previous = [Click(x=int(x), y=int(y), positive=True) for y, x in
+                    zip(ys[:2], xs[:2], strict=True)]
+        full = border_distance(region)
+        for c in previous:
+            full[c.y, c.x] = 0.0
+        flat = int(np.argmax(full))
+        expected = (flat // w, flat % w, float(full.max()))
+        assert deepest_in(region, previous) == pytest.approx(expected), trial

@@ -222,3 +222,10 @@ def test_categories_and_crowds_of_a_coco_ground_truth_are_pooled(gt):
     dets = _as_detections(multi["annotations"][1:])
     assert average_recall(multi, dets) == {k: pytest.approx(1.0) for k in AR_KEYS}
     assert average_recall(multi, dets[::2])["AR@1000"] == pytest.approx(4 / 7)
+
+
+def test_a_mask_without_stability_ranks_by_its_predicted_iou():
+    seg = {"size": [1, 1], "counts": "01"}
+    masks = [{"segmentation": seg, "predicted_iou": 0.4, "stability_score": None},
+             {"segmentation": seg, "predicted_iou": 0.9, "stability_score": 0.1}]
+    assert [r["score"] for r in rank_proposals(1, masks)] == pytest.approx([0.5, 0.4])

@@ -38,8 +38,8 @@ def test_table_has_a_row_per_model_and_columns_per_number(results):
     assert len(lines) == 2 + 3
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header == ["Model", "Box mIoU", "Box mIoU S", "Box mIoU M", "Box mIoU L", "1 click",
-                      "3 clicks", "5 clicks", "Agreement mIoU", "AR@10", "AR@100", "AR@1000",
-                      "AR S", "AR M", "AR L"]
+                      "3 clicks", "5 clicks", "Agreement mIoU (boxes)", "AR@10", "AR@100",
+                      "AR@1000", "AR S", "AR M", "AR L"]
     rows = {r.strip("|").split("|")[0].strip(): [c.strip() for c in r.strip("|").split("|")[1:]]
             for r in lines[2:]}
     assert list(rows) == ["sam_vit_b", "mobile_sam", "edge_sam"]

@@ -1,0 +1,262 @@
+"""`samdata evaluate`: the published protocols on a seeded sample of a corpus, as one report:
+results.json, results.md (the table) and results.png (the chart) in output.path, and the
+report printed as text and as one JSON line.
+
+box / points / agreement: shards -> sample scores -> the chosen images, decoded with their json
+-> every model on the actor pool (per-instance IoUs) -> mIoU per model and size bucket.
+proposals: label datasets -> the chosen images -> their ground truth -> COCOeval per dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+
+from operators.dataset.maskset import iter_rows
+from operators.evaluation.ground_truth import coco_annotations, load_ground_truth
+from operators.evaluation.metrics import MiouAccumulator
+from operators.evaluation.prompted import PromptedEvaluator
+from operators.evaluation.proposals import average_recall, coco_ground_truth, rank_proposals
+from operators.evaluation.report import markdown_table, render_chart
+from operators.evaluation.sampling import (
+    census,
+    choose_sample,
+    read_annotations,
+    read_selected,
+    sample_score,
+)
+from operators.shards.listing import Shard, list_shards
+
+from .config import EvaluateConfig
+from .ray_env import init_ray, resolve_actors
+from .runner import map_on_actors
+
+GT_NOTE = {"sa1b": "the shards' SA-1B annotations (themselves SAM output: the released "
+                   "annotation, not human ground truth)",
+           "coco": "a COCO instances JSON"}
+
+
+@dataclass
+class EvaluationReport:
+    """What `samdata evaluate` measured: `results` per row (model or label dataset) in the
+    layout of operators/evaluation/report.py, and how many images and instances it saw."""
+
+    protocol: str
+    output: str
+    ground_truth: str
+    sample: dict[str, Any]
+    results: dict[str, dict] = field(default_factory=dict)
+    images: int = 0  # evaluated
+    images_failed: list[dict] = field(default_factory=list)  # {shard, key, error}
+    instances: int = 0  # ground-truth instances evaluated (area >= 1)
+    random_weights: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["seconds"] = round(self.seconds, 3)
+        d["images_failed"] = self.images_failed[:20]
+        d["images_failed_count"] = len(self.images_failed)
+        return d
+
+    def table(self) -> str:
+        return markdown_table(self.results)
+
+    def text(self) -> str:
+        n = len(self.images_failed)
+        lines = [f"samdata evaluate {self.protocol}: {self.images} images, {self.instances} "
+                 f"ground-truth instances, {n} images failed, {self.seconds:.1f} s",
+                 f"  ground truth: {GT_NOTE[self.ground_truth]}",
+                 f"  sample: {json.dumps(self.sample)}"]
+        if self.random_weights:
+            lines.append(f"  ** RANDOM WEIGHTS: {', '.join(self.random_weights)}: their numbers "
+                         f"are meaningless **")
+        lines += [f"  failed {f['shard']}/{f['key']}: {f['error']}" for f in
+                  self.images_failed[:5]]
+        lines += ["", self.table().rstrip(), "", f"  report: {self.output}/results.json, "
+                  f"results.md, results.png"]
+        return "\n".join(lines)
+
+
+def run_evaluate(cfg: EvaluateConfig) -> EvaluationReport:
+    """Run the protocol of `cfg`, write its report files to output.path and return it."""
+    start = time.perf_counter()
+    sample = {"size": None if cfg.evaluation.all else cfg.evaluation.sample,
+              "all": cfg.evaluation.all, "seed": cfg.evaluation.seed}
+    report = EvaluationReport(protocol=cfg.protocol, output=cfg.output.path.rstrip("/"),
+                              ground_truth=cfg.ground_truth.source, sample=sample)
+    if cfg.protocol == "proposals":
+        _proposals(cfg, report)
+    else:
+        _prompted(cfg, report)
+    report.seconds = time.perf_counter() - start
+    write_report(report, cfg.storage.options())
+    return report
+
+
+def _prompted(cfg: EvaluateConfig, report: EvaluationReport) -> None:
+    """box / points / agreement (see the module docstring) into `report`."""
+    import ray
+
+    opts = cfg.storage.options()
+    shards = list_shards(cfg.input.urls, cfg.input.shards, cfg.input.limit, opts)
+    items = [{"shard": s.name, "url": s.url, "container": s.container} for s in shards]
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    io_kwargs = dict(storage_options=opts, storage=cfg.storage)
+
+    # Sample: score every sample (no decoding), keep the `sample` lowest
+    if cfg.evaluation.all:
+        chosen = {s.name: None for s in shards}
+    else:
+        scores = ray.data.from_items(items, override_num_blocks=len(items)).flat_map(
+            census, fn_kwargs=dict(input_cfg=cfg.input, seed=cfg.evaluation.seed, **io_kwargs))
+        chosen = choose_sample(scores.iter_rows(), cfg.evaluation.sample)
+    todo = [dict(item, keys=chosen[item["shard"]]) for item in items if item["shard"] in chosen]
+    if not todo:
+        return
+    # Read and decode the chosen images, with their json's annotations, on CPU tasks
+    ds = ray.data.from_items(todo, override_num_blocks=len(todo)).flat_map(
+        read_selected, fn_kwargs=dict(model_name=cfg.models[0].name, input_cfg=cfg.input,
+                                      **io_kwargs))
+    # Every model on the protocol, on the actor pool: per-instance IoUs
+    actors, gpus = resolve_actors(cfg.compute.actors, cfg.compute.gpus_per_actor)
+    ds = map_on_actors(ds, PromptedEvaluator, dict(
+        protocol=cfg.protocol, models=list(cfg.models), evaluation=cfg.evaluation,
+        ground_truth=cfg.ground_truth, reference=cfg.reference, generator=cfg.generator),
+        cfg.compute, opts, actors, gpus)
+    # mIoU per model, protocol part and size bucket, on the driver
+    report.results = aggregate(ds.iter_rows(), report)
+    report.random_weights = [m.row_name for m in cfg.models if m.checkpoint is None]
+    if cfg.reference is not None and cfg.reference.checkpoint is None:
+        report.random_weights.append(f"reference {cfg.reference.name}")
+
+
+def aggregate(rows: Iterable[dict], report: EvaluationReport) -> dict[str, dict]:
+    """The evaluation actor's rows -> results per model row (MiouAccumulator summaries: "box",
+    "clicks" {n: ...}, "agreement", "agreement_points"); counts images, failures and
+    instances into `report`."""
+    accs: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["status"] != "ok":
+            report.images_failed.append({"shard": row["shard"], "key": row["key"],
+                                         "error": row["error"]})
+            continue
+        report.images += 1
+        report.instances += int(row["instances"])
+        for name, parts in json.loads(row["results"]).items():
+            mine = accs.setdefault(name, {})
+            for part, pairs in parts.items():
+                if part == "clicks":
+                    for n, by_n in pairs.items():
+                        _add(mine.setdefault("clicks", {}).setdefault(int(n), MiouAccumulator()),
+                             by_n)
+                else:
+                    _add(mine.setdefault(part, MiouAccumulator()), pairs)
+    return {name: {part: ({n: a.summary() for n, a in sorted(acc.items())}
+                          if part == "clicks" else acc.summary())
+                   for part, acc in parts.items()}
+            for name, parts in accs.items()}
+
+
+def _add(acc: MiouAccumulator, pairs: list[list[float]]) -> None:
+    for iou, area in pairs:
+        acc.add(iou, area)
+
+
+def _proposals(cfg: EvaluateConfig, report: EvaluationReport) -> None:
+    """proposals (see the module docstring) into `report`."""
+    opts = cfg.storage.options()
+    # The images every label dataset has an ok row for
+    columns = ("image_id", "key", "shard", "source_uri", "width", "height", "status",
+               "checkpoint_sha256")
+    common: dict[tuple[str, str], dict] | None = None
+    for name, path in cfg.labels.items():
+        ok = {(r["shard"], r["key"]): r for r in iter_rows(path, opts, columns=columns)
+              if r["status"] == "ok"}
+        common = ok if common is None else {k: v for k, v in common.items() if k in ok}
+        if ok and all(r["checkpoint_sha256"] is None for r in ok.values()):
+            report.random_weights.append(name)  # labels of a model without a checkpoint
+    # Sample: the `sample` of lowest score
+    if cfg.evaluation.all:
+        keys = sorted(common)
+    else:
+        chosen = choose_sample(({"shard": s, "key": k,
+                                 "score": sample_score(cfg.evaluation.seed, s, k)}
+                                for s, k in common), cfg.evaluation.sample)
+        keys = sorted((s, k) for s, ks in chosen.items() for k in ks)
+    if not keys:
+        return
+    # Ground truth of the chosen images: the shards' json (Ray tasks), or a COCO JSON
+    instances = _ground_truth(cfg, [common[k] for k in keys], opts)
+    images, annotations = [], []
+    image_id = {}
+    for n, k in enumerate(keys, start=1):
+        row = common[k]
+        if instances.get(k) is None:
+            report.images_failed.append({"shard": k[0], "key": k[1],
+                                         "error": "no ground truth for this image"})
+            continue
+        image_id[k] = n
+        images.append({"id": n, "height": row["height"], "width": row["width"],
+                       "file_name": f"{k[1]}"})
+        annotations += coco_annotations(instances[k], n, len(annotations) + 1, row["height"],
+                                        row["width"])
+    report.images = len(images)
+    report.instances = sum(a["area"] >= 1 and not a["iscrowd"] for a in annotations)
+    gt = coco_ground_truth(images, annotations)
+    # Each dataset's masks, ranked by the mean of predicted IoU and stability, against it
+    for name, path in cfg.labels.items():
+        detections = []
+        for row in iter_rows(path, opts, columns=("key", "shard", "status", "annotations")):
+            k = (row["shard"], row["key"])
+            if k in image_id:
+                detections += rank_proposals(image_id[k], row["annotations"] or [])
+        report.results[name] = {"proposals": average_recall(gt, detections)}
+
+
+def _ground_truth(cfg: EvaluateConfig, rows: list[dict], opts: dict
+                  ) -> dict[tuple[str, str], list[dict] | None]:
+    """(shard, key) -> ground-truth instances of the label rows' images (None: none found)."""
+    source = load_ground_truth(cfg.ground_truth, opts)
+    if not source.needs_annotations:  # a COCO JSON
+        return {(r["shard"], r["key"]): source(r["key"]) for r in rows}
+    import ray
+
+    by_url: dict[str, dict] = {}
+    for r in rows:
+        url = r["source_uri"].split("#", 1)[0]
+        shard = Shard.from_url(r["shard"], url)
+        by_url.setdefault(url, {"shard": shard.name, "url": url, "container": shard.container,
+                                "keys": []})["keys"].append(r["key"])
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    items = list(by_url.values())
+    fmt = cfg.input.format if cfg.input is not None else "auto"
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).flat_map(
+        read_annotations, fn_kwargs=dict(fmt=fmt, storage_options=opts, storage=cfg.storage))
+    found = {(r["shard"], r["key"]): source(r["key"], r["annotations_json"])
+             for r in ds.iter_rows()}
+    return {(r["shard"], r["key"]): found.get((r["shard"], r["key"])) for r in rows}
+
+
+def write_report(report: EvaluationReport, storage_options: dict | None = None) -> None:
+    """results.json, results.md and results.png under report.output (local or fsspec URL)."""
+    fs, base = fsspec.core.url_to_fs(report.output, **(storage_options or {}))
+    fs.makedirs(base, exist_ok=True)
+    fs.pipe_file(f"{base}/results.json", (json.dumps(report.as_dict(), indent=1) + "\n").encode())
+    notes = [f"# samdata evaluate {report.protocol}", "",
+             f"{report.images} images ({json.dumps(report.sample)}), {report.instances} "
+             f"ground-truth instances; ground truth: {GT_NOTE[report.ground_truth]}."]
+    if report.random_weights:
+        notes.append(f"RANDOM WEIGHTS ({', '.join(report.random_weights)}): meaningless "
+                     f"numbers.")
+    body = "\n".join(notes) + "\n\n" + (report.table() if report.results else "no results\n")
+    fs.pipe_file(f"{base}/results.md", body.encode())
+    png = io.BytesIO()
+    render_chart(report.results or {"(none)": {}}).save(png, format="PNG")
+    fs.pipe_file(f"{base}/results.png", png.getvalue())
