@@ -42,6 +42,7 @@ SUITES: dict[str, dict[str, tuple[str, list[str]]]] = {
                                        "--points-per-side", "32", "--box-nms-thresh", "1.0"]),
         "models": ("models.py", ["--models", "sam_vit_b", "mobile_sam", "efficientvit_sam_l0",
                                  "efficient_sam_vitt", "--min-seconds", "1"]),
+        "distill": ("distill.py", ["--steps", "200"]),
     },
     "cuda": {
         "embed": ("embed.py", ["--model", "sam_vit_h", "--shards", "16",
@@ -60,6 +61,10 @@ SUITES: dict[str, dict[str, tuple[str, list[str]]]] = {
         "autolabel": ("autolabel.py", ["--model", "sam_vit_b", "--images", "8",
                                        "--points-per-side", "32", "--device", "cuda"]),
         "models": ("models.py", ["--device", "cuda", "--precision", "bf16", "--batch", "8"]),
+        "distill": ("distill.py", ["--teacher", "sam_vit_h", "--student", "mobile_sam",
+                                   "--shards", "8", "--images-per-shard", "64", "--min-side",
+                                   "768", "--max-side", "1500", "--batch-size", "16",
+                                   "--steps", "300", "--log-every", "20"]),
     },
 }
 
@@ -152,6 +157,14 @@ def headline(parts: dict[str, dict]) -> list[tuple[str, str, object]]:
         ]
     for r in parts.get("models", {}).get("results", []):
         rows.append((f"encoder img/s, {r['model']}", "-", r.get("encoder_images_per_s")))
+    d = parts.get("distill", {})
+    if "failed" not in d and d:
+        rows += [
+            (f"distill img/s, {d['student']} from {d['teacher']}, steady state", "-",
+             d["steady_images_per_s"]),
+            ("distill: trainer waiting for data, share of step time", "< 0.10",
+             d["steady_data_wait_share"]),
+        ]
     for name, part in parts.items():
         if "failed" in part:
             rows.append((f"{name}: FAILED", "-", part["failed"]))

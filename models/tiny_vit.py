@@ -345,7 +345,27 @@ def build_mobile_sam() -> Sam:
     return build_sam(encoder)  # SAM's prompt encoder and mask decoder at their official sizes
 
 
-BUILDERS = {"mobile_sam": build_mobile_sam}
+def build_mobile_sam_tiny() -> Sam:
+    """MobileSAM's design at toy sizes, the student of `sam_tiny` in tests and demos: a TinyViT
+    of four stages (32 -> 16 -> 8 -> 8 tokens a side at a 128 input), windows 7/4/4/3 (the 3
+    pads the 8x8 grid, as the official 7 pads 64), a 16-class head (never run), and SAM's neck,
+    prompt encoder and mask decoder at `sam_tiny`'s sizes (32x8x8 embedding, 128 prompt
+    frame), so `sam_tiny`'s prompt encoder and mask decoder load into it."""
+    encoder = TinyViT(
+        img_size=128,
+        embed_dims=(8, 16, 24, 32),
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 1, 2, 2),
+        window_sizes=(7, 4, 4, 3),
+        merge_strides=(2, 2, 1),
+        out_chans=32,
+        num_classes=16,
+    )
+    return build_sam(encoder, prompt_embed_dim=32, image_size=128, decoder_mlp_dim=64,
+                     decoder_heads=2, iou_head_hidden_dim=32)
+
+
+BUILDERS = {"mobile_sam": build_mobile_sam, "mobile_sam_tiny": build_mobile_sam_tiny}
 
 # Official checkpoint file names (ChaoningZhang/MobileSAM, weights/mobile_sam.pt).
 OFFICIAL_FILES = {"mobile_sam": "mobile_sam.pt"}

@@ -62,18 +62,23 @@ def _cmd_make_sample(args: argparse.Namespace) -> int:
     opts = _storage(args.endpoint_url)
     paths = write_sample_corpus(args.out, shards=args.shards,
                                 images_per_shard=args.images_per_shard, seed=args.seed,
-                                storage_options=opts)
+                                storage_options=opts, min_side=args.min_side,
+                                max_side=args.max_side, max_shapes=args.max_shapes,
+                                texture=args.texture)
     print(f"wrote {len(paths)} SA-1B-format shards ({args.images_per_shard} images each) "
           f"to {args.out}")
     return 0
 
 
 def _cmd_job(args: argparse.Namespace) -> int:
-    from .config import AutolabelConfig, ConfigError, EmbedConfig, load_config
+    from .config import AutolabelConfig, ConfigError, EmbedConfig, SegmentConfig, load_config
 
     if args.command == "embed":
         from .embed import run_embed as run
         cls = EmbedConfig
+    elif args.command == "segment":
+        from .segment import run_segment as run
+        cls = SegmentConfig
     else:
         from .autolabel import run_autolabel as run
         cls = AutolabelConfig
@@ -82,9 +87,64 @@ def _cmd_job(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"samdata {args.command}: {e}", file=sys.stderr)
         return 2
-    _print_summary(run(cfg))
-    return 0
+    summary = run(cfg)
+    _print_summary(summary)
+    return 0 if summary.complete else 1  # unfinished shards: a rerun finishes them
 
+
+def _model_override(spec: str) -> dict:
+    """--model / --reference NAME[=CHECKPOINT] -> a model section."""
+    name, _, checkpoint = spec.partition("=")
+    return {"name": name, "checkpoint": checkpoint or None}
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .config import ConfigError, EvaluateConfig, load_config
+    from .evaluate import run_evaluate
+
+    sets = [f"protocol={args.protocol}"]
+    if args.model:
+        sets.append("models=" + json.dumps([_model_override(m) for m in args.model]))
+    if args.reference:
+        sets.append("reference=" + json.dumps(_model_override(args.reference)))
+    if args.labels:
+        labels = dict(spec.partition("=")[::2] for spec in args.labels)
+        sets.append("labels=" + json.dumps(labels))
+    for flag, key in (("sample", "evaluation.sample"), ("seed", "evaluation.seed"),
+                      ("out", "output.path")):
+        if getattr(args, flag) is not None:
+            sets.append(f"{key}={json.dumps(getattr(args, flag))}")
+    if args.all:
+        sets.append("evaluation.all=true")
+    try:
+        cfg = load_config(args.config, sets + args.set, EvaluateConfig)
+    except ConfigError as e:
+        print(f"samdata evaluate: {e}", file=sys.stderr)
+        return 2
+    report = run_evaluate(cfg)
+    print(report.text())
+    print(json.dumps(report.as_dict()))
+    return 0 if report.images else 1
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from .config import ConfigError, DistillConfig, load_config
+
+    try:
+        cfg = load_config(args.config, args.set, DistillConfig)
+    except ConfigError as e:
+        print(f"samdata distill: {e}", file=sys.stderr)
+        return 2
+    from .distill import run_distill
+
+    try:
+        summary = run_distill(cfg)
+    except (ValueError, FileNotFoundError) as e:  # the data or the pair, named; no training
+        print(f"samdata distill: {e}", file=sys.stderr)
+        return 2
+    print(summary.text())
+    print(json.dumps(summary.as_dict()))
+    return 0
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     import os
@@ -184,18 +244,24 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     from . import submit as sub
-    from .config import AutolabelConfig, ConfigError, EmbedConfig, load_config
+    from .config import AutolabelConfig, ConfigError, DistillConfig, EmbedConfig, load_config
 
-    cls = EmbedConfig if args.job == "embed" else AutolabelConfig
+    cls = {"embed": EmbedConfig, "distill": DistillConfig}.get(args.job, AutolabelConfig)
     try:
         cfg = load_config(args.config, args.set, cls)
     except ConfigError as e:
         print(f"samdata submit: {e}", file=sys.stderr)
         return 2
     try:
+        if args.forward_secrets:
+            print("samdata submit: --forward-secrets: the AWS key variables go into the job's "
+                  "runtime_env, which Ray writes into the head's logs "
+                  "(runtime_env_agent.log) and shows with the job's details to anyone who "
+                  "can read the dashboard", file=sys.stderr)
         job_id, env = sub.submit(args.job, cfg.model_dump(mode="json"), args.address,
                                  args.token_file, with_project=not args.image_has_project,
-                                 pip=args.pip or None, job_id=args.job_id)
+                                 pip=args.pip or None, job_id=args.job_id,
+                                 forward_secrets=args.forward_secrets)
         print(job_id)
         print(f"submitted samdata {args.job} to {args.address} as {job_id}"
               + (f"; forwarded env vars: {', '.join(env)} (values not shown)" if env else ""),
@@ -283,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=2)
     p.add_argument("--images-per-shard", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-side", type=int, default=48, help="smallest image side (px)")
+    p.add_argument("--max-side", type=int, default=160, help="largest image side (px)")
+    p.add_argument("--max-shapes", type=int, default=4, help="shapes per image: 1..this (<= 8)")
+    p.add_argument("--texture", type=float, default=0.0,
+                   help="std of the grain over each image, in uint8 levels (0: flat colours)")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// outputs")
     p.set_defaults(func=_cmd_make_sample)
 
@@ -309,14 +380,83 @@ def build_parser() -> argparse.ArgumentParser:
     _job_arguments(p)
 
     p = sub.add_parser(
-        "submit",
-        help="run embed or autolabel as a job on a Ray cluster (Ray Jobs API)",
-        description="Validate the config here, upload the project and the config as the job's "
-        "working dir (or only the config with --image-has-project), forward the AWS_* env "
-        "vars by name, submit, print the job id. --follow streams the logs and exits with the "
-        "job's status. The same config runs locally with `samdata embed|autolabel`.",
+        "segment",
+        help="one mask per prompt (boxes, points) for a whole corpus into Parquet",
+        description="Read shards, take each image's prompts (prompts.source: the shard's own "
+        "SA-1B json (bbox / point_coords), a COCO instances JSON, or a Parquet dataset of "
+        "prompts such as a detector's boxes: key, boxes XYXY, optional points/labels/"
+        "category/score), segment every prompt with a registry model on a Ray actor pool "
+        "(SAM design: the mask of highest predicted IoU of 3, or the single mask; FastSAM: its "
+        "box / point selection among its everything-mode masks), write one Parquet row per "
+        "image with a result per prompt (the prompt, COCO RLE, bbox, area, predicted IoU, "
+        "carried fields). Same shard commits and resume as embed; `samdata export --format "
+        "coco` takes the output. See configs/segment_sa1b.yaml for every field.",
     )
-    p.add_argument("job", choices=["embed", "autolabel"])
+    _job_arguments(p)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="the published protocols (box, points, agreement, proposals) on a corpus",
+        description="Evaluate on a seeded sample of a corpus (evaluation.sample images, 1000 "
+        "by default; --all for every image) against its ground truth (the shards' SA-1B json, "
+        "or a COCO instances JSON): box = GT-box-prompted mIoU, all/small/medium/large "
+        "(EfficientViT-SAM); points = mIoU after 1/3/5 RITM clicks; agreement = student vs "
+        "--reference mIoU on GT boxes and seeded points (MobileSAM); proposals = class-"
+        "agnostic AR@10/100/1000 and AR S/M/L of `samdata autolabel` datasets with "
+        "pycocotools' COCOeval (SAM's ranking). Several --model (or --labels) give one row "
+        "each. Writes results.json, results.md and results.png to output.path and prints the "
+        "table and one JSON line. See configs/evaluate_sa1b.yaml for every field.",
+    )
+    p.add_argument("protocol", choices=["box", "points", "agreement", "proposals"])
+    p.add_argument("--config", required=True, help="YAML evaluate config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set evaluation.sample=200 "
+                   "(repeatable)")
+    p.add_argument("--model", action="append", metavar="NAME[=CHECKPOINT]",
+                   help="a model to evaluate (repeatable; replaces the config's models)")
+    p.add_argument("--reference", metavar="NAME[=CHECKPOINT]",
+                   help="agreement: the teacher the models are compared with")
+    p.add_argument("--labels", action="append", metavar="NAME=DATASET",
+                   help="proposals: an autolabel dataset and its row name (repeatable)")
+    p.add_argument("--sample", type=int, help="images in the sample (default 1000)")
+    p.add_argument("--all", action="store_true", help="every image instead of a sample")
+    p.add_argument("--seed", type=int, help="the sample's seed (default 0)")
+    p.add_argument("--out", help="report folder (output.path)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "distill",
+        help="train a student from an embedding corpus on Ray Train (stage 1 / stage 2)",
+        description="Stage 1 (encoder distillation): the student's image encoder learns the "
+        "teacher's embeddings (`samdata embed` output; images from its image_jpeg column or "
+        "the source shards) with the MSE over the un-padded cells; the student file carries "
+        "the teacher's prompt encoder and mask decoder. Stage 2 (the mask decoder in the "
+        "loop): box or point prompts from the shards' SA-1B annotations, targets from the "
+        "teacher's decoder on the saved embeddings or from the ground truth. Ray Data decodes "
+        "and preprocesses on CPU tasks; TorchTrainer trains (compute.workers, GPUs when the "
+        "cluster has them) and checkpoints under output.path/output.name every "
+        "output.checkpoint_every steps: the same command again resumes the run. Validation on "
+        "the last data.val_shards shards (embedding MSE/cosine, agreement mIoU, box mIoU) is "
+        "logged. Writes the student in its official format (build_model loads it), its "
+        ".sha256 and a .json summary. See configs/distill_stage1.yaml and "
+        "configs/distill_stage2.yaml for every field.",
+    )
+    p.add_argument("--config", required=True, help="YAML distill config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set stage1.steps=300 (repeatable)")
+    p.set_defaults(func=_cmd_distill)
+
+    p = sub.add_parser(
+        "submit",
+        help="run embed, autolabel or distill as a job on a Ray cluster (Ray Jobs API)",
+        description="Validate the config here, upload the project and the config as the job's "
+        "working dir (or only the config with --image-has-project), forward the non-secret AWS "
+        "settings (region, endpoint) by name (credentials: the cluster's own identity, or "
+        "--forward-secrets), submit, print the job id. --follow streams the logs and exits "
+        "with the job's status. The same config runs locally with "
+        "`samdata embed|autolabel|distill`.",
+    )
+    p.add_argument("job", choices=["embed", "autolabel", "distill"])
     _job_arguments(p)
     _cluster_arguments(p)
     p.add_argument("--follow", action="store_true", help="stream logs until the job ends")
@@ -325,6 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pip", action="append", metavar="REQ",
                    help="extra pip requirement for the job's runtime env (repeatable)")
     p.add_argument("--job-id", help="submission id to use (default: Ray picks one)")
+    p.add_argument("--forward-secrets", action="store_true",
+                   help="also send AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / "
+                   "AWS_SESSION_TOKEN / AWS_PROFILE to the job (Ray logs them on the head and "
+                   "shows them in the dashboard); by default the job uses the cluster's own "
+                   "identity and only region/endpoint settings are forwarded")
     p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser(

@@ -8,27 +8,38 @@ A bad value is refused naming the field and what was expected, e.g.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError, ValidationInfo, field_validator, model_validator
 
-from models import PromptableModel, models_of_kind
+from models import OnePassModel, PromptableModel, model_kind, models_of_kind
 from operators.config import (
     ComputeConfig,
     EmbedOutputConfig,
+    EvaluatedModel,
+    EvaluationConfig,
     GeneratorConfig,
+    GroundTruthConfig,
     InputConfig,
     MaskOutputConfig,
     ModelConfig,
+    PromptsConfig,
     RayConfig,
     StorageConfig,
     Strict,
 )
+from operators.training.config import (
+    DistillDataConfig,
+    DistillOutputConfig,
+    DistillSections,
+    TrainComputeConfig,
+)
 
-__all__ = ["AutolabelConfig", "ComputeConfig", "ConfigError", "EmbedConfig",
-           "EmbedOutputConfig", "GeneratorConfig", "InputConfig", "JobConfig",
-           "MaskOutputConfig", "ModelConfig", "RayConfig", "StorageConfig", "load_config",
-           "parse_config"]
+__all__ = ["AutolabelConfig", "ComputeConfig", "ConfigError", "DistillConfig", "EmbedConfig",
+           "EmbedOutputConfig", "EvaluateConfig", "GeneratorConfig", "InputConfig", "JobConfig",
+           "MaskOutputConfig", "ModelConfig", "RayConfig", "SegmentConfig", "StorageConfig",
+           "load_config", "parse_config"]
 
 
 class ConfigError(ValueError):
@@ -70,16 +81,118 @@ class AutolabelConfig(JobConfig):
     generator: GeneratorConfig = GeneratorConfig()
 
 
+class SegmentConfig(JobConfig):
+    """`samdata segment`: prompts -> one mask each (generator: FastSAM's detection_* only)."""
+
+    output: MaskOutputConfig
+    prompts: PromptsConfig = PromptsConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+
+    @field_validator("prompts")
+    @classmethod
+    def _usable(cls, v: PromptsConfig, info: ValidationInfo) -> PromptsConfig:
+        if v.source != "sa1b" and v.path is None:
+            raise ValueError(f"path: expected the {v.source} file or dataset of the prompts, "
+                             f"got none")
+        if v.source == "coco" and v.use != "box":
+            raise ValueError(f"use: expected 'box' with source coco (COCO annotations have no "
+                             f"prompt points), got '{v.use}'")
+        model = info.data.get("model")
+        if model is not None and v.use == "box+point" and model_kind(model.name) is OnePassModel:
+            raise ValueError(f"use: expected 'box' or 'point' with {model.name} (FastSAM "
+                             f"selects by a box or by points, not by both), got 'box+point'")
+        return v
+
+
+class ReportOutputConfig(Strict):
+    path: str  # folder (local or s3://) for results.json, results.md and results.png
+
+
+class EvaluateConfig(Strict):
+    """`samdata evaluate`: the published protocols on a sample of a corpus.
+
+    box / points / agreement read `input` and run `models` (and the `reference` of agreement);
+    proposals reads the everything-mode `labels` datasets (row name -> dataset root)."""
+
+    protocol: Literal["box", "points", "agreement", "proposals"]
+    input: InputConfig | None = None
+    models: list[EvaluatedModel] = []
+    reference: ModelConfig | None = None
+    labels: dict[str, str] = {}
+    ground_truth: GroundTruthConfig = GroundTruthConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    generator: GeneratorConfig = GeneratorConfig()  # FastSAM's detection_* settings
+    output: ReportOutputConfig
+    compute: ComputeConfig = ComputeConfig()
+    ray: RayConfig = RayConfig()
+    storage: StorageConfig = StorageConfig()
+
+    @model_validator(mode="after")
+    def _complete(self) -> EvaluateConfig:
+        if self.ground_truth.source == "coco" and self.ground_truth.path is None:
+            raise ValueError("ground_truth.path: expected a COCO instances JSON for "
+                             "ground_truth.source coco, got none")
+        if self.protocol == "proposals":
+            if not self.labels:
+                raise ValueError("labels: expected at least one label dataset (name: path, "
+                                 "the output of `samdata autolabel`) for proposals, got none")
+            return self
+        if self.input is None:
+            raise ValueError(f"input: expected the corpus to evaluate on ({self.protocol}), "
+                             f"got none")
+        if not self.models:
+            raise ValueError(f"models: expected at least one model for {self.protocol}, got "
+                             f"none")
+        names = [m.row_name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: expected distinct row names (set `label` to tell two "
+                             f"of one model apart), got {names}")
+        if self.protocol == "agreement" and self.reference is None:
+            raise ValueError("reference: expected the reference (teacher) model for "
+                             "agreement, got none")
+        return self
+
+
+class DistillConfig(DistillSections):
+    """`samdata distill`: the training sections (operators/training/config.py) plus where the
+    data is, how Ray Train scales, where the run and the student file go."""
+
+    data: DistillDataConfig
+    compute: TrainComputeConfig = TrainComputeConfig()
+    output: DistillOutputConfig
+    ray: RayConfig = RayConfig()
+    storage: StorageConfig = StorageConfig()
+
+    @model_validator(mode="after")
+    def _runnable(self) -> DistillConfig:
+        usable = embedding_models()
+        for field, name in (("student.name", self.student.name),
+                            ("teacher.name", self.teacher.name)):
+            if name is not None and name not in usable:
+                raise ValueError(f"{field}: expected a model with an image encoder "
+                                 f"({', '.join(usable)}), got '{name}'")
+        if self.uses_teacher and not self.data.embeddings:
+            what = "stage 1" if self.stage == 1 else "stage2.targets teacher"
+            raise ValueError(f"data.embeddings: expected the teacher's embeddings (a `samdata "
+                             f"embed` output) for {what}, got none")
+        if self.stage == 2 and not (self.data.corpus or self.data.embeddings):
+            raise ValueError("data.corpus: expected the annotated shards for stage 2, got none")
+        if self.optim.batch_size % self.compute.workers:
+            raise ValueError(f"stage{self.stage}.batch_size: expected a multiple of "
+                             f"compute.workers ({self.compute.workers}), got "
+                             f"{self.optim.batch_size}")
+        return self
+
 def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(root)"
+        where = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
         elif "got" not in msg and "input" in e and e["type"] != "missing":
             msg = f"{msg}, got {e['input']!r}"
-        lines.append(f"{where}: {msg}")
+        lines.append(f"{where}: {msg}" if where else msg)  # a model check names its field
     return "invalid config:\n  " + "\n  ".join(lines)
 
 

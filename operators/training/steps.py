@@ -1,0 +1,126 @@
+"""One training step's forward of each stage, as modules (so that DistributedDataParallel wraps
+the whole forward, decoder passes included) over batches of training rows on the device.
+
+Batch fields are `ingest.TRAIN_FIELDS` as `iter_torch_batches` stacks them: "pixels"
+BxSxSx3, "input_hw" Bx2, "orig_hw" Bx2, "target" BxCxHxW, "valid" Bx2, "masks" BxNxTxT,
+"boxes" BxNx4, "count" B.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import Stage2Config
+from .losses import hard_iou, mask_losses, masked_mse, region_mask
+from .pairing import embedding_frame
+from .prompts import jitter_boxes, refinement_points, sample_points
+
+
+def images_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """"pixels" BxSxSx3 -> Bx3xSxS (dtype kept: uint8, or float for EfficientSAM)."""
+    return batch["pixels"].permute(0, 3, 1, 2)
+
+
+def frame_hw_t(model: nn.Module, orig_hw: torch.Tensor, size: int) -> torch.Tensor:
+    """int Bx2 original sizes -> int Bx2 (h, w) of the image in a size x size prompt-frame
+    square (`ingest.frame_hw` on the device): longest side to `size` (rounded half up), or
+    the whole square for a stretching model."""
+    if embedding_frame(model) == "stretch":
+        return torch.full_like(orig_hw, size)
+    scale = size / orig_hw.max(dim=1, keepdim=True).values.double()
+    return torch.floor(orig_hw.double() * scale + 0.5).long()
+
+
+class EncoderStep(nn.Module):
+    """Stage 1: the student's image encoder on the batch, and the masked MSE to the teacher
+    embedding. forward(batch) -> (scalar loss, float BxCxHxW student embeddings, detached)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.model.embed_images(images_of(batch), batch["input_hw"])  # (B, C, H, W)
+        return masked_mse(emb, batch["target"], batch["valid"]), emb.detach()
+
+
+def _upsample(logits: torch.Tensor, size: int) -> torch.Tensor:
+    if logits.shape[-1] == size:
+        return logits.float()
+    return F.interpolate(logits.float(), (size, size), mode="bilinear", align_corners=False)
+
+
+class PromptedStep(nn.Module):
+    """Stage 2: the student's embedding, then its decoder on prompts drawn from the batch's
+    instances (a box with noise, or 1..N points), then `refine_iters` passes each adding
+    EdgeSAM's point in the disagreement region; the loss against the teacher's masks (its
+    decoder on the saved embeddings, same prompts) or the ground truth, averaged over passes.
+
+    forward(batch, use_boxes, gen) -> (scalar loss, {part: scalar})."""
+
+    def __init__(self, model: nn.Module, teacher: nn.Module | None, cfg: Stage2Config,
+                 mask_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.teacher = teacher  # heads only; frozen
+        self.cfg = cfg
+        self.mask_size = mask_size
+        self.weights = cfg.weights()
+
+    def _teacher_targets(self, emb: torch.Tensor, coords, labels, boxes, multimask: bool
+                         ) -> torch.Tensor:
+        with torch.no_grad():
+            logits, _ = self.teacher.decode(emb, coords, labels, boxes, None, multimask)
+            return (_upsample(logits, self.mask_size) > self.teacher.mask_threshold).float()
+
+    def forward(self, batch: dict[str, torch.Tensor], use_boxes: bool, gen: torch.Generator
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model, cfg, t = self.model, self.cfg, self.mask_size
+        frame = model.prompt_size
+        emb = model.embed_images(images_of(batch), batch["input_hw"])  # (B, C, H, W)
+        n = batch["masks"].shape[1]
+        present = torch.arange(n, device=emb.device)[None, :] < batch["count"][:, None]
+        img, inst = present.nonzero(as_tuple=True)  # P prompts
+        gt = batch["masks"][img, inst].bool()  # (P, T, T)
+        boxes = batch["boxes"][img, inst].float()  # (P, 4)
+        region = region_mask(frame_hw_t(model, batch["orig_hw"], t), t)[img]  # (P, T, T)
+        emb_p = emb[img]  # (P, C, H, W)
+        teacher_emb = batch["target"][img].float() if self.teacher is not None else None
+
+        # First pass: a box (with SAM's noise) or 1..max_points positive points
+        if use_boxes:
+            coords = labels = None
+            box_in = jitter_boxes(boxes, cfg.box_noise, cfg.box_noise_max, gen)
+        else:
+            coords, labels = sample_points(gt, boxes, cfg.max_points, frame, gen)
+            box_in = None
+        total, parts_sum = 0.0, {}
+        passes = 1 + cfg.refine_iters
+        multimask = cfg.multimask
+        for i in range(passes):
+            logits, iou = model.decode(emb_p, coords, labels, box_in, None, multimask)
+            logits = _upsample(logits, t)  # (P, K, T, T)
+            if teacher_emb is not None:
+                target = self._teacher_targets(teacher_emb, coords, labels, box_in, multimask)
+            else:
+                target = gt.float()[:, None]
+            loss, parts = mask_losses(logits, iou, target, region, self.weights,
+                                      min_over_outputs=teacher_emb is None)
+            total = total + loss / passes
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v.detach() / passes
+            if i == passes - 1:
+                break
+            # Refinement: a point where the chosen output and its target disagree
+            with torch.no_grad():
+                tgt = target.expand_as(logits) > 0.5
+                pick = hard_iou(logits, tgt.float(), region).argmax(1)  # (P,)
+                rows = torch.arange(len(pick), device=pick.device)
+                new_c, new_l = refinement_points(logits[rows, pick] > 0, tgt[rows, pick],
+                                                 region, frame, gen)
+            coords = new_c if coords is None else torch.cat([coords, new_c], dim=1)
+            labels = new_l if labels is None else torch.cat([labels, new_l], dim=1)
+            multimask = False  # refined prompts are unambiguous (SAM, EdgeSAM)
+        return total, parts_sum
