@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from ..config import ComputeConfig, EmbedOutputConfig, ModelConfig
-from ..runtime.batch_size import choose_batch_size
-from ..runtime.device import autocast, load_model
+from ..runtime.batch_size import load_sized_model
+from ..runtime.device import autocast
 from ..shards.schema import usable_images
 
 _TORCH_DTYPE = {"float16": torch.float16, "float32": torch.float32}
@@ -43,10 +43,8 @@ class Embedder:
         gpu_share: float = 1.0,
     ) -> None:
         compute = compute or ComputeConfig()
-        self.model, self.device, self.precision = load_model(model, storage_options,
-                                                             num_threads, device)
-        self.batch_size = choose_batch_size(model.batch_size, self.model, self.device,
-                                            self.precision, compute.ray_batch_size, gpu_share)
+        self.model, self.device, self.precision, self.batch_size = load_sized_model(
+            model, compute, storage_options, num_threads, device, gpu_share)
         self.compile = model.compile
         self.pad_to = min(self.batch_size, compute.ray_batch_size)  # no call brings more rows
         self.out_dtype = np.dtype(output.dtype)

@@ -38,8 +38,8 @@ from ..config import (
 from ..prompted.prompts import Prompter, PromptSet, image_masks, make_prompt
 from ..prompted.segmenter import build_prompter
 from ..prompted.sources import xywh_to_xyxy
-from ..runtime.batch_size import choose_batch_size
-from ..runtime.device import autocast, load_model
+from ..runtime.batch_size import load_sized_model
+from ..runtime.device import autocast
 from ..shards.schema import usable_images
 from .clicks import Click, next_click
 from .ground_truth import instance_masks, load_ground_truth
@@ -176,9 +176,8 @@ class PromptedEvaluator:
         self.gt = load_ground_truth(ground_truth, storage_options)
 
         def load(cfg: ModelConfig, name: str) -> LoadedModel:
-            net, dev, precision = load_model(cfg, storage_options, num_threads, device)
-            batch = choose_batch_size(cfg.batch_size, net, dev, precision,
-                                      compute.ray_batch_size, gpu_share)
+            net, dev, precision, batch = load_sized_model(cfg, compute, storage_options,
+                                                          num_threads, device, gpu_share)
             prompter = build_prompter(net, batch, multimask=True,
                                       decoder_batch_size=evaluation.decoder_batch_size,
                                       upscale_batch_size=evaluation.upscale_batch_size,

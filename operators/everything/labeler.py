@@ -11,8 +11,8 @@ import torch
 from models import OnePassModel, model_kind
 
 from ..config import ComputeConfig, GeneratorConfig, ModelConfig
-from ..runtime.batch_size import choose_batch_size
-from ..runtime.device import autocast, load_model
+from ..runtime.batch_size import load_sized_model
+from ..runtime.device import autocast
 from ..shards.schema import usable_images
 from .grid import MaskGenerator
 from .one_pass import OnePassGenerator
@@ -44,10 +44,8 @@ class AutoLabeler:
         gpu_share: float = 1.0,
     ) -> None:
         compute = compute or ComputeConfig()
-        self.model, self.device, self.precision = load_model(model, storage_options,
-                                                             num_threads, device)
-        self.batch_size = choose_batch_size(model.batch_size, self.model, self.device,
-                                            self.precision, compute.ray_batch_size, gpu_share)
+        self.model, self.device, self.precision, self.batch_size = load_sized_model(
+            model, compute, storage_options, num_threads, device, gpu_share)
         one_pass = model_kind(model.name) is OnePassModel
         if one_pass:
             self.generator = OnePassGenerator(self.model, generator, batch_size=self.batch_size)

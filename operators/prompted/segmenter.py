@@ -15,8 +15,8 @@ from models import OnePassModel, model_kind
 
 from ..config import ComputeConfig, GeneratorConfig, ModelConfig, PromptsConfig
 from ..everything.runlength import masks_to_annotations
-from ..runtime.batch_size import choose_batch_size
-from ..runtime.device import autocast, load_model
+from ..runtime.batch_size import load_sized_model
+from ..runtime.device import autocast
 from ..shards.schema import usable_images
 from .fastsam import FastSamPrompter
 from .prompts import CARRIED, Prompter, PromptSet
@@ -82,10 +82,8 @@ class Segmenter:
         compute = compute or ComputeConfig()
         generator = generator or GeneratorConfig()
         self.source = load_prompt_source(prompts, storage_options)
-        self.model, self.device, self.precision = load_model(model, storage_options,
-                                                             num_threads, device)
-        batch_size = choose_batch_size(model.batch_size, self.model, self.device,
-                                       self.precision, compute.ray_batch_size, gpu_share)
+        self.model, self.device, self.precision, batch_size = load_sized_model(
+            model, compute, storage_options, num_threads, device, gpu_share)
         self.prompter = build_prompter(self.model, batch_size, prompts.multimask,
                                        prompts.decoder_batch_size, prompts.upscale_batch_size,
                                        generator)

@@ -17,8 +17,8 @@ import torch
 
 from models import PromptableModel, model_kind
 
-from ..config import CPU_BATCH
-from .device import autocast
+from ..config import CPU_BATCH, ComputeConfig, ModelConfig
+from .device import autocast, load_model
 
 log = logging.getLogger(__name__)
 
@@ -93,3 +93,16 @@ def probe_batch_size(model: torch.nn.Module, device: torch.device, precision: st
     log.info("model.batch_size auto: %d (%.0f MiB per image, %.0f MiB free)", batch,
              per_image / 2**20, free / 2**20)
     return batch
+
+
+def load_sized_model(model: ModelConfig, compute: ComputeConfig,
+                     storage_options: dict | None = None, num_threads: int | None = None,
+                     device: str = "auto", gpu_share: float = 1.0
+                     ) -> tuple[torch.nn.Module, torch.device, str, int]:
+    """What every model actor does first: load the `model` section (device.load_model) and
+    choose its batch (choose_batch_size, capped by compute.ray_batch_size, sized to the
+    actor's `gpu_share`). Returns (module, device, precision, batch size)."""
+    net, dev, precision = load_model(model, storage_options, num_threads, device)
+    batch = choose_batch_size(model.batch_size, net, dev, precision, compute.ray_batch_size,
+                              gpu_share)
+    return net, dev, precision, batch
