@@ -11,13 +11,32 @@ A bad value is refused naming the field and what was expected, e.g.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from .shards.decode import DEFAULT_MAX_IMAGE_PIXELS
 
 CPU_BATCH = 4  # model.batch_size "auto" on a CPU: larger batches buy nothing there
+
+
+def _registry_name(v: str | None) -> str | None:
+    from models import MODEL_REGISTRY
+
+    if v is not None and v not in MODEL_REGISTRY:
+        raise ValueError(f"expected one of {', '.join(MODEL_REGISTRY)}, got '{v}'")
+    return v
+
+
+def _hex64(v: str | None) -> str | None:
+    if v is not None and (len(v) != 64 or any(c not in "0123456789abcdefABCDEF" for c in v)):
+        raise ValueError(f"expected 64 hex digits, got '{v}'")
+    return v
+
+
+# Field types shared by every section that names a model (model, teacher, student)
+RegistryName = Annotated[str, AfterValidator(_registry_name)]  # a `samdata models` name
+Sha256 = Annotated[str | None, AfterValidator(_hex64)]  # a checkpoint file's hex digest
 
 
 class Strict(BaseModel):
@@ -96,9 +115,9 @@ class InputConfig(Strict):
 
 
 class ModelConfig(Strict):
-    name: str = "sam_vit_h"  # registry name (`samdata models`)
+    name: RegistryName = "sam_vit_h"  # registry name (`samdata models`)
     checkpoint: str | None = None  # official file: local path or fsspec URL; None = random
-    sha256: str | None = None  # expected digest of the checkpoint file
+    sha256: Sha256 = None  # expected digest of the checkpoint file
     seed: int = 0  # random weights' seed when no checkpoint is given
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 CPU
     # images (autolabel: crops) per encoder call; auto: the largest power of two that fits the
@@ -107,27 +126,11 @@ class ModelConfig(Strict):
     compile: bool = False  # torch.compile the image encoder (GPU runs; first batch compiles)
     channels_last: bool = False  # NHWC encoder weights: conv encoders (mobile_sam, efficientvit)
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v):
-        from models import MODEL_REGISTRY
-
-        if v not in MODEL_REGISTRY:
-            raise ValueError(f"expected one of {', '.join(MODEL_REGISTRY)}, got '{v}'")
-        return v
-
     @field_validator("batch_size")
     @classmethod
     def _batch(cls, v):
         if isinstance(v, int) and v < 1:
             raise ValueError(f"expected 'auto' or an integer >= 1, got {v}")
-        return v
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, v):
-        if v is not None and (len(v) != 64 or any(c not in "0123456789abcdefABCDEF" for c in v)):
-            raise ValueError(f"expected 64 hex digits, got '{v}'")
         return v
 
 

@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ..config import Strict
+from ..config import RegistryName, Sha256, Strict
 from ..shards.decode import DEFAULT_MAX_IMAGE_PIXELS
 
 Part = Literal["image_encoder", "prompt_encoder", "mask_decoder"]
@@ -36,57 +36,24 @@ LOSS_RECIPES: dict[str, dict[str, float]] = {
 }
 
 
-def _registry_name(v: str | None) -> str | None:
-    from models import MODEL_REGISTRY
-
-    if v is not None and v not in MODEL_REGISTRY:
-        raise ValueError(f"expected one of {', '.join(MODEL_REGISTRY)}, got '{v}'")
-    return v
-
-
-def _hex64(v: str | None) -> str | None:
-    if v is not None and (len(v) != 64 or any(c not in "0123456789abcdefABCDEF" for c in v)):
-        raise ValueError(f"expected 64 hex digits, got '{v}'")
-    return v
-
-
 class TeacherConfig(Strict):
     """The model that wrote the embeddings; its prompt encoder and mask decoder go into the
     student (stage 1) and make the stage-2 targets from the saved embeddings."""
 
-    name: str | None = None  # registry name; None: the `model` recorded in the embeddings
+    name: RegistryName | None = None  # registry name; None: the `model` recorded in the
+    #   embeddings
     checkpoint: str | None = None  # its official file (local or fsspec URL); None: random
-    sha256: str | None = None  # expected digest; the embeddings' checkpoint_sha256 is checked
+    sha256: Sha256 = None  # expected digest; the embeddings' checkpoint_sha256 is checked
     seed: int = 0  # random teacher weights (no checkpoint): the embed job's model.seed
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v):
-        return _registry_name(v)
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, v):
-        return _hex64(v)
 
 
 class StudentConfig(Strict):
     """The model trained: any registry model with an image encoder."""
 
-    name: str = "mobile_sam"  # registry name
+    name: RegistryName = "mobile_sam"  # registry name
     checkpoint: str | None = None  # start from this file (its official format); None: seed
-    sha256: str | None = None
+    sha256: Sha256 = None
     seed: int = 0  # random initial weights: the modules' initialisers under this torch seed
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v):
-        return _registry_name(v)
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, v):
-        return _hex64(v)
 
 
 class DistillDataConfig(Strict):
