@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
-import fsspec
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from ..config import GroundTruthConfig
-from ..prompted.sources import KeyIndex
+from ..prompted.sources import CocoInstances
 from .proposals import sa1b_to_coco_annotations
 
 
@@ -84,20 +83,12 @@ class CocoGroundTruth:
     needs_annotations = False
 
     def __init__(self, path: str, storage_options: dict | None = None) -> None:
-        with fsspec.open(path, "rb", **(storage_options or {})) as f:
-            data = json.load(f)
-        for part in ("images", "annotations"):
-            if not isinstance(data.get(part), list):
-                raise ValueError(f"expected a COCO instances JSON with `{part}` in '{path}', "
-                                 f"got keys {sorted(data)[:8]}")
-        self.images = data["images"]
-        self.index = KeyIndex([img["file_name"] for img in self.images], f"'{path}' images")
-        row_of = {img["id"]: row for row, img in enumerate(self.images)}
+        coco = CocoInstances(path, storage_options)
+        self.images, self.index, self.path = coco.images, coco.index, path
         self.annotations: list[list[dict]] = [[] for _ in self.images]
-        for ann in data["annotations"]:
-            if ann.get("image_id") in row_of:
-                self.annotations[row_of[ann["image_id"]]].append(ann)
-        self.path = path
+        for ann in coco.data["annotations"]:
+            if ann.get("image_id") in coco.row_of:
+                self.annotations[coco.row_of[ann["image_id"]]].append(ann)
 
     def __call__(self, key: str, annotations_json: str = "") -> list[dict] | None:
         row = self.index.find(key)

@@ -74,6 +74,25 @@ class KeyIndex:
         return None if row is None or row == _AMBIGUOUS else row
 
 
+class CocoInstances:
+    """A COCO instances JSON read for lookups by sample key: `data` (the whole file), `images`
+    (its image list), `index` (sample key -> position in `images`) and `row_of` (image id ->
+    position). Raises ValueError when `images` or `annotations` is missing (naming `path`)."""
+
+    def __init__(self, path: str, storage_options: dict | None = None) -> None:
+        with fsspec.open(path, "rb", **(storage_options or {})) as f:
+            data = json.load(f)
+        for part in ("images", "annotations"):
+            if not isinstance(data.get(part), list):
+                raise ValueError(f"expected a COCO instances JSON with `{part}` in '{path}', "
+                                 f"got keys {sorted(data)[:8]}")
+        self.path = path
+        self.data = data
+        self.images: list[dict] = data["images"]
+        self.index = KeyIndex([img["file_name"] for img in self.images], f"'{path}' images")
+        self.row_of = {img["id"]: row for row, img in enumerate(self.images)}
+
+
 def sa1b_prompts(annotations: Sequence[Mapping], use: str = "box") -> list[dict]:
     """SA-1B annotations of one image -> one prompt per annotation (see the module docstring)."""
     out = []
@@ -113,17 +132,10 @@ class CocoPrompts:
     needs_annotations = False
 
     def __init__(self, path: str, storage_options: dict | None = None) -> None:
-        with fsspec.open(path, "rb", **(storage_options or {})) as f:
-            data = json.load(f)
-        for part in ("images", "annotations"):
-            if not isinstance(data.get(part), list):
-                raise ValueError(f"expected a COCO instances JSON with `{part}` in '{path}', "
-                                 f"got keys {sorted(data)[:8]}")
+        coco = CocoInstances(path, storage_options)
+        data, row_of, self.index = coco.data, coco.row_of, coco.index
         names = {c["id"]: c.get("name") for c in data.get("categories") or []}
-        self.images = data["images"]
-        self.index = KeyIndex([img["file_name"] for img in self.images], f"'{path}' images")
-        row_of = {img["id"]: row for row, img in enumerate(self.images)}
-        self.prompts: list[list[dict]] = [[] for _ in self.images]
+        self.prompts: list[list[dict]] = [[] for _ in coco.images]
         for n, ann in enumerate(data["annotations"]):
             if ann.get("image_id") not in row_of:
                 raise ValueError(f"expected annotations of listed images in '{path}', got "
