@@ -244,9 +244,18 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     from . import submit as sub
-    from .config import AutolabelConfig, ConfigError, DistillConfig, EmbedConfig, load_config
+    from .config import (
+        AutolabelConfig,
+        ConfigError,
+        DistillConfig,
+        EmbedConfig,
+        EvaluateConfig,
+        SegmentConfig,
+        load_config,
+    )
 
-    cls = {"embed": EmbedConfig, "distill": DistillConfig}.get(args.job, AutolabelConfig)
+    cls = {"embed": EmbedConfig, "autolabel": AutolabelConfig, "segment": SegmentConfig,
+           "evaluate": EvaluateConfig, "distill": DistillConfig}[args.job]
     try:
         cfg = load_config(args.config, args.set, cls)
     except ConfigError as e:
@@ -311,10 +320,15 @@ def _cluster_arguments(p: argparse.ArgumentParser) -> None:
                    "$RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token)")
 
 
-def _job_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="YAML job config")
+def _config_arguments(p: argparse.ArgumentParser, what: str, example: str) -> None:
+    """--config (the YAML of `what`) and repeatable --set KEY=VALUE overrides."""
+    p.add_argument("--config", required=True, help=f"YAML {what} config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set model.name=sam_vit_b (repeatable)")
+                   help=f"override a config field, e.g. --set {example} (repeatable)")
+
+
+def _job_arguments(p: argparse.ArgumentParser) -> None:
+    _config_arguments(p, "job", "model.name=sam_vit_b")
     p.set_defaults(func=_cmd_job)
 
 
@@ -408,10 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         "table and one JSON line. See configs/evaluate_sa1b.yaml for every field.",
     )
     p.add_argument("protocol", choices=["box", "points", "agreement", "proposals"])
-    p.add_argument("--config", required=True, help="YAML evaluate config")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set evaluation.sample=200 "
-                   "(repeatable)")
+    _config_arguments(p, "evaluate", "evaluation.sample=200")
     p.add_argument("--model", action="append", metavar="NAME[=CHECKPOINT]",
                    help="a model to evaluate (repeatable; replaces the config's models)")
     p.add_argument("--reference", metavar="NAME[=CHECKPOINT]",
@@ -441,22 +452,22 @@ def build_parser() -> argparse.ArgumentParser:
         ".sha256 and a .json summary. See configs/distill_stage1.yaml and "
         "configs/distill_stage2.yaml for every field.",
     )
-    p.add_argument("--config", required=True, help="YAML distill config")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set stage1.steps=300 (repeatable)")
+    _config_arguments(p, "distill", "stage1.steps=300")
     p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser(
         "submit",
-        help="run embed, autolabel or distill as a job on a Ray cluster (Ray Jobs API)",
+        help="run embed, autolabel, segment, evaluate or distill as a job on a Ray cluster "
+        "(Ray Jobs API)",
         description="Validate the config here, upload the project and the config as the job's "
         "working dir (or only the config with --image-has-project), forward the non-secret AWS "
         "settings (region, endpoint) by name (credentials: the cluster's own identity, or "
         "--forward-secrets), submit, print the job id. --follow streams the logs and exits "
         "with the job's status. The same config runs locally with "
-        "`samdata embed|autolabel|distill`.",
+        "`samdata embed|autolabel|segment|evaluate|distill` (evaluate: the config's protocol; "
+        "give output.path on shared storage, e.g. s3://, to read the report afterwards).",
     )
-    p.add_argument("job", choices=["embed", "autolabel", "distill"])
+    p.add_argument("job", choices=["embed", "autolabel", "segment", "evaluate", "distill"])
     _job_arguments(p)
     _cluster_arguments(p)
     p.add_argument("--follow", action="store_true", help="stream logs until the job ends")

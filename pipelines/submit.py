@@ -114,6 +114,14 @@ def stage_working_dir(config: dict, with_project: bool) -> str:
     return stage
 
 
+def entrypoint(job: str, config: dict, with_project: bool = True) -> str:
+    """The job's command line on the cluster: `samdata {job}` (evaluate: with the config's
+    protocol) on the staged config, from the uploaded packages or the image's install."""
+    runner = "python -m pipelines.cli" if with_project else "samdata"
+    command = f"evaluate {config['protocol']}" if job == "evaluate" else job
+    return f"{runner} {command} --config {JOB_CONFIG}"
+
+
 def submit(job: str, config: dict, address: str, token_file: str | None = None,
            with_project: bool = True, pip: list[str] | None = None,
            job_id: str | None = None, forward_secrets: bool = False) -> tuple[str, list[str]]:
@@ -129,10 +137,9 @@ def submit(job: str, config: dict, address: str, token_file: str | None = None,
     runtime_env: dict[str, Any] = {"working_dir": stage, "env_vars": env}
     if pip:
         runtime_env["pip"] = pip
-    runner = "python -m pipelines.cli" if with_project else "samdata"
     try:
         submitted = _call(jobs.submit_job, address, token_file,
-                          entrypoint=f"{runner} {job} --config {JOB_CONFIG}",
+                          entrypoint=entrypoint(job, cfg, with_project),
                           runtime_env=runtime_env, submission_id=job_id,
                           metadata={"samdata_job": job})
     finally:

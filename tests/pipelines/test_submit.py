@@ -241,3 +241,34 @@ def test_a_secret_never_reaches_the_cluster_unless_forwarded(head, token_file, s
     out, err = capsys.readouterr()
     assert rc == 0 and "--forward-secrets" in err and "dashboard" in err
     assert _found(sentinel, tree=Path(head.temp_dir)) != []
+
+
+@pytest.mark.parametrize("job, config, command", [
+    ("embed", {}, ["embed"]),
+    ("segment", {}, ["segment"]),
+    ("evaluate", {"protocol": "agreement"}, ["evaluate", "agreement"]),
+    ("distill", {"stage": 1}, ["distill"]),
+])
+def test_the_cluster_runs_the_command_of_each_job(job, config, command):
+    """The entrypoint of every submittable job is a command line samdata's parser takes, with
+    the staged config (evaluate: the config's protocol as its positional argument)."""
+    from pipelines.cli import build_parser
+    from pipelines.submit import JOB_CONFIG, entrypoint
+
+    line = entrypoint(job, config).split()
+    assert line[:3] == ["python", "-m", "pipelines.cli"]
+    assert entrypoint(job, config, with_project=False).split()[0] == "samdata"
+    assert line[3:] == [*command, "--config", JOB_CONFIG]
+    args = build_parser().parse_args(line[3:])
+    assert args.config == JOB_CONFIG and args.command == job
+    if job == "evaluate":
+        assert args.protocol == config["protocol"]
+
+
+def test_submit_refuses_a_bad_evaluate_config_before_contacting_a_cluster(tmp_path, capsys):
+    bad = tmp_path / "eval.yaml"
+    bad.write_text(yaml.safe_dump({"protocol": "proposals", "output": {"path": "./r"}}))
+    code = main(["submit", "evaluate", "--config", str(bad), "--address",
+                 f"http://127.0.0.1:{free_port()}"])
+    assert code == 2
+    assert "labels: expected at least one label dataset" in capsys.readouterr().err
