@@ -32,28 +32,10 @@ from pycocotools import mask as mask_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.official import official, official_tiny_sam  # noqa: E402
-from models import build_model  # noqa: E402
+from bench.official import OFFICIAL_NAMES, paired_models  # noqa: E402
 from operators.config import GeneratorConfig  # noqa: E402
 from operators.everything.grid import MaskGenerator  # noqa: E402
 from operators.runtime.device import autocast  # noqa: E402
-
-OFFICIAL_NAMES = {"sam_vit_b": "vit_b", "sam_vit_l": "vit_l", "sam_vit_h": "vit_h"}
-
-
-def models(name: str, seed: int):
-    """(official package, our model, the official model) with the same weights."""
-    sa = official()
-    ours = build_model(name, seed=seed)
-    sd = ours.state_dict()
-    for k in sd:
-        if k.startswith("mask_decoder.output_hypernetworks_mlps") and k.endswith("2.weight"):
-            sd[k] = sd[k] * 40
-    ours.load_state_dict(sd)
-    theirs = official_tiny_sam(sa) if name == "sam_tiny" else sa.sam_model_registry[
-        OFFICIAL_NAMES[name]]()
-    theirs.load_state_dict(sd)
-    return sa, ours.eval(), theirs.eval()
 
 
 def images(n: int, h: int, w: int, seed: int) -> list[np.ndarray]:
@@ -114,7 +96,7 @@ def main() -> None:
     device = torch.device(args.device)
 
     torch.manual_seed(0)
-    sa, ours, theirs = models(args.model, args.seed)
+    sa, ours, theirs = paired_models(args.model, args.seed)
     ours, theirs = ours.to(device), theirs.to(device)
     ims = images(args.images, args.height, args.width, args.seed)
     # Random weights predict IoUs anywhere; shift the IoU head so that, as with a real

@@ -156,3 +156,41 @@ def official_tiny_sam(sa):
             transformer_dim=32, iou_head_depth=3, iou_head_hidden_dim=32,
         ),
     ).eval()
+
+
+OFFICIAL_NAMES = {"sam_vit_b": "vit_b", "sam_vit_l": "vit_l", "sam_vit_h": "vit_h"}
+
+
+def paired_models(name: str, seed: int):
+    """(official package, our registry model `name`, the official model) with the same seeded
+    weights, the hypernetwork output layers scaled by 40 so that random masks are not all
+    empty. SAM sizes map to the official registry, sam_tiny to official_tiny_sam and a
+    student to the official Sam around our encoder (as its own package builds it)."""
+    from models import build_model
+
+    sa = official()
+    ours = build_model(name, seed=seed)
+    sd = ours.state_dict()
+    for k in sd:
+        if k.startswith("mask_decoder.output_hypernetworks_mlps") and k.endswith("2.weight"):
+            sd[k] = sd[k] * 40
+    ours.load_state_dict(sd)
+    if name == "sam_tiny":
+        theirs = official_tiny_sam(sa)
+    elif name in OFFICIAL_NAMES:
+        theirs = sa.sam_model_registry[OFFICIAL_NAMES[name]]()
+    else:
+        m = sa.modeling
+        size = ours.prompt_size
+        grid = ours.prompt_encoder.image_embedding_size
+        theirs = m.Sam(
+            image_encoder=build_model(name).image_encoder,
+            prompt_encoder=m.PromptEncoder(embed_dim=256, image_embedding_size=grid,
+                                           input_image_size=(size, size), mask_in_chans=16),
+            mask_decoder=m.MaskDecoder(
+                num_multimask_outputs=3,
+                transformer=m.TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048,
+                                                num_heads=8),
+                transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256))
+    theirs.load_state_dict(sd, strict=True)
+    return sa, ours.eval(), theirs.eval()

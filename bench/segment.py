@@ -36,45 +36,13 @@ from pycocotools import mask as mask_utils
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.autolabel import images as make_images  # noqa: E402
-from bench.official import official, official_tiny_sam  # noqa: E402
-from models import build_model, model_kind  # noqa: E402
+from bench.official import paired_models  # noqa: E402
+from models import model_kind  # noqa: E402
 from models.protocols import PromptableModel  # noqa: E402
 from operators.everything.runlength import masks_to_annotations  # noqa: E402
 from operators.prompted.prompts import PromptSet, make_prompt  # noqa: E402
 from operators.prompted.sam import SamPrompter  # noqa: E402
 from operators.runtime.device import autocast  # noqa: E402
-
-OFFICIAL_NAMES = {"sam_vit_b": "vit_b", "sam_vit_l": "vit_l", "sam_vit_h": "vit_h"}
-
-
-def models(name: str, seed: int):
-    """(official package, our model, the official model) with the same weights."""
-    sa = official()
-    ours = build_model(name, seed=seed)
-    sd = ours.state_dict()
-    for k in sd:
-        if k.startswith("mask_decoder.output_hypernetworks_mlps") and k.endswith("2.weight"):
-            sd[k] = sd[k] * 40
-    ours.load_state_dict(sd)
-    if name == "sam_tiny":
-        theirs = official_tiny_sam(sa)
-    elif name in OFFICIAL_NAMES:
-        theirs = sa.sam_model_registry[OFFICIAL_NAMES[name]]()
-    else:  # a student: the official Sam around our encoder (as its own package builds it)
-        m = sa.modeling
-        size = ours.prompt_size
-        grid = ours.prompt_encoder.image_embedding_size
-        theirs = m.Sam(
-            image_encoder=build_model(name).image_encoder,
-            prompt_encoder=m.PromptEncoder(embed_dim=256, image_embedding_size=grid,
-                                           input_image_size=(size, size), mask_in_chans=16),
-            mask_decoder=m.MaskDecoder(
-                num_multimask_outputs=3,
-                transformer=m.TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048,
-                                                num_heads=8),
-                transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256))
-    theirs.load_state_dict(sd, strict=True)
-    return sa, ours.eval(), theirs.eval()
 
 
 def boxes(n: int, h: int, w: int, seed: int) -> np.ndarray:
@@ -111,7 +79,7 @@ def main() -> None:
                          f"{args.model}")
     device = torch.device(args.device)
     torch.manual_seed(0)
-    sa, ours, theirs = models(args.model, args.seed)
+    sa, ours, theirs = paired_models(args.model, args.seed)
     ours, theirs = ours.to(device), theirs.to(device)
     ims = make_images(args.images, args.height, args.width, args.seed)
     prompts = [boxes(args.boxes, args.height, args.width, args.seed + i)
