@@ -32,13 +32,14 @@ from operators.evaluation.sampling import (
     sample_score,
 )
 from operators.shards.listing import Shard, list_shards
+from operators.shards.schema import shard_item
 
 from .config import EvaluateConfig
 from .ray_env import init_ray, resolve_actors
 from .runner import map_on_actors
 
-GT_NOTE = {"sa1b": "the shards' SA-1B annotations (themselves SAM output: the released "
-                   "annotation, not human ground truth)",
+GT_NOTE = {"sa1b": "the shards' SA-1B annotations (on SA-1B itself: SAM's released "
+                   "output, not human ground truth)",
            "coco": "a COCO instances JSON"}
 
 
@@ -106,7 +107,7 @@ def _prompted(cfg: EvaluateConfig, report: EvaluationReport) -> None:
 
     opts = cfg.storage.options()
     shards = list_shards(cfg.input.urls, cfg.input.shards, cfg.input.limit, opts)
-    items = [{"shard": s.name, "url": s.url, "container": s.container} for s in shards]
+    items = [shard_item(s) for s in shards]
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     io_kwargs = dict(storage_options=opts, storage=cfg.storage)
 
@@ -232,8 +233,7 @@ def _ground_truth(cfg: EvaluateConfig, rows: list[dict], opts: dict
     for r in rows:
         url = r["source_uri"].split("#", 1)[0]
         shard = Shard.from_url(r["shard"], url)
-        by_url.setdefault(url, {"shard": shard.name, "url": url, "container": shard.container,
-                                "keys": []})["keys"].append(r["key"])
+        by_url.setdefault(url, shard_item(shard, keys=[]))["keys"].append(r["key"])
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     items = list(by_url.values())
     fmt = cfg.input.format if cfg.input is not None else "auto"

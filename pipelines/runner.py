@@ -17,6 +17,7 @@ from typing import Any
 from operators.shards.listing import list_shards
 from operators.shards.prepare import read_and_prepare
 from operators.shards.resumable import StorageUnavailable
+from operators.shards.schema import shard_item
 from operators.shards.write import (
     commit_shard,
     committed_shards,
@@ -140,8 +141,7 @@ def run_sharded(cfg: JobConfig, job: Job) -> RunSummary:
         kept = existing_parts(root, s.name, opts)
         progress[s.name] = ShardProgress(rows=kept.rows, ok=kept.ok, failed=kept.failed,
                                          bytes=kept.bytes, resumed=kept.rows)
-        items.append({"shard": s.name, "url": s.url, "container": s.container,
-                      "skip_keys": kept.keys})
+        items.append(shard_item(s, skip_keys=kept.keys))
     if not todo:
         summary.seconds = time.perf_counter() - start
         return summary

@@ -16,9 +16,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..config import InputConfig, StorageConfig
-from ..shards.listing import Shard
 from ..shards.prepare import model_skeleton, prepare_sample
 from ..shards.read import Sample, iter_shard
+from ..shards.schema import item_shard
 
 
 def sample_score(seed: int, shard: str, key: str) -> int:
@@ -32,7 +32,7 @@ def census(item: dict[str, Any], input_cfg: InputConfig, seed: int,
            ) -> Iterator[dict[str, Any]]:
     """Ray Data flat_map: {"shard", "url", "container"} -> {"shard", "key", "score"} per
     sample of the shard (its images are not decoded)."""
-    shard = Shard(name=item["shard"], url=item["url"], container=item["container"])
+    shard = item_shard(item)
     for part in iter_shard(shard, storage_options, fmt=input_cfg.format, storage=storage):
         if isinstance(part, Sample):
             yield {"shard": shard.name, "key": part.key,
@@ -57,7 +57,7 @@ def read_selected(item: dict[str, Any], model_name: str, input_cfg: InputConfig,
     sample)} -> a prepared row ("original" mode: the decoded image, with its json's
     `annotations_json`) per chosen sample; no end row. model_name: its `input_hw`."""
     model = model_skeleton(model_name)
-    shard = Shard(name=item["shard"], url=item["url"], container=item["container"])
+    shard = item_shard(item)
     keys = None if item.get("keys") is None else frozenset(item["keys"])
     for part in iter_shard(shard, storage_options, fmt=input_cfg.format, storage=storage):
         if isinstance(part, Sample) and (keys is None or part.key in keys):
@@ -72,7 +72,7 @@ def read_annotations(item: dict[str, Any], fmt: str = "auto",
     """Ray Data flat_map: {"shard", "url", "container", "keys"} -> {"shard", "key",
     "annotations_json"} per chosen sample that has a json (images are not decoded). fmt: the
     shard format (input.format)."""
-    shard = Shard(name=item["shard"], url=item["url"], container=item["container"])
+    shard = item_shard(item)
     keys = frozenset(item["keys"])
     for part in iter_shard(shard, storage_options, fmt=fmt, storage=storage):
         if isinstance(part, Sample) and part.key in keys and part.meta is not None:

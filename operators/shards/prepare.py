@@ -21,10 +21,9 @@ from models import MODEL_REGISTRY
 
 from ..config import InputConfig, StorageConfig
 from .decode import DecodeError, decode_image_for
-from .listing import Shard
 from .read import Sample, ShardEnd, image_id_from, iter_shard
 from .resumable import StorageUnavailable
-from .schema import prepared_row
+from .schema import item_shard, prepared_row
 
 
 @lru_cache(maxsize=4)
@@ -119,7 +118,7 @@ def read_and_prepare(
     Never raises for one shard's trouble (one shard must not abort the others): a shard that
     cannot be read ends with `shard_unavailable` set, and the driver leaves it uncommitted."""
     model = model_skeleton(model_name)
-    shard = Shard(name=item["shard"], url=item["url"], container=item["container"])
+    shard = item_shard(item)
     skip = frozenset(item.get("skip_keys") or ())
     original = mode == "original"
     size = 1 if original else model.image_size

@@ -1,6 +1,7 @@
 """The declared rows that cross Ray between the steps of a sharded job, and the Parquet
 schemas of the tables it writes. Every step builds and reads rows through these names.
 
+    driver  --SHARD ITEM-->  read_and_prepare (evaluate: census, read_selected, read_annotations)
     read_and_prepare  --PREPARED-->  model actor  --PREPARED + job outputs-->  write_batch
     write_batch  --TALLY-->  driver (commits a shard once its tallies add up to its end row)
 
@@ -15,6 +16,32 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from .listing import Shard
+
+# -- driver -> read -----------------------------------------------------------------------------
+
+# The item of one shard that the driver hands a read task, and its optional fields
+SHARD_ITEM_OPTIONAL: dict[str, str] = {
+    "skip_keys": "sharded jobs: keys an earlier run already wrote (read past, no row)",
+    "keys": "evaluate: the sampled keys to read (None: every sample)",
+}
+
+
+def shard_item(shard: Shard, **extra: Any) -> dict[str, Any]:
+    """The Ray Data item of `shard`: {"shard", "url", "container"} plus optional fields of
+    SHARD_ITEM_OPTIONAL (unknown names refused)."""
+    unknown = set(extra) - set(SHARD_ITEM_OPTIONAL)
+    if unknown:
+        raise KeyError(f"expected optional shard-item fields {sorted(SHARD_ITEM_OPTIONAL)}, "
+                       f"got unknown {sorted(unknown)}")
+    return {"shard": shard.name, "url": shard.url, "container": shard.container, **extra}
+
+
+def item_shard(item: dict[str, Any]) -> Shard:
+    """The Shard of a shard item (see shard_item)."""
+    return Shard(name=item["shard"], url=item["url"], container=item["container"])
+
 
 # -- read -> model actor ------------------------------------------------------------------------
 
