@@ -93,6 +93,25 @@ def build_sam_tiny() -> Sam:
     )
 
 
+def build_sam_demo() -> Sam:
+    """A SAM of the official design small enough to train on 2 CPU cores in minutes (the
+    model `make demo` ships, ~0.5M parameters): 256x256 input, 64x16x16 embedding, four
+    blocks with 8x8 windows and a global last block, a 64-wide prompt encoder and decoder
+    (64x64 low-resolution masks)."""
+    return _build_sam_vit(
+        embed_dim=64,
+        depth=4,
+        num_heads=4,
+        global_attn_indexes=(1, 3),
+        image_size=256,
+        window_size=8,
+        prompt_embed_dim=64,
+        decoder_mlp_dim=256,
+        decoder_heads=4,
+        iou_head_hidden_dim=64,
+    )
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """One registry model: its builder, what it can do (a Protocol of models/protocols.py)
@@ -118,9 +137,32 @@ _SAM_FILES = {
     "sam_vit_b": "sam_vit_b_01ec64.pth",
 }
 
+# Checkpoints samdata trains itself and ships in models/weights/ (name -> file, sha256): the
+# README's "The demo model" says how each was made.
+SHIPPED_CHECKPOINTS: dict[str, tuple[str, str]] = {
+    "sam_demo": ("sam_demo.pt", "436d9f1cf405fabc287f470780c61f4b65f77dd005e2b277894976e144115851"),
+}
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+
+
+def shipped_checkpoint(name: str) -> tuple[str, str]:
+    """(local path, sha256) of the checkpoint shipped for `name`. Raises KeyError naming the
+    models that have one, FileNotFoundError when the file is missing from the install."""
+    if name not in SHIPPED_CHECKPOINTS:
+        raise KeyError(f"expected one of {', '.join(SHIPPED_CHECKPOINTS)} (models with a "
+                       f"shipped checkpoint), got '{name}'")
+    file, sha = SHIPPED_CHECKPOINTS[name]
+    path = os.path.join(WEIGHTS_DIR, file)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"expected the shipped checkpoint of {name} at {path}, got no "
+                                f"file (an install without models/weights?)")
+    return path, sha
+
+
 MODEL_REGISTRY: dict[str, ModelEntry] = {
     **_entries({"sam_vit_h": build_sam_vit_h, "sam_vit_l": build_sam_vit_l,
-                "sam_vit_b": build_sam_vit_b, "sam_tiny": build_sam_tiny},
+                "sam_vit_b": build_sam_vit_b, "sam_tiny": build_sam_tiny,
+                "sam_demo": build_sam_demo},
                PromptableModel, _SAM_FILES),
     **_entries(tiny_vit.BUILDERS, PromptableModel, tiny_vit.OFFICIAL_FILES),
     **_entries(efficientvit.BUILDERS, PromptableModel, efficientvit.OFFICIAL_FILES),

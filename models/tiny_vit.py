@@ -365,7 +365,28 @@ def build_mobile_sam_tiny() -> Sam:
                      decoder_heads=2, iou_head_hidden_dim=32)
 
 
-BUILDERS = {"mobile_sam": build_mobile_sam, "mobile_sam_tiny": build_mobile_sam_tiny}
+def build_mobile_sam_demo() -> Sam:
+    """MobileSAM's design as the student of `sam_demo` (the demo's stage 1): a TinyViT of four
+    stages (64 -> 32 -> 16 -> 16 tokens a side at a 256 input), windows 7/7/8/8, a 16-class
+    head (never run), and SAM's neck, prompt encoder and mask decoder at `sam_demo`'s sizes
+    (64x16x16 embedding, 256 prompt frame), so `sam_demo`'s prompt encoder and mask decoder
+    load into it."""
+    encoder = TinyViT(
+        img_size=256,
+        embed_dims=(16, 32, 48, 64),
+        depths=(1, 1, 2, 1),
+        num_heads=(1, 2, 3, 4),
+        window_sizes=(7, 7, 8, 8),
+        merge_strides=(2, 2, 1),
+        out_chans=64,
+        num_classes=16,
+    )
+    return build_sam(encoder, prompt_embed_dim=64, image_size=256, decoder_mlp_dim=256,
+                     decoder_heads=4, iou_head_hidden_dim=64)
+
+
+BUILDERS = {"mobile_sam": build_mobile_sam, "mobile_sam_tiny": build_mobile_sam_tiny,
+            "mobile_sam_demo": build_mobile_sam_demo}
 
 # Official checkpoint file names (ChaoningZhang/MobileSAM, weights/mobile_sam.pt).
 OFFICIAL_FILES = {"mobile_sam": "mobile_sam.pt"}
