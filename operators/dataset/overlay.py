@@ -83,3 +83,25 @@ def contact_sheet(tiles: list[tuple[np.ndarray, str]], columns: int = 4, tile: i
         sheet.paste(im, (x0 + (tile - im.width) // 2, y0 + (tile - im.height) // 2))
         draw.text((x0 + 4, y0 + tile + 2), caption[:60], fill=(235, 235, 235))
     return np.asarray(sheet)
+
+
+def dataset_sheet(dataset: str, count: int, storage_options: dict | None = None,
+                  columns: int = 4, alpha: float = 0.5, boxes: bool = True,
+                  points: bool = True) -> tuple[np.ndarray, int, int]:
+    """The contact sheet of the first `count` ok images of a mask dataset (the output of
+    `samdata autolabel`), each drawn with its masks (draw_overlay) from its source shard.
+    Returns (uint8 sheet, images drawn, masks drawn)."""
+    from .maskset import iter_rows, load_source_image
+
+    tiles, masks = [], 0
+    for row in iter_rows(dataset, storage_options):
+        if row["status"] != "ok":
+            continue
+        anns = row["annotations"] or []
+        picture = draw_overlay(load_source_image(row, storage_options), anns, alpha=alpha,
+                               boxes=boxes, points=points)
+        tiles.append((picture, f"{row['image_id']} {row['key']}: {len(anns)} masks"))
+        masks += len(anns)
+        if len(tiles) == count:
+            break
+    return contact_sheet(tiles, columns=columns), len(tiles), masks

@@ -4,7 +4,9 @@ Each shard `sa_NNNNNN.tar` holds `sa_<id>.jpg` then `sa_<id>.json` per image, in
 image is a smooth colour gradient with 1-4 flat-coloured rectangles and ellipses drawn on it, in
 colours distinct from each other and from the background. The json follows the SA-1B annotation
 format, with one annotation per shape whose COCO RLE is the exact visible mask of that shape
-(later shapes occlude earlier ones; a shape hidden entirely gets no annotation).
+(later shapes occlude earlier ones; a shape hidden entirely gets no annotation) and, when asked
+(`background`), a last one for the background: what no shape covers, a region as SA-1B
+annotates "stuff" (so that every point of the image belongs to some mask).
 
 Output is deterministic: a shard's bytes depend only on `seed`, its index and the sizes asked for.
 """
@@ -111,7 +113,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _shard_bytes(shard: int, images: int, seed: int, min_side: int, max_side: int,
-                 max_shapes: int = 4, texture: float = 0.0) -> bytes:
+                 max_shapes: int = 4, texture: float = 0.0, background: bool = False) -> bytes:
     """The uncompressed tar bytes of shard number `shard`."""
     rng = np.random.default_rng([seed, shard])
     buf = io.BytesIO()
@@ -120,6 +122,9 @@ def _shard_bytes(shard: int, images: int, seed: int, min_side: int, max_side: in
             image_id = shard * IDS_PER_SHARD + i + 1
             h, w = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
             img, masks = _make_image(rng, h, w, max_shapes, texture)
+            if background:
+                rest = ~np.logical_or.reduce(masks) if masks else np.ones((h, w), bool)
+                masks = masks + [rest] if rest.any() else masks
             jpg = io.BytesIO()
             Image.fromarray(img).save(jpg, "JPEG", quality=95)
             meta = {
@@ -143,13 +148,15 @@ def write_sample_corpus(
     first_shard: int = 0,
     max_shapes: int = 4,
     texture: float = 0.0,
+    background: bool = False,
 ) -> list[str]:
     """Write `shards` SA-1B-format tar shards to the folder or fsspec URL prefix `out`.
 
     Shards are `sa_{first_shard:06d}.tar` onwards, each with `images_per_shard` images whose
     sides are in [min_side, max_side]; image ids are `shard * 100000 + i + 1` (i from 0) and
     annotation ids `image_id * 100 + k`; each image has 1..`max_shapes` shapes and, with
-    `texture` > 0, grain of that std (uint8 levels). `storage_options` go to
+    `texture` > 0, grain of that std (uint8 levels); with `background`, the background's mask
+    is the image's last annotation. `storage_options` go to
     `fsspec.core.url_to_fs`.
     Returns the shard paths, sorted: full URLs for a URL `out`, plain paths for a local one.
     """
@@ -169,6 +176,6 @@ def write_sample_corpus(
     for s in range(first_shard, first_shard + shards):
         path = f"{root}/sa_{s:06d}.tar"
         fs.pipe_file(path, _shard_bytes(s, images_per_shard, seed, min_side, max_side,
-                                        max_shapes, texture))
+                                        max_shapes, texture, background))
         written.append(fs.unstrip_protocol(path) if "://" in out else path)
     return sorted(written)

@@ -173,3 +173,23 @@ def test_richer_sample_images_keep_exact_masks(tmp_path):
     assert shapes > 3 * 2  # more than the default's 1-4 on average
     with pytest.raises(ValueError, match="max_shapes"):
         write_sample_corpus(str(tmp_path / "d"), max_shapes=9)
+
+
+def test_background_is_the_last_annotation_and_the_masks_tile_the_image(tmp_path):
+    """With `background`, every pixel belongs to exactly one mask: the shapes' as without it
+    (same ids, same RLE), then the background's."""
+    without = write_sample_corpus(str(tmp_path / "a"), shards=1, images_per_shard=3, seed=2)
+    with_bg = write_sample_corpus(str(tmp_path / "b"), shards=1, images_per_shard=3, seed=2,
+                                  background=True)
+    plain = dict(_members(Path(without[0]).read_bytes()))
+    rich = dict(_members(Path(with_bg[0]).read_bytes()))
+    assert plain.keys() == rich.keys()
+    for name in (n for n in rich if n.endswith(".json")):
+        shapes = json.loads(plain[name])["annotations"]
+        anns = json.loads(rich[name])["annotations"]
+        assert anns[:-1] == shapes and len(anns) == len(shapes) + 1
+        masks = np.stack([_decode(a) for a in anns])
+        assert (masks.sum(axis=0) == 1).all()  # a partition of the image
+        bg = anns[-1]
+        assert bg["id"] == shapes[-1]["id"] + 1 and masks[-1].sum() == bg["area"]
+        assert rich[name[:-5] + ".jpg"] == plain[name[:-5] + ".jpg"]  # same pixels
