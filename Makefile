@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.samdata-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-all lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/samdata demo
 
+# The default suite leaves out the checks marked slow (under 15 minutes on 2 cores)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# Everything, the slow checks too (about 40 minutes on 2 cores)
+test-all: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -m ""
 
 # Every performance figure, side by side in one run, on this machine's device (CPU: ~15 min)
 bench: $(STAMP)

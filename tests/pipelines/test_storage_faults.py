@@ -104,6 +104,7 @@ def test_a_shard_that_cannot_be_read_is_left_for_the_rerun(ray_local, proxy, cor
         assert 0 < second.images_resumed < IMAGES
 
 
+@pytest.mark.slow  # a real driver SIGKILLed mid-shard, then rerun: about 2 minutes on 2 cores
 def test_a_killed_job_resumes_inside_its_shard(tmp_path):
     """SIGKILL the driver (and its local Ray) once half of a shard's images are written; the
     rerun keeps those part files, processes only the rest, and the output has every image

@@ -92,6 +92,7 @@ def test_submit_refuses_bad_token_missing_token_and_dead_address(head, tmp_path,
     assert err.count("\n") == 0 and "nothing answers" in err
 
 
+@pytest.mark.slow  # two nodes, one killed mid-job: about 2 minutes on 2 cores
 def test_job_survives_losing_a_worker_node(s3_bucket, s3_endpoint, tmp_path, capsys):
     """Head (2 CPUs: after the loss, one actor and one read task must still fit) + a worker
     node (2 CPUs); the worker node is killed (every process of it, SIGKILL) once the job has
