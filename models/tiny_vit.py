@@ -345,44 +345,42 @@ def build_mobile_sam() -> Sam:
     return build_sam(encoder)  # SAM's prompt encoder and mask decoder at their official sizes
 
 
-def build_mobile_sam_tiny() -> Sam:
-    """MobileSAM's design at toy sizes, the student of `sam_tiny` in tests and demos: a TinyViT
-    of four stages (32 -> 16 -> 8 -> 8 tokens a side at a 128 input), windows 7/4/4/3 (the 3
-    pads the 8x8 grid, as the official 7 pads 64), a 16-class head (never run), and SAM's neck,
-    prompt encoder and mask decoder at `sam_tiny`'s sizes (32x8x8 embedding, 128 prompt
-    frame), so `sam_tiny`'s prompt encoder and mask decoder load into it."""
+def _build_small_student(image_size: int, embed_dims: tuple[int, ...], depths: tuple[int, ...],
+                         num_heads: tuple[int, ...], window_sizes: tuple[int, ...],
+                         decoder_mlp_dim: int, decoder_heads: int) -> Sam:
+    """MobileSAM's design at a toy teacher's sizes: a four-stage TinyViT (merges 2, 2, 1: the
+    grid is image_size / 16 a side), a 16-class head (never run), and SAM's neck, prompt
+    encoder and mask decoder at the last stage's width, so the teacher's prompt encoder and
+    mask decoder load into it."""
+    width = embed_dims[-1]
     encoder = TinyViT(
-        img_size=128,
-        embed_dims=(8, 16, 24, 32),
-        depths=(1, 1, 1, 1),
-        num_heads=(1, 1, 2, 2),
-        window_sizes=(7, 4, 4, 3),
+        img_size=image_size,
+        embed_dims=embed_dims,
+        depths=depths,
+        num_heads=num_heads,
+        window_sizes=window_sizes,
         merge_strides=(2, 2, 1),
-        out_chans=32,
+        out_chans=width,
         num_classes=16,
     )
-    return build_sam(encoder, prompt_embed_dim=32, image_size=128, decoder_mlp_dim=64,
-                     decoder_heads=2, iou_head_hidden_dim=32)
+    return build_sam(encoder, prompt_embed_dim=width, image_size=image_size,
+                     decoder_mlp_dim=decoder_mlp_dim, decoder_heads=decoder_heads,
+                     iou_head_hidden_dim=width)
+
+
+def build_mobile_sam_tiny() -> Sam:
+    """The student of `sam_tiny` in tests: 32 -> 16 -> 8 -> 8 tokens a side at a 128 input,
+    windows 7/4/4/3 (the 3 pads the 8x8 grid, as the official 7 pads 64), `sam_tiny`'s 32x8x8
+    embedding and 128 prompt frame."""
+    return _build_small_student(128, (8, 16, 24, 32), (1, 1, 1, 1), (1, 1, 2, 2),
+                                (7, 4, 4, 3), decoder_mlp_dim=64, decoder_heads=2)
 
 
 def build_mobile_sam_demo() -> Sam:
-    """MobileSAM's design as the student of `sam_demo` (the demo's stage 1): a TinyViT of four
-    stages (64 -> 32 -> 16 -> 16 tokens a side at a 256 input), windows 7/7/8/8, a 16-class
-    head (never run), and SAM's neck, prompt encoder and mask decoder at `sam_demo`'s sizes
-    (64x16x16 embedding, 256 prompt frame), so `sam_demo`'s prompt encoder and mask decoder
-    load into it."""
-    encoder = TinyViT(
-        img_size=256,
-        embed_dims=(16, 32, 48, 64),
-        depths=(1, 1, 2, 1),
-        num_heads=(1, 2, 3, 4),
-        window_sizes=(7, 7, 8, 8),
-        merge_strides=(2, 2, 1),
-        out_chans=64,
-        num_classes=16,
-    )
-    return build_sam(encoder, prompt_embed_dim=64, image_size=256, decoder_mlp_dim=256,
-                     decoder_heads=4, iou_head_hidden_dim=64)
+    """The student of `sam_demo` (the demo's stage 1): 64 -> 32 -> 16 -> 16 tokens a side at
+    a 256 input, windows 7/7/8/8, `sam_demo`'s 64x16x16 embedding and 256 prompt frame."""
+    return _build_small_student(256, (16, 32, 48, 64), (1, 1, 2, 1), (1, 2, 3, 4),
+                                (7, 7, 8, 8), decoder_mlp_dim=256, decoder_heads=4)
 
 
 BUILDERS = {"mobile_sam": build_mobile_sam, "mobile_sam_tiny": build_mobile_sam_tiny,
