@@ -25,8 +25,11 @@ from pipelines.config import AutolabelConfig, ConfigError, EmbedConfig, parse_co
 from pipelines.embed import run_embed
 from tests.support import as_batch
 
-# The teachers at full size take minutes on a CPU; they share all code with sam_tiny.
-MODELS = [n for n in MODEL_REGISTRY if n not in ("sam_vit_h", "sam_vit_l", "sam_vit_b")]
+# The teachers at full size take minutes on a CPU; they share all code with sam_tiny. The XL
+# EfficientViT-SAMs (20-35 s each on 2 cores) share all code with the L models: slow checks.
+SLOW_MODELS = ("efficientvit_sam_xl0", "efficientvit_sam_xl1")
+MODELS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n
+          for n in MODEL_REGISTRY if n not in ("sam_vit_h", "sam_vit_l", "sam_vit_b")]
 LOOSE = {"points_per_side": 2, "pred_iou_thresh": -1, "stability_score_thresh": 0.0,
          "box_nms_thresh": 1.0,
          # one-pass models (FastSAM): every detection of the random detector, at a small size

@@ -135,6 +135,7 @@ def test_job_survives_losing_a_worker_node(s3_bucket, s3_endpoint, tmp_path, cap
     assert commits() == 6
 
 
+@pytest.mark.slow  # a real `ray start` head from infra/local-cluster.sh: about 40 s
 def test_the_local_cluster_script_runs_a_submitted_job(tmp_path, monkeypatch, capsys):
     """The user's steps from infra/README.md: `infra/local-cluster.sh start` from a shell whose
     PATH does not hold the venv, then `samdata submit embed ... --follow`: the job's `python`
