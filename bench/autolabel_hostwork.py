@@ -59,6 +59,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import operators.everything.grid as grid  # noqa: E402
+from bench.autolabel import images as structured_images  # noqa: E402
 from models import build_model  # noqa: E402
 from operators.config import GeneratorConfig  # noqa: E402
 from operators.everything.coco_rle import finish_annotations  # noqa: E402
@@ -200,17 +201,6 @@ def model_with_structure(seed: int, device: torch.device) -> torch.nn.Module:
             sd[k] = sd[k] * 40
     model.load_state_dict(sd)
     return model.eval().to(device)
-
-
-def structured_images(n: int, h: int, w: int, seed: int) -> list[np.ndarray]:
-    """uint8 HxWx3 images: 40 px blocks of colour plus noise (as bench/autolabel.py)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        blocks = rng.integers(0, 256, (h // 40 + 1, w // 40 + 1, 3)).repeat(40, 0).repeat(40, 1)
-        noise = rng.integers(-12, 13, (h, w, 3))
-        out.append(np.clip(blocks[:h, :w] + noise, 0, 255).astype(np.uint8))
-    return out
 
 
 def main() -> None:
