@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from .shards.decode import DEFAULT_MAX_IMAGE_PIXELS
 
@@ -34,6 +34,21 @@ def _hex64(v: str | None) -> str | None:
     return v
 
 
+def _one_url(v):
+    return [v] if isinstance(v, str) else v
+
+
+def _shard_range(v: str | None) -> str | None:
+    if v is not None:
+        from .shards.listing import parse_range
+
+        parse_range(v)
+    return v
+
+
+# Field types shared by the sections that name shards (input, data)
+Urls = Annotated[list[str], BeforeValidator(_one_url)]  # one URL may be given as a string
+ShardRange = Annotated[str | None, AfterValidator(_shard_range)]  # "sa_000000..sa_000009"
 # Field types shared by every section that names a model (model, teacher, student)
 RegistryName = Annotated[str, AfterValidator(_registry_name)]  # a `samdata models` name
 Sha256 = Annotated[str | None, AfterValidator(_hex64)]  # a checkpoint file's hex digest
@@ -90,28 +105,14 @@ class StorageConfig(Strict):
 
 
 class InputConfig(Strict):
-    urls: list[str] = Field(min_length=1)  # tar files, globs, folders; local or s3://
-    shards: str | None = None  # inclusive name range, e.g. "sa_000000..sa_000009"
+    urls: Urls = Field(min_length=1)  # tar files, globs, folders; local or s3://
+    shards: ShardRange = None  # inclusive name range, e.g. "sa_000000..sa_000009"
     limit: int | None = Field(default=None, ge=1)  # at most this many shards
     format: Literal["auto", "sa1b", "webdataset", "folder"] = "auto"
     # refuse larger images (decompression bombs)
     max_image_pixels: int = Field(default=DEFAULT_MAX_IMAGE_PIXELS, ge=1)
     jpeg_draft: bool = False  # embed: decode JPEGs at 1/2..1/8 scale when still >= the
     #   model input (2-3x less decode; model input within 0.25 mean |diff|, short side +-1 px)
-
-    @field_validator("urls", mode="before")
-    @classmethod
-    def _one_url(cls, v):
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("shards")
-    @classmethod
-    def _range(cls, v):
-        if v is not None:
-            from .shards.listing import parse_range
-
-            parse_range(v)
-        return v
 
 
 class ModelConfig(Strict):

@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ..config import RegistryName, Sha256, Strict
+from ..config import RegistryName, Sha256, ShardRange, Strict, Urls
 from ..shards.decode import DEFAULT_MAX_IMAGE_PIXELS
 
 Part = Literal["image_encoder", "prompt_encoder", "mask_decoder"]
@@ -62,8 +62,8 @@ class DistillDataConfig(Strict):
     `corpus`, and teacher targets from `embeddings`."""
 
     embeddings: str | None = None  # a `samdata embed` output root (local or s3://)
-    corpus: list[str] | None = None  # the shards the teacher saw: tars, globs, folders
-    shards: str | None = None  # inclusive shard-name range, e.g. "sa_000000..sa_000009"
+    corpus: Urls | None = None  # the shards the teacher saw: tars, globs, folders
+    shards: ShardRange = None  # inclusive shard-name range, e.g. "sa_000000..sa_000009"
     limit: int | None = Field(default=None, ge=1)  # at most this many shards
     val_shards: int = Field(default=1, ge=0)  # the last N shards (by name) validate only
     format: Literal["auto", "sa1b", "webdataset", "folder"] = "auto"
@@ -73,20 +73,6 @@ class DistillDataConfig(Strict):
     rows_per_pass: int = Field(default=8192, ge=1)  # a pass over the training data (one Ray
     #   Data execution) repeats the shards, reshuffled, until it holds this many rows, so a
     #   small corpus does not restart the pipeline every epoch; a large one passes once
-
-    @field_validator("corpus", mode="before")
-    @classmethod
-    def _one_url(cls, v):
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("shards")
-    @classmethod
-    def _range(cls, v):
-        if v is not None:
-            from ..shards.listing import parse_range
-
-            parse_range(v)
-        return v
 
 
 class OptimConfig(Strict):
