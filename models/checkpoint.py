@@ -99,10 +99,28 @@ def _sample(keys: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+def drop_ignored_keys(state_dict: Mapping[str, torch.Tensor], prefixes: tuple[str, ...]
+                      ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(the state dict without the keys starting with one of `prefixes`, those keys sorted).
+    For files that hold more than the model uses, the parts declared by the model (SAM 2's
+    video modules: models/sam2 `VIDEO_ONLY_PREFIXES`)."""
+    kept = {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
+    return kept, sorted(set(state_dict) - set(kept))
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                           ignored_prefixes: tuple[str, ...] = ()) -> None:
     """Load with `strict=True`, raising a `CheckpointError` that lists the missing and
-    unexpected keys and any shape mismatch before torch is asked."""
+    unexpected keys and any shape mismatch before torch is asked.
+
+    ignored_prefixes: keys of the file starting with one of these are skipped (a model's
+    declared extra parts, e.g. SAM 2's video modules); every other key must match."""
     expected = model.state_dict()
+    clash = sorted(k for k in expected if ignored_prefixes and k.startswith(ignored_prefixes))
+    if clash:
+        raise CheckpointError(f"expected the ignored prefixes {ignored_prefixes} to match no key "
+                              f"of {type(model).__name__}, got {_sample(clash)}")
+    state_dict, _ = drop_ignored_keys(state_dict, ignored_prefixes)
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     shapes = [

@@ -4,6 +4,9 @@ Two kinds exist today:
 - `PromptableModel`: an image encoder whose embedding a prompt encoder + mask decoder turn
   into masks (SAM, MobileSAM, EfficientViT-SAM, EfficientSAM). Embeddings, prompted masks and
   the point-grid everything mode all run on it.
+  `HighResPromptableModel` (SAM 2) is a PromptableModel whose decoder also needs
+  high-resolution features of the image: callers that decode check for it (isinstance) and
+  embed with `embed_images_with_features`; `embed_images` alone still gives the embedding.
 - `OnePassModel`: a network that segments every instance of an image in one pass (FastSAM's
   YOLOv8-seg). It has no image embedding; everything mode runs its detections, and prompted
   masks select among them.
@@ -54,6 +57,29 @@ class PromptableModel(Protocol):
 
     def postprocess_masks(self, masks: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
         """Low-res logits BxCxhxw -> BxCxHxW logits at orig_hw."""
+
+
+@runtime_checkable
+class HighResPromptableModel(PromptableModel, Protocol):
+    """A PromptableModel whose decoder needs high-resolution image features beside the
+    embedding (SAM 2: [Bx32x256x256, Bx64x128x128], `high_res_shapes`). Its `decode` takes
+    them as `high_res_features`, with the same rows as `image_embeddings` (one per image, or
+    one per prompt)."""
+
+    @property
+    def high_res_shapes(self) -> list[tuple[int, int, int]]: ...
+
+    def embed_images_with_features(self, images: torch.Tensor, input_hws: torch.Tensor
+                                   ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Bx3xSxS prepared images -> {"image_embed": BxCxHxW (what `embed_images` gives),
+        "high_res_feats": list of BxCixHixWi}."""
+
+    def decode(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor | None = None,
+               point_labels: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
+               mask_input: torch.Tensor | None = None, multimask_output: bool = True,
+               high_res_features: list[torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As PromptableModel.decode, with the images' high-res features (required)."""
 
 
 @runtime_checkable

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from . import efficient_sam, efficientvit, tiny_vit, yolov8_seg
+from . import efficient_sam, efficientvit, sam2, tiny_vit, yolov8_seg
 from .checkpoint import (
     load_state_dict_strict,
     read_checkpoint,
@@ -167,6 +167,9 @@ MODEL_REGISTRY: dict[str, ModelEntry] = {
     **_entries(tiny_vit.BUILDERS, PromptableModel, tiny_vit.OFFICIAL_FILES),
     **_entries(efficientvit.BUILDERS, PromptableModel, efficientvit.OFFICIAL_FILES),
     **_entries(efficient_sam.BUILDERS, PromptableModel, efficient_sam.OFFICIAL_FILES),
+    # SAM 2.1: PromptableModel, and its decoder needs the high-res features too
+    # (models/protocols.py `HighResPromptableModel`)
+    **_entries(sam2.BUILDERS, PromptableModel, sam2.OFFICIAL_FILES),
     **_entries(yolov8_seg.BUILDERS, OnePassModel, yolov8_seg.OFFICIAL_FILES),
 }
 
@@ -213,7 +216,8 @@ def build_model(
         loader = getattr(model, "checkpoint_loader", None)  # files that are not state dicts
         loaded, digest = read_checkpoint(checkpoint, sha256=sha256, loader=loader)
         wrappers = getattr(model, "checkpoint_wrappers", ())
-        load_state_dict_strict(model, unwrap_state_dict(loaded, wrappers))
+        ignored = getattr(model, "checkpoint_ignored_prefixes", ())  # e.g. SAM 2's video keys
+        load_state_dict_strict(model, unwrap_state_dict(loaded, wrappers), ignored)
     elif seed is not None:
         load_state_dict_strict(model, seeded_state_dict(model, seed))
     # Some modules cache derived tensors in eval(); refresh them after the weights changed.
