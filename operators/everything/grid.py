@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import PromptableModel
+from models import HighResPromptableModel, PromptableModel
 from models.transforms import check_image
 
 from ..config import CPU_BATCH, GeneratorConfig
@@ -130,18 +130,26 @@ class MaskGenerator:
                 arrays += [np.zeros_like(arrays[0])] * (pad_to - len(arrays))
                 hws += [arrays[0].shape[:2]] * (pad_to - len(hws))
             batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-            embeddings = self.model.embed_images(
-                batch.to(self.device, non_blocking=True),
-                torch.tensor(hws).to(self.device, non_blocking=True))[: len(chunk)]
+            batch = batch.to(self.device, non_blocking=True)
+            hws_d = torch.tensor(hws).to(self.device, non_blocking=True)
+            high_res = None  # SAM 2's decoder also needs the high-res features of the crops
+            if isinstance(self.model, HighResPromptableModel):
+                feats = self.model.embed_images_with_features(batch, hws_d)
+                embeddings = feats["image_embed"][: len(chunk)]
+                high_res = [f[: len(chunk)] for f in feats["high_res_feats"]]
+            else:
+                embeddings = self.model.embed_images(batch, hws_d)[: len(chunk)]
             # Decode the point prompts of all of them, filtering as we go
-            self._decode(chunk, embeddings)
+            self._decode(chunk, embeddings, high_res)
             for crop in chunk:
                 parts[crop.image].append(self._crop_nms(crop))
         return [self._merge(p, image.shape[:2], encode)
                 for p, image in zip(parts, images, strict=True)]
 
-    def _decode(self, chunk: list[_Crop], embeddings: torch.Tensor) -> None:
-        """Run every crop's point grid through the decoder, decoder_batch_size prompts a call."""
+    def _decode(self, chunk: list[_Crop], embeddings: torch.Tensor,
+                high_res: list[torch.Tensor] | None = None) -> None:
+        """Run every crop's point grid through the decoder, decoder_batch_size prompts a call
+        (high_res: the crops' high-res features, for a HighResPromptableModel)."""
         points, prompts, owner = [], [], []
         for k, crop in enumerate(chunk):
             h, w = crop.hw
@@ -156,12 +164,14 @@ class MaskGenerator:
             first, last = int(own[0]), int(own[-1])
             # One embedding row per prompt, unless they all share one
             # (host -> device copies without non_blocking would each wait for the device)
-            emb = (embeddings[first : first + 1] if first == last
-                   else embeddings[own.to(self.device, non_blocking=True)])
+            pick = (slice(first, first + 1) if first == last
+                    else own.to(self.device, non_blocking=True))
+            emb = embeddings[pick]
+            extra = {} if high_res is None else {"high_res_features": [f[pick] for f in high_res]}
             coords = prompts_all[sl].to(self.device, non_blocking=True)[:, None, :]
             labels = torch.ones((len(own), 1), dtype=torch.int, device=self.device)
             low_res, iou = self.model.decode(emb, point_coords=coords, point_labels=labels,
-                                             multimask_output=True)
+                                             multimask_output=True, **extra)
             # float32 before the threshold: under bf16 autocast 0.88 itself rounds to 0.8789
             iou = iou.float()
             for k in range(first, last + 1):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import PromptableModel
+from models import HighResPromptableModel, PromptableModel
 from models.transforms import check_image
 
 from ..config import CPU_BATCH
@@ -32,11 +32,12 @@ from .prompts import MaskChunk, PromptSet
 
 @dataclass
 class EncodedImages:
-    """Images as prompts see them: embeddings IxCxhxw (on the model's device) and each image's
-    (H, W)."""
+    """Images as prompts see them: embeddings IxCxhxw (on the model's device), each image's
+    (H, W) and, for a HighResPromptableModel (SAM 2), its high-res features (same rows)."""
 
     embeddings: torch.Tensor
     orig_hws: list[tuple[int, int]]
+    high_res: list[torch.Tensor] | None = None
 
 
 class SamPrompter:
@@ -73,20 +74,37 @@ class SamPrompter:
     def embed(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """uint8 HxWx3 RGB images -> their embeddings IxCxhxw on the model's device,
         `batch_size` images per encoder call."""
-        out = []
+        return self._embed(images)[0]
+
+    def _embed(self, images: Sequence[np.ndarray]
+               ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """`embed`, with the high-res features of a HighResPromptableModel (else None)."""
+        high_res = isinstance(self.model, HighResPromptableModel)
+        out, extra = [], []
         for start in range(0, len(images), self.batch_size):
             prepared = [self.model.prepare_image(check_image(im))
                         for im in images[start : start + self.batch_size]]
             # NHWC memory seen as NCHW, as the other actors feed the encoder
             pixels = torch.from_numpy(np.stack([p for p, _ in prepared])).permute(0, 3, 1, 2)
             hws = torch.tensor([hw for _, hw in prepared])
-            out.append(self.model.embed_images(pixels.to(self.device, non_blocking=True),
-                                               hws.to(self.device, non_blocking=True)))
-        return torch.cat(out)
+            pixels = pixels.to(self.device, non_blocking=True)
+            hws = hws.to(self.device, non_blocking=True)
+            if high_res:
+                feats = self.model.embed_images_with_features(pixels, hws)
+                out.append(feats["image_embed"])
+                extra.append(feats["high_res_feats"])
+            else:
+                out.append(self.model.embed_images(pixels, hws))
+        if not high_res:
+            return torch.cat(out), None
+        return torch.cat(out), [torch.cat(level) for level in zip(*extra, strict=True)]
 
+    @torch.inference_mode()
     def encode(self, images: Sequence[np.ndarray]) -> EncodedImages:
-        """uint8 HxWx3 RGB images -> what prompts need of them (their embeddings)."""
-        return EncodedImages(self.embed(images), [tuple(im.shape[:2]) for im in images])
+        """uint8 HxWx3 RGB images -> what prompts need of them (their embeddings, and the
+        high-res features of a HighResPromptableModel)."""
+        embeddings, high_res = self._embed(images)
+        return EncodedImages(embeddings, [tuple(im.shape[:2]) for im in images], high_res)
 
     def iter_masks(self, images: Sequence[np.ndarray], prompts: PromptSet
                    ) -> Iterator[MaskChunk]:
@@ -108,14 +126,16 @@ class SamPrompter:
                 owner = prompts.image[idx[sl]]
                 first, last = int(owner[0]), int(owner[-1])
                 # One embedding row per prompt, unless they all share one
-                emb = (embeddings[first : first + 1] if first == last
-                       else embeddings[torch.from_numpy(owner).to(self.device)])
+                pick = (slice(first, first + 1) if first == last
+                        else torch.from_numpy(owner).to(self.device))
+                extra = ({} if encoded.high_res is None
+                         else {"high_res_features": [f[pick] for f in encoded.high_res]})
                 low_res, iou = self.model.decode(
-                    emb,
+                    embeddings[pick],
                     point_coords=None if coords is None else coords[sl],
                     point_labels=None if labels is None else labels[sl],
                     boxes=None if boxes is None else boxes[sl],
-                    multimask_output=self.multimask)
+                    multimask_output=self.multimask, **extra)
                 # Keep the mask of highest predicted IoU (float32: bf16 rounds ties together)
                 iou = iou.float()
                 best = iou.argmax(dim=1)

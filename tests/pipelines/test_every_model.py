@@ -28,8 +28,12 @@ from tests.support import as_batch
 # The teachers at full size take minutes on a CPU; they share all code with sam_tiny. The XL
 # EfficientViT-SAMs (20-35 s each on 2 cores) share all code with the L models: slow checks.
 SLOW_MODELS = ("efficientvit_sam_xl0", "efficientvit_sam_xl1")
+# The SAM 2.1 sizes share all code with sam2_tiny_test (built and loaded at full size in
+# tests/models/test_sam2_manifest.py).
+FULL_SIZE = ("sam_vit_h", "sam_vit_l", "sam_vit_b", "sam2_1_hiera_t", "sam2_1_hiera_s",
+             "sam2_1_hiera_b_plus", "sam2_1_hiera_l")
 MODELS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n
-          for n in MODEL_REGISTRY if n not in ("sam_vit_h", "sam_vit_l", "sam_vit_b")]
+          for n in MODEL_REGISTRY if n not in FULL_SIZE]
 LOOSE = {"points_per_side": 2, "pred_iou_thresh": -1, "stability_score_thresh": 0.0,
          "box_nms_thresh": 1.0,
          # one-pass models (FastSAM): every detection of the random detector, at a small size
