@@ -19,7 +19,8 @@ changed ones again.
 Device memory is bounded by three knobs, whatever the image size: `model.batch_size` crops
 per encoder call, `generator.decoder_batch_size` prompts per decoder call (3 low-res masks
 each) and `generator.upscale_batch_size` masks upscaled to crop resolution at once (float32 HxW
-each, plus a bool copy and the run-length work). Masks that survive the filters wait for NMS in
+each, plus a bool copy and the run-length work; fewer on large crops, so that a chunk holds at
+most `runtime.batch_size.MASK_PIXEL_BUDGET` pixels). Masks that survive the filters wait for NMS in
 host memory as their change points.
 """
 
@@ -35,6 +36,7 @@ from models import HighResPromptableModel, PromptableModel
 from models.transforms import check_image
 
 from ..config import CPU_BATCH, GeneratorConfig
+from ..runtime.batch_size import upscale_chunk
 from .coco_rle import MaskRuns, runs_to_segmentations
 from .geometry import crop_boxes, layer_point_grids, near_crop_edge, stability_score
 from .nms import box_area, nms
@@ -200,8 +202,9 @@ class MaskGenerator:
             low_res, iou, points = low_res[kept_d], iou[kept_d], points[kept]
         x0, y0 = crop.box[:2]
         orig_box = [0, 0, crop.orig_hw[1], crop.orig_hw[0]]
-        for start in range(0, len(iou), s.upscale_batch_size):
-            sl = slice(start, start + s.upscale_batch_size)
+        step = upscale_chunk(s.upscale_batch_size, crop.hw)
+        for start in range(0, len(iou), step):
+            sl = slice(start, start + step)
             logits = model.postprocess_masks(low_res[sl, None], crop.hw)[:, 0]  # (M, h, w)
             stab = stability_score(logits, threshold, s.stability_score_offset)
             # Thresholded once, before any gather: a bool copy, not a float one

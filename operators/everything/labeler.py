@@ -62,15 +62,42 @@ class AutoLabeler:
         annotations = np.empty(n, dtype=object)
         annotations[:] = [[] for _ in range(n)]
         todo = usable_images(batch)
+        status, error = batch["status"].copy(), batch["error"].copy()
         if len(todo):
             images = [np.ascontiguousarray(batch["pixels"][i]) for i in todo]
-            with autocast(self.device, self.precision):
-                found = self.generator.generate(images, encode=False)
-            for i, anns in zip(todo, found, strict=True):
-                annotations[i] = [{"id": k, **a} for k, a in enumerate(anns)]
+            for i, anns in zip(todo, self._generate(images), strict=True):
+                if isinstance(anns, str):  # this image alone does not fit in memory
+                    status[i], error[i] = "error", anns
+                else:
+                    annotations[i] = [{"id": k, **a} for k, a in enumerate(anns)]
         result = {k: v for k, v in batch.items() if k != "pixels"}
+        result["status"], result["error"] = status, error
         result["annotations"] = annotations
         result["model"] = np.full(n, self.model_name, dtype=object)
         result["checkpoint_sha256"] = np.full(n, self.sha256, dtype=object)
         result["settings"] = np.full(n, self.settings_json, dtype=object)
         return result
+
+    def _generate(self, images: list[np.ndarray]) -> list[list[dict] | str]:
+        """Annotations per image; when the batch runs out of memory, each image again on its
+        own, and an image that still does not fit gets an error message instead."""
+        try:
+            with autocast(self.device, self.precision):
+                return self.generator.generate(images, encode=False)
+        except OUT_OF_MEMORY:
+            if len(images) == 1:
+                h, w = images[0].shape[:2]
+                return [f"out of memory in everything mode for an image of {w}x{h} "
+                        f"({w * h} pixels) on {self.device}: lower input.max_image_pixels or "
+                        f"generator.upscale_batch_size, or give the actor more memory"]
+        _release(self.device)
+        return [found for image in images for found in self._generate([image])]
+
+
+# What running out of memory raises (host allocations, CUDA), caught per image
+OUT_OF_MEMORY = (MemoryError, torch.OutOfMemoryError)
+
+
+def _release(device: torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()

@@ -33,6 +33,7 @@ from models.yolov8_seg import (
 )
 
 from ..config import CPU_BATCH, GeneratorConfig
+from ..runtime.batch_size import upscale_chunk
 from .coco_rle import MaskRuns, runs_to_segmentations
 from .geometry import stability_score
 from .nms import nms
@@ -42,8 +43,6 @@ MAX_NMS = 30000  # candidates (highest confidence first) that enter NMS
 MAX_DET = 300  # detections kept per image
 BORDER_SNAP = 20  # box sides this close (network-input pixels) to the border move onto it
 FULL_BOX_IOU = 0.9  # a box with IoU above this with the whole input becomes the whole input
-# Pixels of full-size masks made at once (64 masks of 1024x1024: 256 MiB of float32 logits).
-MASK_PIXEL_BUDGET = 64 * 1024 * 1024
 
 
 # -- the official selection of detections ---------------------------------------------------
@@ -269,7 +268,7 @@ class OnePassGenerator:
         h, w = image.shape[:2]
         threshold = float(self.model.mask_threshold)
         scores = torch.as_tensor(det.scores).float().cpu().tolist()
-        step = max(1, min(self.generator.upscale_batch_size, MASK_PIXEL_BUDGET // (h * w)))
+        step = upscale_chunk(self.generator.upscale_batch_size, (h, w))
         runs, stability = [], []
         for start in range(0, len(det), step):
             logits = det.mask_logits(start, start + step).float()

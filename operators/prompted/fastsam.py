@@ -28,7 +28,8 @@ from models.yolov8_seg import masks_native
 
 from ..config import CPU_BATCH, GeneratorConfig
 from ..everything.geometry import stability_score
-from ..everything.one_pass import MASK_PIXEL_BUDGET, Detections, detect_everything
+from ..everything.one_pass import Detections, detect_everything
+from ..runtime.batch_size import upscale_chunk
 from .prompts import MaskChunk, PromptSet
 
 
@@ -121,7 +122,7 @@ class FastSamPrompter:
 
     def _step(self, hw: tuple[int, int]) -> int:
         """Full-size masks made at once for an image of `hw`."""
-        return max(1, min(self.upscale_batch_size, MASK_PIXEL_BUDGET // (hw[0] * hw[1])))
+        return upscale_chunk(self.upscale_batch_size, hw)
 
     def _masks(self, det: Detections, index: torch.Tensor) -> torch.Tensor:
         """float32 KxHxW logits of detections `index` (rows of the whole product)."""

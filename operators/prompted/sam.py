@@ -27,6 +27,7 @@ from models.transforms import check_image
 
 from ..config import CPU_BATCH
 from ..everything.geometry import stability_score
+from ..runtime.batch_size import upscale_chunk
 from .prompts import MaskChunk, PromptSet
 
 
@@ -180,8 +181,9 @@ class SamPrompter:
                  orig_hw: tuple[int, int]) -> Iterator[MaskChunk]:
         """Kx1xhxw chosen low-res logits of one image -> MaskChunks at orig_hw."""
         threshold = self.model.mask_threshold
-        for start in range(0, len(index), self.upscale_batch_size):
-            sl = slice(start, start + self.upscale_batch_size)
+        step = upscale_chunk(self.upscale_batch_size, orig_hw)
+        for start in range(0, len(index), step):
+            sl = slice(start, start + step)
             logits = self.model.postprocess_masks(low_res[sl], orig_hw)[:, 0].float()  # (K,H,W)
             stability = stability_score(logits, threshold, self.stability_score_offset)
             yield MaskChunk(image=image, index=index[sl], masks=logits > threshold,

@@ -23,6 +23,15 @@ from .device import autocast, load_model
 log = logging.getLogger(__name__)
 
 HEADROOM = 0.8  # share of the free device memory a batch may take (fragmentation, decoder)
+# Pixels of full-size masks made at once (64 masks of 1024x1024: 256 MiB of float32 logits).
+MASK_PIXEL_BUDGET = 64 * 1024 * 1024
+
+
+def upscale_chunk(upscale_batch_size: int, hw: tuple[int, int]) -> int:
+    """Masks of size hw made at full size at once: at most `upscale_batch_size`, fewer on
+    large images so that a chunk holds at most MASK_PIXEL_BUDGET pixels (a 9000x9000 image:
+    one mask at a time), never fewer than one. Memory stays bounded whatever the image size."""
+    return max(1, min(upscale_batch_size, MASK_PIXEL_BUDGET // max(1, hw[0] * hw[1])))
 
 
 def fit_batch_size(free_bytes: int, fixed_bytes: int, per_item_bytes: int, limit: int) -> int:

@@ -79,7 +79,9 @@ def test_image_batches_and_pixel_budget_do_not_change_the_annotations(model, mon
     images = [golden_image(), golden_image(seed=1, shape=(150, 260, 3)),
               golden_image(seed=2, shape=(260, 200, 3))]
     whole = OnePassGenerator(model, SETTINGS, batch_size=1).generate(images)
-    monkeypatch.setattr(one_pass, "MASK_PIXEL_BUDGET", 300 * 200 * 3)  # 3 masks a chunk
+    import operators.runtime.batch_size as batch_size
+
+    monkeypatch.setattr(batch_size, "MASK_PIXEL_BUDGET", 300 * 200 * 3)  # 3 masks a chunk
     calls = []
     detect = one_pass.detect_everything
     monkeypatch.setattr(one_pass, "detect_everything",
