@@ -14,6 +14,10 @@ as "unmatched"); image ids are the SA-1B image ids when every row has a distinct
 in dataset order. The file is written in two streaming passes (images, then annotations, then
 the categories they used), so memory does not grow with the dataset.
 
+Every file lands inside `out`: a key's path parts are kept as folders, but ".." and "." parts,
+a leading "/", backslashes and control characters become "_" (`safe_relpath`); two keys that
+would land on one file are refused, naming both.
+
 Rows whose status is not "ok" have no masks: they are left out of both formats and reported
 (`failed`, with key and error) in the returned summary and in COCO `info`.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from collections.abc import Iterator
 
 import fsspec
@@ -34,6 +39,19 @@ COCO_CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 def file_name(key: str) -> str:
     """SA-1B image file name of a sample key (`sa_1` -> `sa_1.jpg`)."""
     return posixpath.basename(key) + ".jpg"
+
+
+def safe_relpath(name: str) -> str:
+    """A key or shard name as a relative path that stays inside its folder: "/" separates
+    folders; empty parts are dropped; ".", ".." and characters no file system takes well
+    (backslash, control characters, ":" ) become "_"."""
+    parts = []
+    for part in name.split("/"):
+        if not part:
+            continue
+        part = re.sub(r"[\\\x00-\x1f\x7f:]", "_", part)
+        parts.append("_" * len(part) if part in (".", "..") else part)
+    return "/".join(parts) or "_"
 
 
 def sa1b_record(row: dict) -> dict:
@@ -52,11 +70,18 @@ def export_sa1b(root: str, out: str, storage_options: dict | None = None,
     fs, base = fsspec.core.url_to_fs(out, **(out_storage_options or {}))
     summary = {"images": 0, "annotations": 0, "failed": []}
     made: set[str] = set()
+    written: dict[str, tuple[str, str]] = {}  # relative path -> (shard, key) that wrote it
     for row in iter_rows(root, storage_options, shards):
         if row["status"] != "ok":
             summary["failed"].append({k: row[k] for k in ("shard", "key", "error")})
             continue
-        path = f"{base}/{row['shard']}/{row['key']}.json"
+        rel = f"{safe_relpath(row['shard'])}/{safe_relpath(row['key'])}.json"
+        if rel in written:
+            raise ValueError(f"keys '{written[rel][1]}' and '{row['key']}' of shard "
+                             f"'{row['shard']}' would both be exported as '{rel}': expected "
+                             f"keys that differ after making them safe file names")
+        written[rel] = (row["shard"], row["key"])
+        path = f"{base}/{rel}"
         folder = path.rsplit("/", 1)[0]
         if folder not in made:
             fs.makedirs(folder, exist_ok=True)

@@ -128,7 +128,8 @@ def read_and_prepare(
             if isinstance(part, ShardEnd):
                 yield _row(size, dtype, shard=shard.name, status="end", is_end=True,
                            shard_count=part.count, shard_error=part.error or "",
-                           skipped_members=part.skipped_members)
+                           skipped_members=part.skipped_members,
+                           member_counts=json.dumps(part.members, sort_keys=True))
             elif part.key not in skip:
                 yield prepare_sample(part, shard.name, model, input_cfg.max_image_pixels,
                                      include_image, mode, input_cfg.jpeg_draft,

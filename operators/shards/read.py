@@ -42,11 +42,62 @@ class Sample:
 
 @dataclass
 class ShardEnd:
-    """The end of a shard: how many samples it yielded and, if it broke off, why."""
+    """The end of a shard: how many samples it yielded and, if it broke off, why.
+    skipped_members: members that became no sample; members: counts by kind of what the reader
+    saw besides plain samples (MEMBER_KINDS), for the shard's stats."""
 
     count: int
     error: str | None = None
     skipped_members: int = 0
+    members: dict[str, int] = field(default_factory=dict)
+
+
+# What a shard's stats count besides its samples (ShardEnd.members); every kind but
+# "hardlink" (read as the member it links to) and "duplicate_key" (kept under a suffixed key)
+# and "extra_image" (a second image of one key, e.g. x.jpg beside x.png) is no sample
+MEMBER_KINDS = {
+    "not_a_sample": "members whose key has neither an image nor a json (a README, a .txt)",
+    "symlink": "symbolic links (never followed: they may point outside the shard)",
+    "hardlink": "hard links to an earlier member, read as that member",
+    "dangling_hardlink": "hard links to no earlier member of the shard",
+    "compressed_hardlink": "hard links inside a compressed tar (not read: no ranged reads)",
+    "fifo": "named pipes", "device": "character or block devices",
+    "directory": "directory entries", "other": "other special members",
+    "duplicate_key": "samples whose key an earlier sample of the shard had (kept as KEY~N)",
+    "extra_image": "second images of one key (only the first is the sample's image)",
+    "non_utf8_name": "members whose name is not UTF-8 (an error row, name escaped)",
+}
+# special members that are no sample (counted in skipped_members too)
+NOT_SAMPLES = ("symlink", "dangling_hardlink", "compressed_hardlink", "fifo", "device",
+               "directory", "other")
+DUPLICATE_SEPARATOR = "~"  # the n-th sample of a repeated key is KEY~n (n >= 2)
+
+
+def _count(counts: dict[str, int], kind: str, n: int = 1) -> None:
+    counts[kind] = counts.get(kind, 0) + n
+
+
+def printable_name(name: str) -> tuple[str, bool]:
+    """A member or file name as valid text, and whether it had to be escaped: names that are
+    not UTF-8 (decoded with surrogate escapes by tarfile and os) keep their bytes as \\xNN."""
+    try:
+        name.encode("utf-8")
+        return name, False
+    except UnicodeEncodeError:
+        raw = name.encode("utf-8", "surrogateescape")
+        return raw.decode("utf-8", "backslashreplace"), True
+
+
+def _special_kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return "symlink"
+    if member.isfifo():
+        return "fifo"
+    if member.ischr() or member.isblk():
+        return "device"
+    if member.isdir():
+        return "directory"
+    return "other"
 
 
 def _split_key(name: str) -> tuple[str, str]:
@@ -67,11 +118,15 @@ def image_id_from(key: str, meta: dict | None) -> int | None:
     return int(digits[-1]) if digits else None
 
 
-def _finish(group: dict, key: str, source: str, require_json: bool) -> Sample | None:
+def _finish(group: dict, key: str, source: str, require_json: bool,
+            counts: dict[str, int] | None = None) -> Sample | None:
     images = [n for n in group if n[1] in IMAGE_EXTENSIONS]
     json_member = next((n for n in group if n[1] == ".json"), None)
     if not images and json_member is None:
         return None  # not a sample (e.g. a README in the tar): counted as skipped
+    if counts is not None and len(images) > 1:
+        _count(counts, "extra_image", len(images) - 1)
+    key, escaped = printable_name(key)
     sample = Sample(key=key, source_uri=f"{source}#{key}")
     if images:
         name, _ = images[0]
@@ -96,29 +151,64 @@ def _finish(group: dict, key: str, source: str, require_json: bool) -> Sample | 
     if isinstance(sample.image, Exception):
         sample.error = f"cannot read member {sample.image_name}: {sample.image}"
         sample.image = None
+    if escaped:
+        sample.image_name = printable_name(sample.image_name or key)[0]
+        sample.error = (f"member name is not UTF-8 (its bytes kept escaped in the key "
+                        f"'{key}')")
+        sample.image = None
+        if counts is not None:
+            _count(counts, "non_utf8_name")
     return sample
 
 
 def _tar_groups(url: str, storage_options: dict | None, failure: list,
-                storage: StorageConfig | None = None) -> Iterator[tuple[str, dict]]:
-    """(key, {(member name, ext): bytes}) for consecutive members sharing a key. A tar that
-    breaks off (its bytes read, its structure cut or corrupt) ends the stream, the error is
-    appended to `failure` and the member it hit holds it; a storage failure that outlasts the
-    retries raises StorageUnavailable."""
+                storage: StorageConfig | None = None, counts: dict[str, int] | None = None
+                ) -> Iterator[tuple[str, dict]]:
+    """(key, {(member name, ext): bytes}) for consecutive members sharing a key (a member
+    name repeated inside a run of one key starts a new group). A tar that breaks off (its
+    bytes read, its structure cut or corrupt) ends the stream, the error is appended to
+    `failure` and the member it hit holds it; a storage failure that outlasts the retries
+    raises StorageUnavailable. Special members are counted by kind in `counts`; a hard link
+    to an earlier member is read as that member (a ranged read of its bytes)."""
+    counts = {} if counts is None else counts
+    storage = storage or StorageConfig()
     group: dict = {}
     key = ""
+    files: dict[str, tuple[int, int]] = {}  # member name -> (data offset, size), for links
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     try:
         with ResumableReader(fs, path, storage) as f:
             with tarfile.open(fileobj=f, mode="r|*") as tar:
                 for member in tar:
-                    if not member.isfile():
+                    if member.islnk():
+                        target = files.get(member.linkname)
+                        if getattr(tar.fileobj, "comptype", "tar") != "tar":
+                            _count(counts, "compressed_hardlink")
+                            continue
+                        if target is None:
+                            _count(counts, "dangling_hardlink")
+                            continue
+                        _count(counts, "hardlink")
+                        start, size = target
+                        data = with_retries(
+                            f"'{url}' bytes {start}..{start + size} (hard link "
+                            f"'{printable_name(member.name)[0]}')",
+                            lambda s=start, n=size: fs.cat_file(path, start=s, end=s + n),
+                            storage)
+                    elif not member.isfile():
+                        _count(counts, _special_kind(member))
                         continue
+                    else:
+                        data = None
                     k, ext = _split_key(member.name)
-                    if k != key and group:
+                    if (k != key or (member.name, ext) in group) and group:
                         yield key, group
                         group = {}
                     key = k
+                    if data is not None:
+                        group[(member.name, ext)] = data
+                        continue
+                    files[member.name] = (member.offset_data, member.size)
                     try:
                         group[(member.name, ext)] = tar.extractfile(member).read()
                     except (tarfile.TarError, OSError, EOFError) as e:
@@ -130,6 +220,17 @@ def _tar_groups(url: str, storage_options: dict | None, failure: list,
         yield key, group
 
 
+def _dedup(sample: Sample, seen: dict[str, int], counts: dict[str, int]) -> Sample:
+    """The n-th sample of a key already seen in this shard is kept as KEY~n (counted)."""
+    n = seen.get(sample.key, 0) + 1
+    seen[sample.key] = n
+    if n > 1:
+        _count(counts, "duplicate_key")
+        sample.key = f"{sample.key}{DUPLICATE_SEPARATOR}{n}"
+        sample.source_uri = f"{sample.source_uri}{DUPLICATE_SEPARATOR}{n}"
+    return sample
+
+
 def iter_tar(shard: Shard, storage_options: dict | None = None,
              require_json: bool = False, storage: StorageConfig | None = None
              ) -> Iterator[Sample | ShardEnd]:
@@ -137,19 +238,23 @@ def iter_tar(shard: Shard, storage_options: dict | None = None,
     Raises StorageUnavailable when the object cannot be read (see the module docstring)."""
     count = skipped = 0
     failure: list[Exception] = []
-    for key, group in _tar_groups(shard.url, storage_options, failure, storage):
-        sample = _finish(group, key, shard.url, require_json)
+    counts: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    for key, group in _tar_groups(shard.url, storage_options, failure, storage, counts):
+        sample = _finish(group, key, shard.url, require_json, counts)
         if sample is None:
             skipped += len(group)
+            _count(counts, "not_a_sample", len(group))
             continue
         count += 1
-        yield sample
+        yield _dedup(sample, seen, counts)
     error = None
     if failure:
         e = failure[0]
         error = f"shard '{shard.name}' is unreadable after {count} samples: " \
                 f"{type(e).__name__}: {e}"
-    yield ShardEnd(count=count, error=error, skipped_members=skipped)
+    skipped += sum(counts.get(k, 0) for k in NOT_SAMPLES)
+    yield ShardEnd(count=count, error=error, skipped_members=skipped, members=counts)
 
 
 def iter_folder(shard: Shard, storage_options: dict | None = None,
@@ -165,17 +270,20 @@ def iter_folder(shard: Shard, storage_options: dict | None = None,
         k, ext = _split_key(rel)
         by_key.setdefault(k, {})[(rel, ext)] = path
     count = skipped = 0
+    counts: dict[str, int] = {}
     for k in sorted(by_key):
         group = by_key[k]
         if not any(ext in IMAGE_EXTENSIONS for _, ext in group):
             skipped += len(group)
+            _count(counts, "not_a_sample", len(group))
             continue
-        loaded = {(rel, ext): with_retries(f"'{path}'", lambda p=path: fs.cat_file(p), storage)
+        loaded = {(rel, ext): with_retries(f"'{printable_name(path)[0]}'",
+                                           lambda p=path: fs.cat_file(p), storage)
                   for (rel, ext), path in group.items()}
-        sample = _finish(loaded, k, shard.url, require_json=False)
+        sample = _finish(loaded, k, shard.url, require_json=False, counts=counts)
         count += 1
         yield sample
-    yield ShardEnd(count=count, skipped_members=skipped)
+    yield ShardEnd(count=count, skipped_members=skipped, members=counts)
 
 
 def iter_shard(shard: Shard, storage_options: dict | None = None,

@@ -134,7 +134,39 @@ def test_one_shard_range_rule_for_running_and_reading_back(tmp_path):
             tar.addfile(info, io.BytesIO(b""))
         (out / name).mkdir(parents=True)
         (out / name / "part.parquet").write_bytes(b"")
-        commit_shard(str(out), name, {"shard": name})
+        commit_shard(str(out), name, {"shard": name, "images": 0,
+                                      "parts": {"part.parquet": {"rows": 0, "bytes": 0}}})
     running = [s.name for s in list_shards([str(corpus)], "sa_9..sa_10")]
     reading = [p.split("/")[-2] for p in dataset_files(str(out), shards="sa_9..sa_10")]
     assert running == reading == ["sa_9", "sa_10"]
+
+
+def test_the_pixel_limit_is_the_setting_not_pillows():
+    from PIL import Image
+
+    side = 9800  # 96 Mpx: over Pillow's own 89.5 Mpx warning
+    img = decode_image(bomb_png(side), max_image_pixels=500_000_000)
+    assert img.shape == (side, side, 3)
+    assert Image.MAX_IMAGE_PIXELS is None  # samdata checks the header itself
+    with pytest.raises(DecodeError, match="over max_image_pixels=90000000"):
+        decode_image(bomb_png(side), max_image_pixels=90_000_000)
+
+
+def test_wide_and_float_pixels_scale_to_8_bits_as_a_viewer_shows_them():
+    import io
+
+    from PIL import Image
+
+    def encoded(array, mode=None, fmt="PNG"):
+        buf = io.BytesIO()
+        Image.fromarray(array, mode=mode).save(buf, fmt)
+        return buf.getvalue()
+
+    wide = np.array([[0, 257, 65535, 32896]], np.uint16)
+    assert decode_image(encoded(wide))[0, :, 0].tolist() == [0, 1, 255, 128]
+    ramp = np.array([[0.0, 0.5, 1.0]], np.float32)
+    assert decode_image(encoded(ramp, "F", "TIFF"))[0, :, 1].tolist() == [0, 128, 255]
+    with pytest.raises(DecodeError, match=r"mode F\) with values in -1..1"):
+        decode_image(encoded(ramp * 2 - 1, "F", "TIFF"))
+    with pytest.raises(DecodeError, match="truncated JPEG"):
+        decode_image(jpeg(300, 400)[:2000])
