@@ -141,6 +141,10 @@ class ComputeConfig(Strict):
     cpus_per_actor: float = Field(default=1.0, gt=0)  # leave CPUs for the decode tasks
     ray_batch_size: int = Field(default=16, ge=1)  # rows per actor call (caps batch_size auto)
     max_tasks_in_flight_per_actor: int = Field(default=2, ge=1)
+    # a model actor that dies (killed for memory, its node lost) is restarted and its call
+    # retried this many times; past that the job stops, committed shards kept, the rest named
+    # for a rerun (never an endless restart loop)
+    actor_restarts: int = Field(default=3, ge=0)
 
     @field_validator("actors")
     @classmethod
@@ -187,7 +191,8 @@ class GeneratorConfig(Strict):
     # Throughput and device-memory knobs (not stored with the labels: results do not change)
     decoder_batch_size: int | None = Field(default=None, ge=1)  # prompts per decoder call,
     #   across crops and images (None: points_per_batch)
-    upscale_batch_size: int = Field(default=64, ge=1)  # masks upscaled to full size at once
+    upscale_batch_size: int = Field(default=64, ge=1)  # masks upscaled to full size at once,
+    #   at most: fewer on large images (runtime.batch_size.MASK_PIXEL_BUDGET pixels a chunk)
 
     GRID_FIELDS: ClassVar[tuple[str, ...]] = (
         "points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
@@ -216,7 +221,8 @@ class PromptsConfig(Strict):
     #   single-mask output. FastSAM selects among its everything-mode masks instead
     decoder_batch_size: int = Field(default=64, ge=1)  # prompts per decoder call, across
     #   the images of an actor call (SAM's decoder: ~25 MB a prompt in fp32)
-    upscale_batch_size: int = Field(default=64, ge=1)  # masks made at full size at once
+    upscale_batch_size: int = Field(default=64, ge=1)  # masks made at full size at once, at
+    #   most: fewer on large images (runtime.batch_size.MASK_PIXEL_BUDGET pixels a chunk)
 
     @field_validator("path")
     @classmethod

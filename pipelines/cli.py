@@ -88,12 +88,14 @@ def _cmd_job(args: argparse.Namespace) -> int:
     else:
         from .autolabel import run_autolabel as run
         cls = AutolabelConfig
+    from operators.shards.lease import OutputBusy
+
     try:
         cfg = load_config(args.config, args.set, cls)
-    except ConfigError as e:
+        summary = run(cfg)
+    except (ConfigError, OutputBusy) as e:
         print(f"samdata {args.command}: {e}", file=sys.stderr)
         return 2
-    summary = run(cfg)
     _print_summary(summary)
     return 0 if summary.complete else 1  # unfinished shards: a rerun finishes them
 

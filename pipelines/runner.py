@@ -10,10 +10,12 @@ finish; the summary names it first and the command exits non-zero, and a rerun r
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from operators.shards.lease import Lease
 from operators.shards.listing import list_shards
 from operators.shards.prepare import read_and_prepare
 from operators.shards.resumable import StorageUnavailable
@@ -41,6 +43,8 @@ class ShardProgress:
     skipped_members: int = 0
     unavailable: str = ""  # why the shard could not be read or written
     committed: bool = False
+    parts: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> {rows, bytes}
+    members: dict[str, int] = field(default_factory=dict)  # reader's counts by kind
 
     def complete(self) -> bool:
         return (not self.unavailable and not self.committed and self.expected is not None
@@ -121,12 +125,20 @@ class Job:
 
 def run_sharded(cfg: JobConfig, job: Job) -> RunSummary:
     """Run `job` over the shards named by `cfg` (its input, model, compute, ray, storage
-    sections and output.path)."""
+    sections and output.path). Holds the output's lease for the whole run (a second run on
+    the same output raises lease.OutputBusy before any work)."""
+    start = time.perf_counter()
+    root = cfg.output.path.rstrip("/")
+    with Lease(root, job.name, cfg.storage.options()):
+        summary = _run_leased(cfg, job, root)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _run_leased(cfg: JobConfig, job: Job, root: str) -> RunSummary:
     import ray
 
-    start = time.perf_counter()
     opts = cfg.storage.options()
-    root = cfg.output.path.rstrip("/")
     summary = RunSummary(job=job.name, output=root, model=cfg.model.name,
                          random_weights=cfg.model.checkpoint is None)
 
@@ -140,10 +152,10 @@ def run_sharded(cfg: JobConfig, job: Job) -> RunSummary:
     for s in todo:
         kept = existing_parts(root, s.name, opts)
         progress[s.name] = ShardProgress(rows=kept.rows, ok=kept.ok, failed=kept.failed,
-                                         bytes=kept.bytes, resumed=kept.rows)
+                                         bytes=kept.bytes, resumed=kept.rows,
+                                         parts=dict(kept.parts))
         items.append(shard_item(s, skip_keys=kept.keys))
     if not todo:
-        summary.seconds = time.perf_counter() - start
         return summary
 
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
@@ -164,43 +176,56 @@ def run_sharded(cfg: JobConfig, job: Job) -> RunSummary:
                                        storage=cfg.storage))
 
     # Commit each shard once all its samples are written, each once
-    for row in ds.iter_rows():
-        p = progress[row["shard"]]
-        if row["shard_unavailable"]:
-            p.unavailable = p.unavailable or str(row["shard_unavailable"])
-        elif row["is_end"]:
-            p.expected = int(row["shard_count"])
-            p.error = row["shard_error"]
-            p.skipped_members = int(row["skipped_members"])
-        else:
-            p.rows += int(row["rows"])
-            p.ok += int(row["ok"])
-            p.failed += int(row["failed"])
-            p.bytes += int(row["bytes"])
-            summary.images_processed += int(row["rows"])
-        if p.complete():
-            try:
-                commit_shard(root, row["shard"], _stats(row["shard"], p, cfg, job), opts,
-                             cfg.storage)
-            except StorageUnavailable as e:
-                p.unavailable = f"the commit marker could not be written: {e}"
-                continue
-            p.committed = True
-            summary.shards_done += 1
-            summary.images_ok += p.ok
-            summary.images_failed += p.failed
-            summary.images_resumed += p.resumed
-            summary.bytes_written += p.bytes
-            if p.error:
-                summary.shards_with_errors.append({"shard": row["shard"], "error": p.error})
-    summary.seconds = time.perf_counter() - start
+    stopped = ""
+    try:
+        for row in ds.iter_rows():
+            _tally(row, progress[row["shard"]], summary, cfg, job, root)
+    except Exception as e:  # noqa: BLE001 - the job stopped (an actor past its restarts,
+        #   the cluster gone): what was committed stays, the rest is named for the rerun
+        stopped = f"the job stopped before this shard was written: {type(e).__name__}: " \
+                  f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     for name, p in progress.items():
         if not p.committed:
-            reason = p.unavailable or (
+            reason = p.unavailable or stopped or (
                 f"{p.rows} of {p.expected} samples written" if p.expected is not None
                 else "its end was never seen (the run stopped early)")
             summary.shards_unfinished.append({"shard": name, "reason": reason})
     return summary
+
+
+def _tally(row: dict, p: ShardProgress, summary: RunSummary, cfg: JobConfig, job: Job,
+           root: str) -> None:
+    """Add one tally row to its shard's progress; commit the shard when it is complete."""
+    if row["shard_unavailable"]:
+        p.unavailable = p.unavailable or str(row["shard_unavailable"])
+    elif row["is_end"]:
+        p.expected = int(row["shard_count"])
+        p.error = row["shard_error"]
+        p.skipped_members = int(row["skipped_members"])
+        p.members = json.loads(row["member_counts"] or "{}")
+    elif str(row["part"]) not in p.parts:  # a retried write of one batch counts once
+        p.rows += int(row["rows"])
+        p.ok += int(row["ok"])
+        p.failed += int(row["failed"])
+        p.bytes += int(row["bytes"])
+        p.parts[str(row["part"])] = {"rows": int(row["rows"]), "bytes": int(row["bytes"])}
+        summary.images_processed += int(row["rows"])
+    if not p.complete():
+        return
+    try:
+        commit_shard(root, row["shard"], _stats(row["shard"], p, cfg, job),
+                     cfg.storage.options(), cfg.storage)
+    except StorageUnavailable as e:
+        p.unavailable = f"the commit marker could not be written: {e}"
+        return
+    p.committed = True
+    summary.shards_done += 1
+    summary.images_ok += p.ok
+    summary.images_failed += p.failed
+    summary.images_resumed += p.resumed
+    summary.bytes_written += p.bytes
+    if p.error:
+        summary.shards_with_errors.append({"shard": row["shard"], "error": p.error})
 
 
 def map_on_actors(ds, actor: type, actor_kwargs: dict[str, Any], compute: ComputeConfig,
@@ -208,8 +233,17 @@ def map_on_actors(ds, actor: type, actor_kwargs: dict[str, Any], compute: Comput
     """`ds.map_batches` on a pool of `actors` instances of `actor` (a model actor taking its
     config sections `actor_kwargs` plus compute, storage_options, num_threads, device and
     gpu_share), `gpus` GPUs each (resolve_actors), compute.ray_batch_size rows a call."""
+    import warnings
+
     import ray
 
+    with warnings.catch_warnings():
+        # actor restarts have no named parameter yet (Ray 2.60 warns of the keyword form)
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+        return _map_batches(ds, actor, actor_kwargs, compute, storage_options, actors, gpus, ray)
+
+
+def _map_batches(ds, actor, actor_kwargs, compute, storage_options, actors, gpus, ray):
     return ds.map_batches(
         actor,
         fn_constructor_kwargs=dict(
@@ -223,6 +257,8 @@ def map_on_actors(ds, actor: type, actor_kwargs: dict[str, Any], compute: Comput
             size=actors, max_tasks_in_flight_per_actor=compute.max_tasks_in_flight_per_actor),
         num_gpus=gpus,
         num_cpus=compute.cpus_per_actor,
+        max_restarts=compute.actor_restarts,
+        max_task_retries=compute.actor_restarts,
     )
 
 
@@ -231,6 +267,6 @@ def _stats(shard: str, p: ShardProgress, cfg: JobConfig, job: Job) -> dict:
         "shard": shard, "job": job.name, "images": p.rows, "ok": p.ok, "failed": p.failed,
         "resumed": p.resumed,
         "bytes": p.bytes, "shard_error": p.error or None, "skipped_members": p.skipped_members,
-        "model": cfg.model.name,
+        "members": p.members, "model": cfg.model.name, "parts": p.parts,
         "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -39,23 +39,25 @@ def backoff_s(attempt: int, storage: StorageConfig, rng: random.Random) -> float
 
 
 def with_retries(what: str, call: Callable[[], bytes], storage: StorageConfig,
-                 sleep: Callable[[float], None] = time.sleep) -> bytes:
-    """`call()` retried as the reader retries (for whole small objects: folder images, json).
-    Raises StorageUnavailable naming `what` when it keeps failing."""
+                 sleep: Callable[[float], None] = time.sleep, verb: str = "read") -> bytes:
+    """`call()` retried as the reader retries (for whole small objects: folder images, json;
+    and for writes, with verb "write"). Raises StorageUnavailable "cannot {verb} {what}" when
+    it keeps failing."""
     rng = random.Random()
     attempt = 0
     while True:
         try:
             return call()
         except PERMANENT as e:
-            raise StorageUnavailable(f"cannot read {what}: {type(e).__name__}: {e}") from e
+            raise StorageUnavailable(f"cannot {verb} {what}: {type(e).__name__}: {e}") from e
         except Exception as e:  # network, timeout, throttling: transient by default
             attempt += 1
             if attempt > storage.read_retries:
                 raise StorageUnavailable(
-                    f"cannot read {what} after {attempt} tries: {type(e).__name__}: {e}") from e
-            log.warning("reading %s failed (%s: %s); retry %d of %d", what, type(e).__name__,
-                        e, attempt, storage.read_retries)
+                    f"cannot {verb} {what} after {attempt} tries: {type(e).__name__}: {e}"
+                ) from e
+            log.warning("%s of %s failed (%s: %s); retry %d of %d", verb, what,
+                        type(e).__name__, e, attempt, storage.read_retries)
             sleep(backoff_s(attempt, storage, rng))
 
 

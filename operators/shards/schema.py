@@ -61,6 +61,7 @@ PREPARED_DEFAULTS: dict[str, Any] = {
     "shard_count": 0,  # end row: samples the shard yielded
     "shard_error": "",  # end row: why the shard broke off ("" when whole)
     "skipped_members": 0,  # end row: tar members that were no sample
+    "member_counts": "",  # end row: JSON {kind: count} of read.MEMBER_KINDS
     "shard_unavailable": "",  # end row: why the shard could not be read (not committed)
     "annotations_json": "",  # the sample json's `annotations` as JSON text, for jobs that
     #   ask for it (segment: SA-1B prompts; evaluate: ground truth); "" otherwise
@@ -100,17 +101,20 @@ TALLY_DTYPES: dict[str, type] = {
     "ok": np.int64,
     "failed": np.int64,
     "bytes": np.int64,  # Parquet bytes written
+    "part": object,  # part tally: the part file's name in the shard folder
     "shard_count": np.int64,  # end tally: the shard's sample count
     "shard_error": object,
     "skipped_members": np.int64,
+    "member_counts": object,  # end tally: JSON {kind: count} (read.MEMBER_KINDS)
     "shard_unavailable": object,  # end tally: unreadable shard; part tally: write failure
 }
 
 
 def tally_columns(tallies: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Tally dicts (TALLY_DTYPES keys, missing ones zero/empty) -> a numpy batch."""
-    blank = {"is_end": False, "rows": 0, "ok": 0, "failed": 0, "bytes": 0, "shard_count": 0,
-             "shard_error": "", "skipped_members": 0, "shard_unavailable": ""}
+    blank = {"is_end": False, "rows": 0, "ok": 0, "failed": 0, "bytes": 0, "part": "",
+             "shard_count": 0, "shard_error": "", "skipped_members": 0, "member_counts": "",
+             "shard_unavailable": ""}
     rows = [{**blank, **t} for t in tallies]
     return {k: np.array([r[k] for r in rows], dtype=dt) for k, dt in TALLY_DTYPES.items()}
 

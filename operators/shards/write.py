@@ -1,9 +1,15 @@
 """Writing Parquet per shard, commit markers, and the bookkeeping that makes reruns exactly-once.
 
 Layout under the output root:
-    {root}/{shard}/{shard}-{first key}.parquet   one file per written batch of the shard
-    {root}/{shard}/_stats.json                   the commit marker, written last by the driver
+    {root}/{shard}/{shard}-{first key}-{digest}.parquet   one file per written batch of the shard
+    {root}/{shard}/_stats.json       the commit marker, written last by the driver
 Readers (pyarrow, DuckDB, Polars) skip files starting with "_" or ".".
+
+A part's name ends in a digest of the keys it holds (`part_name`): two parts of different
+samples never share a name, however long or alike their keys, and a retried write of the same
+batch replaces its own file. The commit marker lists its parts with their rows and bytes; a
+shard counts as committed only while every listed part is there at its size
+(`committed_shards`), so a part lost after the commit makes a rerun redo the shard.
 
 Every file appears whole or not at all: on a local disk it is written under a hidden temporary
 name and renamed; on an object store a PUT is atomic. Transient write failures are retried
@@ -15,6 +21,7 @@ are not in them (`existing_parts`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -128,7 +135,21 @@ TABLES = {"embeddings": embedding_table, "masks": masks_table, "segments": segme
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:120]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:60]
+
+
+def key_bytes(key: str) -> bytes:
+    """A key's bytes as the tar held them (surrogate escapes of a non-UTF-8 name kept)."""
+    return key.encode("utf-8", "surrogateescape")
+
+
+def part_name(shard: str, keys: list[str]) -> str:
+    """The file name of the part holding `keys`: readable prefix (shard, first key cut to 60
+    safe characters) and a 16-hex digest of every key, so that parts of different samples
+    never collide, and the same batch written twice lands on one file."""
+    ordered = sorted(keys)
+    digest = hashlib.sha256(b"\0".join(key_bytes(k) for k in ordered)).hexdigest()[:16]
+    return f"{_safe(shard)}-{_safe(ordered[0])}-{digest}.parquet"
 
 
 def _is_local(fs) -> bool:
@@ -146,13 +167,25 @@ def write_file(fs, path: str, data: bytes, storage: StorageConfig | None = None)
         fs.makedirs(folder, exist_ok=True)
         if _is_local(fs):
             tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-            fs.pipe_file(tmp, data)
-            fs.mv(tmp, path)
+            try:
+                fs.pipe_file(tmp, data)
+                fs.mv(tmp, path)
+            except BaseException:
+                _remove_quietly(fs, tmp)  # never leave a hidden temporary file behind
+                raise
         else:
             fs.pipe_file(path, data)
         return b""
 
-    with_retries(f"a write of '{path}'", put, storage)
+    with_retries(f"'{path}'", put, storage, verb="write")
+
+
+def _remove_quietly(fs, path: str) -> None:
+    try:
+        if fs.exists(path):
+            fs.rm(path)
+    except Exception:  # noqa: BLE001 - the failure being reported is the write's
+        pass
 
 
 def write_batch(batch: dict[str, np.ndarray], root: str, storage_options: dict | None = None,
@@ -176,11 +209,11 @@ def write_batch(batch: dict[str, np.ndarray], root: str, storage_options: dict |
             sink = pa.BufferOutputStream()
             pq.write_table(TABLES[table](part, include_image), sink, compression="snappy")
             data = sink.getvalue().to_pybytes()
-            first = min(part["key"].tolist())
-            path = f"{base}/{shard}/{shard}-{_safe(first)}.parquet"
+            name = part_name(shard, part["key"].tolist())
+            path = f"{base}/{shard}/{name}"
             n_ok = int((part["status"] == "ok").sum())
             tally = {"shard": shard, "rows": len(images), "ok": n_ok,
-                     "failed": len(images) - n_ok, "bytes": len(data)}
+                     "failed": len(images) - n_ok, "bytes": len(data), "part": name}
             try:
                 write_file(fs, path, data, storage)
             except StorageUnavailable as e:
@@ -191,6 +224,7 @@ def write_batch(batch: dict[str, np.ndarray], root: str, storage_options: dict |
                             "shard_count": int(batch["shard_count"][i]),
                             "shard_error": str(batch["shard_error"][i]),
                             "skipped_members": int(batch["skipped_members"][i]),
+                            "member_counts": str(batch["member_counts"][i]),
                             "shard_unavailable": str(batch["shard_unavailable"][i])})
     return tally_columns(tallies)
 
@@ -198,12 +232,13 @@ def write_batch(batch: dict[str, np.ndarray], root: str, storage_options: dict |
 @dataclass
 class ExistingParts:
     """What an uncommitted shard already holds from an earlier run: the keys of its complete
-    part files and their counts (rows, ok, failed, bytes)."""
+    part files, their counts (rows, ok, failed, bytes) and each part's rows and bytes."""
 
     keys: list[str] = field(default_factory=list)
     ok: int = 0
     failed: int = 0
     bytes: int = 0
+    parts: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> {rows, bytes}
 
     @property
     def rows(self) -> int:
@@ -214,8 +249,8 @@ def existing_parts(root: str, shard: str, storage_options: dict | None = None
                    ) -> ExistingParts:
     """Read the part files of an uncommitted shard (only their key, status and shard columns)
     and remove what cannot be trusted (hidden temporary files of an interrupted write,
-    unreadable parts, rows of another shard, a second copy of a key), so that the shard holds
-    each of its samples at most once."""
+    unreadable parts, rows of another shard, a second copy of a key, a stale commit marker),
+    so that the shard holds each of its samples at most once."""
     fs, base = _fs(root, storage_options)
     folder = f"{base}/{shard}"
     found = ExistingParts()
@@ -225,6 +260,7 @@ def existing_parts(root: str, shard: str, storage_options: dict | None = None
     for path in sorted(fs.ls(folder, detail=False)):
         name = path.rstrip("/").rsplit("/", 1)[-1]
         if name == COMMIT_MARKER:
+            fs.rm(path)  # the marker of a shard found incomplete: it no longer speaks for it
             continue
         if name.startswith(".") or not name.endswith(".parquet"):
             fs.rm(path)  # a temporary file of an interrupted write
@@ -241,25 +277,109 @@ def existing_parts(root: str, shard: str, storage_options: dict | None = None
             continue
         seen.update(keys)
         ok = sum(s == "ok" for s in cols.column("status").to_pylist())
+        size = fs.size(path)
         found.keys += keys
         found.ok += ok
         found.failed += len(keys) - ok
-        found.bytes += fs.size(path)
+        found.bytes += size
+        found.parts[name] = {"rows": len(keys), "bytes": size}
     return found
 
 
+def _marker_parts(stats: dict) -> dict[str, dict[str, int]] | None:
+    """The `parts` a commit marker lists, or None for a marker written before markers listed
+    them (trusted as it is)."""
+    parts = stats.get("parts")
+    return parts if isinstance(parts, dict) else None
+
+
+def missing_parts(listed: dict[str, dict[str, int]], present: dict[str, int]) -> list[str]:
+    """Names of the listed parts that are absent from `present` (name -> bytes on storage) or
+    have another size than the marker says."""
+    return sorted(n for n, p in listed.items() if present.get(n) != p.get("bytes"))
+
+
+def _present(fs, folder: str) -> dict[str, int]:
+    """name -> size of the files in a shard folder, as storage has them now (not a listing
+    cached earlier: the parts were written by other processes)."""
+    fs.invalidate_cache(folder)
+    try:
+        entries = fs.ls(folder, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in entries
+            if e.get("type") != "directory"}
+
+
+def verify_shard(root: str, shard: str, storage_options: dict | None = None,
+                 deep: bool = False) -> list[str]:
+    """What is wrong with a committed shard against its marker ([] when it is whole): parts
+    missing or of another size, and with `deep`, parts whose Parquet row count differs from
+    the marker's. A shard without a marker is one problem ("not committed")."""
+    fs, base = _fs(root, storage_options)
+    folder = f"{base}/{shard}"
+    try:
+        stats = json.loads(fs.cat_file(f"{folder}/{COMMIT_MARKER}"))
+    except FileNotFoundError:
+        return [f"shard '{shard}' is not committed (no {COMMIT_MARKER})"]
+    listed = _marker_parts(stats)
+    if listed is None:
+        return []
+    problems = [f"part '{n}' listed by the marker is missing or changed"
+                for n in missing_parts(listed, _present(fs, folder))]
+    if deep and not problems:
+        for name, p in listed.items():
+            with fs.open(f"{folder}/{name}", "rb") as f:
+                rows = pq.ParquetFile(f).metadata.num_rows
+            if rows != p.get("rows"):
+                problems.append(f"part '{name}' holds {rows} rows, the marker says "
+                                f"{p.get('rows')}")
+    return problems
+
+
 def committed_shards(root: str, storage_options: dict | None = None) -> set[str]:
-    """Names of the shards under `root` that have a commit marker."""
+    """Names of the shards under `root` that have a commit marker whose listed parts are all
+    there at their size (a shard whose part went missing is not committed: a rerun redoes
+    it)."""
     fs, base = _fs(root, storage_options)
     if not fs.exists(base):
         return set()
+    fs.invalidate_cache(base)
     markers = fs.glob(f"{base}/*/{COMMIT_MARKER}")
-    return {m.rstrip("/").split("/")[-2] for m in markers}
+    if not markers:
+        return set()
+    # one listing of the whole output for the sizes, not one per shard
+    present: dict[str, dict[str, int]] = {}
+    for path, info in fs.find(base, detail=True).items():
+        folder, name = path.rstrip("/").rsplit("/", 1)
+        present.setdefault(folder.rsplit("/", 1)[-1], {})[name] = int(info.get("size") or 0)
+    done = set()
+    for m in markers:
+        shard = m.rstrip("/").split("/")[-2]
+        try:
+            listed = _marker_parts(json.loads(fs.cat_file(m)))
+        except (ValueError, OSError):
+            continue  # an unreadable marker commits nothing
+        if listed is None or not missing_parts(listed, present.get(shard, {})):
+            done.add(shard)
+    return done
 
 
 def commit_shard(root: str, shard: str, stats: dict, storage_options: dict | None = None,
                  storage: StorageConfig | None = None) -> None:
-    """Write the shard's `_stats.json`, last and whole: from now on reruns skip the shard."""
+    """Write the shard's `_stats.json`, last and whole: from now on reruns skip the shard.
+    `stats["parts"]` (name -> {rows, bytes}) must all be in the shard folder at their size, and
+    their rows must add up to `stats["images"]`; otherwise nothing is written and
+    StorageUnavailable says which part is missing."""
     fs, base = _fs(root, storage_options)
-    write_file(fs, f"{base}/{shard}/{COMMIT_MARKER}", json.dumps(stats, indent=1).encode(),
-               storage)
+    folder = f"{base}/{shard}"
+    listed = stats.get("parts") or {}
+    rows = sum(p["rows"] for p in listed.values())
+    if rows != stats.get("images"):
+        raise StorageUnavailable(f"shard '{shard}': its parts hold {rows} rows, expected "
+                                 f"{stats.get('images')}")
+    missing = missing_parts(listed, _present(fs, folder))
+    if missing:
+        raise StorageUnavailable(f"shard '{shard}': part(s) {missing[:3]} are not in '{folder}'"
+                                 f" as written")
+    write_file(fs, f"{folder}/{COMMIT_MARKER}", json.dumps(stats, indent=1).encode(), storage)

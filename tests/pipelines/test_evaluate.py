@@ -17,7 +17,7 @@ from operators.evaluation.proposals import AR_KEYS, rank_proposals
 from operators.shards.listing import Shard
 from operators.shards.read import Sample, iter_shard
 from operators.shards.sample import write_sample_corpus
-from operators.shards.write import commit_shard, masks_table
+from operators.shards.write import commit_shard, existing_parts, masks_table
 from pipelines.cli import main
 from pipelines.config import ConfigError, EvaluateConfig, load_config, parse_config
 from pipelines.evaluate import run_evaluate
@@ -94,7 +94,8 @@ def _labels(root, corpus: list[str], keep) -> None:
                  "error": np.array([""] * len(rows), dtype=object)}
         (root / shard.name).mkdir(parents=True)
         pq.write_table(masks_table(batch), root / shard.name / f"{shard.name}-a.parquet")
-        commit_shard(str(root), shard.name, {"images": len(rows)})
+        commit_shard(str(root), shard.name, {"images": len(rows),
+                                             "parts": existing_parts(str(root), shard.name).parts})
 
 
 def test_proposal_recall_known_answers_and_a_direct_cocoeval(ray_local, tmp_path):

@@ -13,7 +13,7 @@ from operators.embed.embedder import Embedder
 from operators.shards.listing import list_shards
 from operators.shards.prepare import read_and_prepare
 from operators.shards.sample import write_sample_corpus
-from operators.shards.write import commit_shard, write_batch
+from operators.shards.write import commit_shard, existing_parts, write_batch
 from tests.support import as_batch
 
 
@@ -34,5 +34,6 @@ def make_corpus(root: Path, shards: int = 3, per_shard: int = 6, seed: int = 0,
         out = embedder(as_batch(rows))
         tallies = write_batch(out, emb, include_image=include_image)
         ok = int(np.sum(tallies["ok"]))
-        commit_shard(emb, shard.name, {"shard": shard.name, "ok": ok, "images": ok})
+        commit_shard(emb, shard.name, {"shard": shard.name, "ok": ok, "images": ok,
+                                       "parts": existing_parts(emb, shard.name).parts})
     return corpus, emb
