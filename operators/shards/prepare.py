@@ -7,6 +7,7 @@ and the driver can tell when a shard is complete. Row fields: schema.PREPARED_DE
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -68,6 +69,7 @@ def prepare_sample(sample: Sample, shard: str, model: torch.nn.Module, max_image
     size = 1 if mode == "original" else model.image_size
     dtype = np.uint8 if mode == "original" else input_dtype(model)
     base = dict(shard=shard, key=sample.key, source_uri=sample.source_uri,
+                image_sha256=hashlib.sha256(sample.image).hexdigest() if sample.image else "",
                 image_id=image_id_from(sample.key, sample.meta) or -1)
     if include_annotations and sample.meta is not None:
         base["annotations_json"] = json.dumps(sample.meta.get("annotations") or [])

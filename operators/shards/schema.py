@@ -50,6 +50,7 @@ PREPARED_DEFAULTS: dict[str, Any] = {
     "shard": "",  # shard name (output folder)
     "key": "",  # sample key inside the shard
     "source_uri": "",  # "{shard url}#{key}"
+    "image_sha256": "",  # hex sha256 of the image member's bytes ("" when it has none)
     "image_id": -1,  # SA-1B id (json), else the last number in the key; -1: none
     "orig_hw": None,  # int32 (2,) original height, width
     "input_hw": None,  # int32 (2,) resized size the model sees
@@ -141,6 +142,9 @@ _IDENTITY = [
     ("source_uri", pa.string()),
 ]
 _STATUS = [("status", pa.string()), ("error", pa.string())]
+# the image member's bytes, as a hex sha256: evaluation and distillation check that they see
+# the images the rows were made from (null: no image member, or a dataset older than it)
+_CONTENT = [("image_sha256", pa.string())]
 
 
 def embedding_schema(dtype: pa.DataType, shape: tuple[int, ...], include_image: bool
@@ -148,7 +152,7 @@ def embedding_schema(dtype: pa.DataType, shape: tuple[int, ...], include_image: 
     """The embeddings table: one row per image, `embedding` a fixed_shape_tensor of `shape`."""
     fields = [*_IDENTITY, ("model", pa.string()), ("checkpoint_sha256", pa.string()),
               ("orig_hw", HW_TYPE), ("input_hw", HW_TYPE),
-              ("embedding", pa.fixed_shape_tensor(dtype, list(shape))), *_STATUS]
+              ("embedding", pa.fixed_shape_tensor(dtype, list(shape))), *_STATUS, *_CONTENT]
     if include_image:
         fields.append(("image_jpeg", pa.binary()))
     return pa.schema(fields)
@@ -163,6 +167,7 @@ MASK_SCHEMA = pa.schema([
     ("settings", pa.string()),  # JSON: the generator parameters that applied
     ("annotations", pa.list_(ANNOTATION_TYPE)),
     *_STATUS,
+    *_CONTENT,
 ])
 
 # `samdata segment`: one result per prompt, the SA-1B fields (point_coords: the prompt's

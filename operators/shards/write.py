@@ -73,6 +73,13 @@ def image_id_array(ids: np.ndarray) -> pa.Array:
     return pa.array(ids, pa.int64(), mask=ids < 0)
 
 
+def content_column(batch: dict[str, Any]) -> pa.Array:
+    """The rows' `image_sha256` (null where a row has none, or the batch has no such field)."""
+    values = batch.get("image_sha256")
+    n = len(batch["key"])
+    return pa.array([None] * n if values is None else [v or None for v in values], pa.string())
+
+
 def embedding_table(batch: dict[str, Any], include_image: bool) -> pa.Table:
     """Sample rows of one shard -> the embeddings table (schema.embedding_schema)."""
     ok = batch["status"] == "ok"
@@ -89,6 +96,7 @@ def embedding_table(batch: dict[str, Any], include_image: bool) -> pa.Table:
         embedding,
         pa.array(batch["status"].tolist(), pa.string()),
         pa.array([e or None for e in batch["error"]], pa.string()),
+        content_column(batch),
     ]
     if include_image:
         cols.append(pa.array([bytes(b) if o else None
@@ -122,6 +130,7 @@ def masks_table(batch: dict[str, Any], include_image: bool = False,
             batch["annotations"]), ok, strict=True)], ann_type),
         pa.array(batch["status"].tolist(), pa.string()),
         pa.array([e or None for e in batch["error"]], pa.string()),
+        content_column(batch),
     ]
     return pa.Table.from_arrays(cols, schema=schema)
 
