@@ -11,7 +11,10 @@ predicted IoU). Categories: those the prompts of a `samdata segment` dataset car
 masks without one, as every auto-label, are in the category "object" (class-agnostic: an
 auto-label dataset has that one category, id 1). Annotation ids run from 1 (COCOeval reads id 0
 as "unmatched"); image ids are the SA-1B image ids when every row has a distinct one, else 1..N
-in dataset order. The file is written in two streaming passes (images, then annotations, then
+in dataset order. Each image entry also names its sample (`samdata_key`, `samdata_shard`,
+`samdata_source_uri`) and the sha256 of its bytes (`samdata_sha256`), so that `samdata
+evaluate` can check that the file is the ground truth of the images it evaluates. The file is
+written in two streaming passes (images, then annotations, then
 the categories they used), so memory does not grow with the dataset.
 
 Every file lands inside `out`: a key's path parts are kept as folders, but ".." and "." parts,
@@ -97,7 +100,8 @@ def _image_ids(root: str, storage_options: dict | None, shards: str | None
     """First pass: the ok rows' (shard, key, image_id, width, height), the failed rows, and
     whether the SA-1B image ids can serve as COCO ids (all present and distinct)."""
     images, failed = [], []
-    cols = ("image_id", "key", "shard", "width", "height", "status", "error")
+    cols = ("image_id", "key", "shard", "source_uri", "width", "height", "status", "error",
+            "image_sha256")
     for row in iter_rows(root, storage_options, shards, columns=cols):
         if row["status"] == "ok":
             images.append(row)
@@ -182,7 +186,8 @@ def export_coco(root: str, out: str, storage_options: dict | None = None,
             f.write((", " if n else "") + json.dumps({
                 "id": id_of[(r["shard"], r["key"])], "width": r["width"], "height": r["height"],
                 "file_name": file_name(r["key"]), "samdata_key": r["key"],
-                "samdata_shard": r["shard"]}))
+                "samdata_shard": r["shard"], "samdata_source_uri": r["source_uri"],
+                "samdata_sha256": r["image_sha256"]}))
         f.write('], "annotations": [')
         for ann in _coco_annotations(root, storage_options, shards, id_of, categories):
             f.write((", " if count else "") + json.dumps(ann))

@@ -41,13 +41,17 @@ def dataset_files(root: str, storage_options: dict | None = None, shards: str | 
 
 def iter_rows(root: str, storage_options: dict | None = None, shards: str | None = None,
               columns: tuple[str, ...] = MASK_COLUMNS) -> Iterator[dict]:
-    """One dict per image row of the committed shards, holding `columns`."""
+    """One dict per image row of the committed shards, holding `columns` (None for a column
+    a file written before it existed lacks, e.g. `image_sha256`)."""
     fs, _ = fsspec.core.url_to_fs(root, **(storage_options or {}))
     for path in dataset_files(root, storage_options, shards):
         with fs.open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
-            for batch in parquet.iter_batches(batch_size=256, columns=list(columns)):
-                yield from batch.to_pylist()
+            have = [c for c in columns if c in parquet.schema_arrow.names]
+            absent = {c: None for c in columns if c not in have}
+            for batch in parquet.iter_batches(batch_size=256, columns=have):
+                for row in batch.to_pylist():
+                    yield {**row, **absent} if absent else row
 
 
 def find_row(root: str, storage_options: dict | None = None, image_id: int | None = None,
