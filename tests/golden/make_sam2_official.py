@@ -27,6 +27,7 @@ The model code itself is the official one, untouched.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import sys
 import types
 from pathlib import Path
@@ -49,6 +50,8 @@ CONFIGS = {  # registry name -> official config file
 def _stub(name: str, **attrs: Any) -> types.ModuleType:
     module = types.ModuleType(name)
     module.__dict__.update(attrs)
+    # a spec, so that importlib.util.find_spec(name) works (torch._dynamo asks for tqdm's)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
     sys.modules[name] = module
     return module
 
