@@ -210,3 +210,24 @@ TINY_TEST_OVERRIDES = {
 def official_tiny_test_sam2():
     """The official SAM2Base at `sam2_tiny_test`'s sizes (from the hiera_t config file)."""
     return official_sam2("sam2.1_hiera_t.yaml", TINY_TEST_OVERRIDES)
+
+
+def official_predictor(ours):
+    """The official `SAM2ImagePredictor` on a SAM2Base of the same configuration as `ours`
+    (a registry SAM 2 model built by `build_model`) holding `ours`' weights; the official
+    video modules keep their own random init (the image path never reads them). Raises
+    ImportError without the package."""
+    official_sam2_package()
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    name = ours.model_name
+    theirs = official_tiny_test_sam2() if name == "sam2_tiny_test" else official_sam2(
+        CONFIGS[name])
+    state = theirs.state_dict()
+    state.update(ours.state_dict())
+    theirs.load_state_dict(state, strict=True)
+    predictor = SAM2ImagePredictor(theirs)
+    # The predictor hard-codes the feature sizes of a 1024 input; the test config is smaller
+    _, h, w = ours.embedding_shape
+    predictor._bb_feat_sizes = [(4 * h, 4 * w), (2 * h, 2 * w), (h, w)]
+    return predictor

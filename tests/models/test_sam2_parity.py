@@ -29,39 +29,16 @@ PROMPTS = [
 ]
 
 
-def _official():
-    from tests.golden.make_sam2_official import official_sam2_package
+def _pair(name: str, seed: int):
+    """(our model with seeded weights, the official SAM2ImagePredictor on the same weights);
+    skips the test without the official package."""
+    from tests.golden.make_sam2_official import official_predictor
 
+    ours = build_model(name, seed=seed)
     try:
-        official_sam2_package()
+        return ours, official_predictor(ours)
     except ImportError as e:  # pragma: no cover - only without the package
         pytest.skip(f"official sam2 not installed: {e}")
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-    return SAM2ImagePredictor
-
-
-def _pair(name: str, seed: int):
-    """(our model, the official SAM2ImagePredictor) on the same weights (the official video
-    modules keep their own random init: the image path never reads them)."""
-    from tests.golden.make_sam2_official import (
-        CONFIGS,
-        official_sam2,
-        official_tiny_test_sam2,
-    )
-
-    predictor_class = _official()
-    ours = build_model(name, seed=seed)
-    theirs = official_tiny_test_sam2() if name == "sam2_tiny_test" else official_sam2(
-        CONFIGS[name])
-    state = theirs.state_dict()
-    state.update(ours.state_dict())
-    theirs.load_state_dict(state, strict=True)
-    predictor = predictor_class(theirs)
-    # The predictor hard-codes the feature sizes of a 1024 input; the test config is smaller
-    c, h, w = ours.embedding_shape
-    predictor._bb_feat_sizes = [(4 * h, 4 * w), (2 * h, 2 * w), (h, w)]
-    return ours, predictor
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
