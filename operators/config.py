@@ -113,6 +113,10 @@ class InputConfig(Strict):
     max_image_pixels: int = Field(default=DEFAULT_MAX_IMAGE_PIXELS, ge=1)
     jpeg_draft: bool = False  # embed: decode JPEGs at 1/2..1/8 scale when still >= the
     #   model input (2-3x less decode; model input within 0.25 mean |diff|, short side +-1 px)
+    images_per_task: int = Field(default=256, ge=1)  # samples per read task: a shard holding
+    #   more is cut into pieces read in parallel (the shard stays the unit of commit/resume)
+    decode: Literal["cpu", "device"] = "cpu"  # embed: "device" ships JPEG bytes to the model
+    #   actor, which decodes them on its GPU (torchvision.io.decode_jpeg; CUDA required)
 
 
 class ModelConfig(Strict):
@@ -171,7 +175,10 @@ class MaskOutputConfig(Strict):
 
 class GeneratorConfig(Strict):
     """Everything-mode parameters; defaults equal segment-anything's SamAutomaticMaskGenerator
-    (grid fields) and FastSAM's (detection_* fields)."""
+    (grid fields) and FastSAM's (detection_* fields). SAM 2's SAM2AutomaticMaskGenerator has
+    the same defaults but pred_iou_thresh 0.8 (set it for SAM 2.1 labels as the official
+    ones) and adds use_m2m; its min_mask_region_area fills holes in the low-res masks instead
+    (here: SAM 1's cleanup of the full-size masks, off by default in both)."""
 
     points_per_side: int = Field(default=32, ge=1)  # grid of points_per_side**2 prompts
     points_per_batch: int = Field(default=64, ge=1)  # prompts per decoder call
@@ -184,6 +191,8 @@ class GeneratorConfig(Strict):
     crop_overlap_ratio: float = Field(default=512 / 1500, ge=0, lt=1)
     crop_n_points_downscale_factor: int = Field(default=1, ge=1)
     min_mask_region_area: int = Field(default=0, ge=0)  # fill holes/drop islands below (px)
+    use_m2m: bool = False  # SAM 2's refinement: each grid mask decoded again with itself as
+    #   the mask prompt (single-mask output) before the filters; models with a mask prompt
     # One-pass models (FastSAM) use these instead of the point grid; defaults are FastSAM's
     detection_conf: float = Field(default=0.4, ge=0, le=1)  # detection confidence threshold
     detection_iou: float = Field(default=0.9, ge=0, le=1)  # class-agnostic NMS threshold
@@ -203,9 +212,13 @@ class GeneratorConfig(Strict):
 
     def settings(self, one_pass: bool) -> dict:
         """The parameters that decide the labels of a model of this kind (stored with them):
-        the grid fields for prompt-based models, the detection fields for one-pass models."""
+        the grid fields for prompt-based models (and use_m2m when on: SAM 1's generator has
+        no such parameter), the detection fields for one-pass models."""
         names = self.ONE_PASS_FIELDS if one_pass else self.GRID_FIELDS
-        return {name: getattr(self, name) for name in names}
+        out = {name: getattr(self, name) for name in names}
+        if not one_pass and self.use_m2m:
+            out["use_m2m"] = True
+        return out
 
 
 class PromptsConfig(Strict):
@@ -266,6 +279,10 @@ class EvaluationConfig(Strict):
     #   points per image, besides the ground-truth boxes
     decoder_batch_size: int = Field(default=64, ge=1)  # prompts per decoder call
     upscale_batch_size: int = Field(default=64, ge=1)  # masks made at full size at once
+    # proposals: an image a label dataset has an error row for (its labeller failed) counts
+    # with recall 0 ("zero", the honest number), or is left out of every row and reported
+    # apart ("exclude")
+    failed_labels: Literal["zero", "exclude"] = "zero"
 
     @field_validator("clicks")
     @classmethod

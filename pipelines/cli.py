@@ -116,6 +116,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.reference:
         sets.append("reference=" + json.dumps(_model_override(args.reference)))
     if args.labels:
+        bad = [spec for spec in args.labels if not all(spec.partition("=")[::2])]
+        if bad:
+            raise ValueError(f"--labels: expected NAME=PATH (a row name and a label dataset), "
+                             f"got '{bad[0]}'")
         labels = dict(spec.partition("=")[::2] for spec in args.labels)
         sets.append("labels=" + json.dumps(labels))
     for flag, key in (("sample", "evaluation.sample"), ("seed", "evaluation.seed"),
@@ -307,7 +311,8 @@ def _cluster_arguments(p: argparse.ArgumentParser) -> None:
 
 def _config_arguments(p: argparse.ArgumentParser, what: str, example: str) -> None:
     """--config (the YAML of `what`) and repeatable --set KEY=VALUE overrides."""
-    p.add_argument("--config", required=True, help=f"YAML {what} config")
+    p.add_argument("--config", help=f"YAML {what} config (optional: every field can also "
+                   f"come from --set)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override a config field, e.g. --set {example} (repeatable)")
 
@@ -322,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="samdata", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of its one line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the registry's models and their official files")
@@ -535,9 +542,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user can fix (bad config, wrong data, missing files, a busy output): one line
+    and exit 2, never a traceback."""
+    from operators.evaluation.binding import GroundTruthMismatch
+    from operators.shards.lease import OutputBusy
+
+    from .config import ConfigError
+
+    return (ConfigError, GroundTruthMismatch, OutputBusy, FileNotFoundError, PermissionError,
+            NotADirectoryError, IsADirectoryError, ValueError, KeyError)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0] if len(lines) == 1 else (" ".join(ln.strip() for ln in lines) or
+                                             type(e).__name__)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line, before or after the command
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    if debug:
+        return args.func(args)
+    try:
+        return args.func(args)
+    except _user_errors() as e:
+        print(f"samdata {args.command}: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - still one line; --debug shows the traceback
+        print(f"samdata {args.command}: failed: {type(e).__name__}: {_one_line(e)} (rerun "
+              f"with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -206,23 +206,37 @@ def parse_config(data: dict, cls: type[BaseModel] = EmbedConfig) -> BaseModel:
         raise ConfigError(_describe(e)) from e
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None,
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
                 cls: type[BaseModel] = EmbedConfig) -> BaseModel:
-    """Read a YAML config, apply `a.b=value` overrides (values parsed as YAML), validate."""
+    """Read a YAML config (None: start from an empty one), apply `a.b=value` overrides (values
+    parsed as YAML), validate. Every problem is a one-line ConfigError naming the field."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text()) if path is not None else {}
     except OSError as e:
         raise ConfigError(f"cannot read config '{path}': {e}") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"config '{path}' is not valid YAML: {e}") from e
+        raise ConfigError(f"config '{path}' is not valid YAML: "
+                          f"{' '.join(str(e).split())}") from e
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config '{path}': expected a mapping of sections, got "
+                          f"{type(data).__name__}")
     for item in overrides or []:
         key, sep, value = item.partition("=")
-        if not sep:
+        parts = key.split(".")
+        if not sep or not all(parts):
             raise ConfigError(f"expected an override KEY=VALUE (e.g. model.name=sam_vit_b), "
                               f"got '{item}'")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: expected a YAML value, got '{value}' "
+                              f"({' '.join(str(e).split())})") from e
         node = data
-        parts = key.split(".")
-        for p in parts[:-1]:
+        for n, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: '{'.'.join(parts[:n + 1])}' is a value, not "
+                                  f"a section")
+        node[parts[-1]] = parsed
     return parse_config(data, cls)

@@ -19,7 +19,19 @@ from typing import Any
 import fsspec
 
 from operators.dataset.maskset import iter_rows
-from operators.evaluation.ground_truth import coco_annotations, load_ground_truth
+from operators.evaluation.binding import (
+    GroundTruthMismatch,
+    ImageFacts,
+    coco_problem,
+    label_problem,
+    refuse,
+    sa1b_problem,
+)
+from operators.evaluation.ground_truth import (
+    CocoGroundTruth,
+    coco_annotations,
+    load_ground_truth,
+)
 from operators.evaluation.metrics import MiouAccumulator
 from operators.evaluation.prompted import PromptedEvaluator
 from operators.evaluation.proposals import average_recall, coco_ground_truth, rank_proposals
@@ -29,6 +41,7 @@ from operators.evaluation.sampling import (
     choose_sample,
     read_annotations,
     read_selected,
+    row_facts,
     sample_score,
 )
 from operators.shards.listing import Shard, list_shards
@@ -43,6 +56,12 @@ GT_NOTE = {"sa1b": "the shards' SA-1B annotations (on SA-1B itself: SAM's releas
            "coco": "a COCO instances JSON"}
 
 
+# The convention for a prompt where both masks are empty (IoU 0/0); the ground-truth
+# protocols never meet it (every instance has area >= 1)
+AGREEMENT_EMPTY = ("A prompt for which the student's and the reference's chosen masks are "
+                   "both empty counts as IoU 0 (disagreement), as metrics.mask_iou does.")
+
+
 @dataclass
 class EvaluationReport:
     """What `samdata evaluate` measured: `results` per row (model or label dataset) in the
@@ -55,6 +74,10 @@ class EvaluationReport:
     results: dict[str, dict] = field(default_factory=dict)
     images: int = 0  # evaluated
     images_failed: list[dict] = field(default_factory=list)  # {shard, key, error}
+    images_without_ground_truth: int = 0  # chosen images with no ground truth on record
+    labels_failed: dict[str, int] = field(default_factory=dict)  # proposals: error rows by
+    #   dataset among the evaluated images (counted with recall 0, or excluded: `failed_labels`)
+    failed_labels: str = "zero"
     instances: int = 0  # ground-truth instances evaluated (area >= 1)
     random_weights: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -75,12 +98,23 @@ class EvaluationReport:
                  f"ground-truth instances, {n} images failed, {self.seconds:.1f} s",
                  f"  ground truth: {GT_NOTE[self.ground_truth]}",
                  f"  sample: {json.dumps(self.sample)}"]
+        if self.images_without_ground_truth:
+            lines.append(f"  {self.images_without_ground_truth} chosen images have no ground "
+                         f"truth on record and are not evaluated")
+        for name, count in self.labels_failed.items():
+            how = ("counted with recall 0" if self.failed_labels == "zero"
+                   else "left out of every row")
+            lines.append(f"  ** {name}: its labeller failed on {count} image(s), {how} "
+                         f"(evaluation.failed_labels) **")
         if self.random_weights:
             lines.append(f"  ** RANDOM WEIGHTS: {', '.join(self.random_weights)}: their numbers "
                          f"are meaningless **")
         lines += [f"  failed {f['shard']}/{f['key']}: {f['error']}" for f in
                   self.images_failed[:5]]
-        lines += ["", self.table().rstrip(), "", f"  report: {self.output}/results.json, "
+        if self.protocol == "agreement":
+            lines.append(f"  {AGREEMENT_EMPTY}")
+        lines += ["", self.table().rstrip() if self.results else "no results", "",
+                  f"  report: {self.output}/results.json, "
                   f"results.md, results.png"]
         return "\n".join(lines)
 
@@ -111,16 +145,21 @@ def _prompted(cfg: EvaluateConfig, report: EvaluationReport) -> None:
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     io_kwargs = dict(storage_options=opts, storage=cfg.storage)
 
-    # Sample: score every sample (no decoding), keep the `sample` lowest
-    if cfg.evaluation.all:
-        chosen = {s.name: None for s in shards}
-    else:
-        scores = ray.data.from_items(items, override_num_blocks=len(items)).flat_map(
-            census, fn_kwargs=dict(input_cfg=cfg.input, seed=cfg.evaluation.seed, **io_kwargs))
-        chosen = choose_sample(scores.iter_rows(), cfg.evaluation.sample)
+    # Sample: score every sample and read its facts (no decoding), keep the `sample` lowest
+    rows = list(ray.data.from_items(items, override_num_blocks=len(items)).flat_map(
+        census, fn_kwargs=dict(input_cfg=cfg.input, seed=cfg.evaluation.seed, **io_kwargs)
+    ).iter_rows())
+    if not rows:
+        raise GroundTruthMismatch(f"input: expected samples to evaluate in {cfg.input.urls}, "
+                                  f"got none")
+    chosen = choose_sample(rows, len(rows) if cfg.evaluation.all else cfg.evaluation.sample)
+    # Bind the ground truth to the chosen images before any model runs
+    wanted = {(shard, key) for shard, keys in chosen.items() for key in keys}
+    picked = {(r["shard"], r["key"]): r for r in rows if (r["shard"], r["key"]) in wanted}
+    report.images_without_ground_truth = check_prompted_ground_truth(
+        cfg, [row_facts(r) for r in picked.values()],
+        {k: bool(r["has_json"]) for k, r in picked.items()}, opts)
     todo = [dict(item, keys=chosen[item["shard"]]) for item in items if item["shard"] in chosen]
-    if not todo:
-        return
     # Read and decode the chosen images, with their json's annotations, on CPU tasks
     ds = ray.data.from_items(todo, override_num_blocks=len(todo)).flat_map(
         read_selected, fn_kwargs=dict(model_name=cfg.models[0].name, input_cfg=cfg.input,
@@ -136,6 +175,34 @@ def _prompted(cfg: EvaluateConfig, report: EvaluationReport) -> None:
     report.random_weights = [m.row_name for m in cfg.models if m.checkpoint is None]
     if cfg.reference is not None and cfg.reference.checkpoint is None:
         report.random_weights.append(f"reference {cfg.reference.name}")
+
+
+def check_prompted_ground_truth(cfg: EvaluateConfig, facts: list[ImageFacts],
+                                has_json: dict[tuple[str, str], bool], opts: dict) -> int:
+    """Refuse (GroundTruthMismatch) when the ground truth does not describe the chosen images,
+    or none of them has any; return how many have none on record."""
+    problems, without = [], 0
+    if cfg.ground_truth.source == "sa1b":
+        for f in facts:
+            if not has_json[(f.shard, f.key)]:
+                without += 1
+            elif (p := sa1b_problem(f)) is not None:
+                problems.append((f.where, p))
+        where = "SA-1B json members beside the images (ground_truth.source sa1b)"
+    else:
+        coco = CocoGroundTruth(cfg.ground_truth.path, opts)
+        for f in facts:
+            row = coco.index.find(f.key)
+            if row is None:
+                without += 1
+            elif (p := coco_problem(coco.images[row], f)) is not None:
+                problems.append((f.where, p))
+        where = f"images of '{cfg.ground_truth.path}' matching the sample keys"
+    refuse(problems, "the ground truth and the images")
+    if without == len(facts):
+        raise GroundTruthMismatch(f"no ground truth found for any of the {len(facts)} chosen "
+                                  f"images: expected {where}")
+    return without
 
 
 def aggregate(rows: Iterable[dict], report: EvaluationReport) -> dict[str, dict]:
@@ -173,16 +240,24 @@ def _add(acc: MiouAccumulator, pairs: list[list[float]]) -> None:
 def _proposals(cfg: EvaluateConfig, report: EvaluationReport) -> None:
     """proposals (see the module docstring) into `report`."""
     opts = cfg.storage.options()
-    # The images every label dataset has an ok row for
+    report.failed_labels = cfg.evaluation.failed_labels
+    # The images every label dataset has a row for (ok, or an error row: its labeller failed)
     columns = ("image_id", "key", "shard", "source_uri", "width", "height", "status",
-               "checkpoint_sha256")
-    common: dict[tuple[str, str], dict] | None = None
+               "checkpoint_sha256", "image_sha256")
+    rows_of: dict[str, dict[tuple[str, str], dict]] = {}
     for name, path in cfg.labels.items():
-        ok = {(r["shard"], r["key"]): r for r in iter_rows(path, opts, columns=columns)
-              if r["status"] == "ok"}
-        common = ok if common is None else {k: v for k, v in common.items() if k in ok}
-        if ok and all(r["checkpoint_sha256"] is None for r in ok.values()):
+        rows_of[name] = {(r["shard"], r["key"]): r for r in iter_rows(path, opts,
+                                                                      columns=columns)}
+        if not rows_of[name]:
+            raise FileNotFoundError(f"labels.{name}: expected label rows under '{path}', got "
+                                    f"none")
+        ok = [r for r in rows_of[name].values() if r["status"] == "ok"]
+        if ok and all(r["checkpoint_sha256"] is None for r in ok):
             report.random_weights.append(name)  # labels of a model without a checkpoint
+    common = set.intersection(*(set(rows) for rows in rows_of.values()))
+    failed = {k for k in common if any(rows[k]["status"] != "ok" for rows in rows_of.values())}
+    if cfg.evaluation.failed_labels == "exclude":
+        common -= failed
     # Sample: the `sample` of lowest score
     if cfg.evaluation.all:
         keys = sorted(common)
@@ -192,41 +267,78 @@ def _proposals(cfg: EvaluateConfig, report: EvaluationReport) -> None:
                                 for s, k in common), cfg.evaluation.sample)
         keys = sorted((s, k) for s, ks in chosen.items() for k in ks)
     if not keys:
-        return
-    # Ground truth of the chosen images: the shards' json (Ray tasks), or a COCO JSON
-    instances = _ground_truth(cfg, [common[k] for k in keys], opts)
+        raise GroundTruthMismatch("labels: expected images that every label dataset has a "
+                                  "row for, got none in common")
+    for name, rows in rows_of.items():
+        n = sum(rows[k]["status"] != "ok" for k in keys)
+        if cfg.evaluation.failed_labels == "exclude":
+            n = sum(rows[k]["status"] != "ok" for k in failed)
+        if n:
+            report.labels_failed[name] = n
+    # One row per image (an ok one where a dataset has it: failed rows have no size)
+    first = {k: next((rows[k] for rows in rows_of.values() if rows[k]["status"] == "ok"),
+                     next(iter(rows_of.values()))[k]) for k in keys}
+    # Ground truth of the chosen images, bound to the label rows: the shards' json (Ray
+    # tasks, with the images' bytes hashed), or a COCO JSON
+    instances, sizes = _ground_truth(cfg, [first[k] for k in keys], rows_of, opts)
     images, annotations = [], []
     image_id = {}
     for n, k in enumerate(keys, start=1):
-        row = common[k]
-        if instances.get(k) is None:
-            report.images_failed.append({"shard": k[0], "key": k[1],
-                                         "error": "no ground truth for this image"})
+        row = dict(first[k])
+        if row["height"] is None and sizes.get(k):
+            row["height"], row["width"] = sizes[k]
+        if instances.get(k) is None or row["height"] is None:
+            report.images_without_ground_truth += 1
             continue
         image_id[k] = n
         images.append({"id": n, "height": row["height"], "width": row["width"],
                        "file_name": f"{k[1]}"})
         annotations += coco_annotations(instances[k], n, len(annotations) + 1, row["height"],
                                         row["width"])
+    if not images:
+        raise GroundTruthMismatch(f"no ground truth found for any of the {len(keys)} chosen "
+                                  f"images of the labels")
     report.images = len(images)
     report.instances = sum(a["area"] >= 1 and not a["iscrowd"] for a in annotations)
     gt = coco_ground_truth(images, annotations)
-    # Each dataset's masks, ranked by the mean of predicted IoU and stability, against it
+    # Each dataset's masks, ranked by the mean of predicted IoU and stability, against it (an
+    # image its labeller failed on has no masks: recall 0 there)
     for name, path in cfg.labels.items():
         detections = []
         for row in iter_rows(path, opts, columns=("key", "shard", "status", "annotations")):
             k = (row["shard"], row["key"])
-            if k in image_id:
+            if k in image_id and row["status"] == "ok":
                 detections += rank_proposals(image_id[k], row["annotations"] or [])
         report.results[name] = {"proposals": average_recall(gt, detections)}
 
 
-def _ground_truth(cfg: EvaluateConfig, rows: list[dict], opts: dict
-                  ) -> dict[tuple[str, str], list[dict] | None]:
-    """(shard, key) -> ground-truth instances of the label rows' images (None: none found)."""
+def _ground_truth(cfg: EvaluateConfig, rows: list[dict],
+                  rows_of: dict[str, dict[tuple[str, str], dict]], opts: dict
+                  ) -> tuple[dict[tuple[str, str], list[dict] | None],
+                             dict[tuple[str, str], tuple[int, int]]]:
+    """((shard, key) -> ground-truth instances of the label rows' images (None: none found),
+    (shard, key) -> (h, w) as the ground truth's side knows it). Refuses (GroundTruthMismatch)
+    when the ground truth, or the images at the rows' source_uri, are not those the labels
+    were made from."""
     source = load_ground_truth(cfg.ground_truth, opts)
-    if not source.needs_annotations:  # a COCO JSON
-        return {(r["shard"], r["key"]): source(r["key"]) for r in rows}
+    problems = []
+    if not source.needs_annotations:  # a COCO JSON: its entries against the label rows
+        for r in rows:
+            entry = source.index.find(r["key"])
+            if entry is None:
+                continue
+            facts = ImageFacts(r["shard"], r["key"], (r["height"], r["width"]) if r["height"]
+                               else None, r["image_sha256"] or "")
+            if (p := coco_problem(source.images[entry], facts)) is not None:
+                problems.append((facts.where, p))
+        refuse(problems, "the COCO ground truth and the labelled images")
+        sizes = {}
+        for r in rows:
+            entry = source.index.find(r["key"])
+            if entry is not None:
+                image = source.images[entry]
+                sizes[(r["shard"], r["key"])] = (int(image["height"]), int(image["width"]))
+        return {(r["shard"], r["key"]): source(r["key"]) for r in rows}, sizes
     import ray
 
     by_url: dict[str, dict] = {}
@@ -239,9 +351,23 @@ def _ground_truth(cfg: EvaluateConfig, rows: list[dict], opts: dict
     fmt = cfg.input.format if cfg.input is not None else "auto"
     ds = ray.data.from_items(items, override_num_blocks=len(items)).flat_map(
         read_annotations, fn_kwargs=dict(fmt=fmt, storage_options=opts, storage=cfg.storage))
-    found = {(r["shard"], r["key"]): source(r["key"], r["annotations_json"])
-             for r in ds.iter_rows()}
-    return {(r["shard"], r["key"]): found.get((r["shard"], r["key"])) for r in rows}
+    found, sizes = {}, {}
+    for r in ds.iter_rows():
+        k = (r["shard"], r["key"])
+        facts = row_facts(r)
+        if facts.hw is not None:
+            sizes[k] = facts.hw
+        for name, label_rows in rows_of.items():
+            if k in label_rows and (p := label_problem(
+                    label_rows[k], facts, f"the row of labels '{name}'")) is not None:
+                problems.append((facts.where, p))
+        if (p := sa1b_problem(facts)) is not None:
+            problems.append((facts.where, p))
+        found[k] = source(r["key"], r["annotations_json"])
+    missing = [(f"{r['shard']}/{r['key']}", f"no such sample at its source_uri "
+                f"'{r['source_uri']}'") for r in rows if (r["shard"], r["key"]) not in found]
+    refuse(problems + missing, "the labels and the images at their source_uri")
+    return {(r["shard"], r["key"]): found.get((r["shard"], r["key"])) for r in rows}, sizes
 
 
 def write_report(report: EvaluationReport, storage_options: dict | None = None) -> None:
@@ -252,6 +378,8 @@ def write_report(report: EvaluationReport, storage_options: dict | None = None) 
     notes = [f"# samdata evaluate {report.protocol}", "",
              f"{report.images} images ({json.dumps(report.sample)}), {report.instances} "
              f"ground-truth instances; ground truth: {GT_NOTE[report.ground_truth]}."]
+    if report.protocol == "agreement":
+        notes.append(AGREEMENT_EMPTY)
     if report.random_weights:
         notes.append(f"RANDOM WEIGHTS ({', '.join(report.random_weights)}): meaningless "
                      f"numbers.")

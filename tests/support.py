@@ -60,4 +60,49 @@ def embedder(name: str = "sam_tiny", dtype: str = "float16", ray_batch_size: int
                     ComputeConfig(ray_batch_size=ray_batch_size), device=device)
 
 
-__all__ = ["as_batch", "embedder", "official", "official_tiny_sam", "smooth_image"]
+def label_dataset(root, corpus: list[str], keep=lambda k: True, failed: frozenset = frozenset(),
+                  source_of=None) -> None:
+    """A committed label dataset (autolabel's table) whose masks are the corpus's own SA-1B
+    annotations, those for which keep(index within image) is true; keys in `failed` are error
+    rows (their labeller failed); source_of(url) -> the shard URL the rows name (default:
+    the one they came from). Rows carry the sha256 of their image bytes, as jobs write it."""
+    import hashlib
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from operators.shards.listing import Shard
+    from operators.shards.read import Sample, iter_shard
+    from operators.shards.write import commit_shard, existing_parts, masks_table
+
+    root = Path(root)
+    for url in corpus:
+        shard = Shard.from_url(url.rsplit("/", 1)[-1][:-4], url)
+        rows = [s for s in iter_shard(shard) if isinstance(s, Sample)]
+        bad = np.array([s.key in failed for s in rows])
+        anns = np.empty(len(rows), dtype=object)
+        anns[:] = [[] if s.key in failed else
+                   [a for k, a in enumerate(s.meta["annotations"]) if keep(k)] for s in rows]
+        named = source_of(url) if source_of else url
+        batch = {"image_id": np.array([s.meta["image"]["image_id"] for s in rows]),
+                 "key": np.array([s.key for s in rows], dtype=object),
+                 "shard": np.array([shard.name] * len(rows), dtype=object),
+                 "source_uri": np.array([f"{named}#{s.key}" for s in rows], dtype=object),
+                 "orig_hw": np.array([[s.meta["image"]["height"], s.meta["image"]["width"]]
+                                      for s in rows]),
+                 "model": np.array(["gt"] * len(rows), dtype=object),
+                 "checkpoint_sha256": np.array([""] * len(rows), dtype=object),
+                 "settings": np.array(["{}"] * len(rows), dtype=object),
+                 "annotations": anns,
+                 "status": np.where(bad, "error", "ok").astype(object),
+                 "error": np.where(bad, "labeller failed", "").astype(object),
+                 "image_sha256": np.array([hashlib.sha256(s.image).hexdigest() for s in rows],
+                                          dtype=object)}
+        (root / shard.name).mkdir(parents=True)
+        pq.write_table(masks_table(batch), root / shard.name / f"{shard.name}-a.parquet")
+        commit_shard(str(root), shard.name, {"images": len(rows),
+                                             "parts": existing_parts(str(root), shard.name).parts})
+
+
+__all__ = ["as_batch", "embedder", "label_dataset", "official", "official_tiny_sam",
+           "smooth_image"]

@@ -19,6 +19,7 @@ from ..config import InputConfig, StorageConfig
 from ..shards.prepare import model_skeleton, prepare_sample
 from ..shards.read import Sample, iter_shard
 from ..shards.schema import item_shard
+from .binding import ImageFacts, image_facts
 
 
 def sample_score(seed: int, shard: str, key: str) -> int:
@@ -27,16 +28,37 @@ def sample_score(seed: int, shard: str, key: str) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
+def facts_row(shard: str, part: Sample) -> dict[str, Any]:
+    """The binding.ImageFacts of a sample as a row that crosses Ray: "height", "width" (-1:
+    header unreadable), "sha256", "image_name", "record" (the json's `image` as JSON text, ""
+    without one), "has_json"."""
+    facts = image_facts(shard, part.key, part.image, part.image_name, part.meta)
+    h, w = facts.hw or (-1, -1)
+    return {"height": h, "width": w, "sha256": facts.sha256, "image_name": part.image_name or "",
+            "record": json.dumps(facts.record) if facts.record is not None else "",
+            "has_json": part.meta is not None}
+
+
+def row_facts(row: dict[str, Any]) -> ImageFacts:
+    """The ImageFacts of a census or read_annotations row (see facts_row)."""
+    hw = None if int(row["height"]) < 0 else (int(row["height"]), int(row["width"]))
+    return ImageFacts(shard=row["shard"], key=row["key"], hw=hw, sha256=row["sha256"],
+                      image_name=row["image_name"] or None,
+                      record=json.loads(row["record"]) if row["record"] else None)
+
+
 def census(item: dict[str, Any], input_cfg: InputConfig, seed: int,
            storage_options: dict | None = None, storage: StorageConfig | None = None
            ) -> Iterator[dict[str, Any]]:
-    """Ray Data flat_map: {"shard", "url", "container"} -> {"shard", "key", "score"} per
-    sample of the shard (its images are not decoded)."""
+    """Ray Data flat_map: {"shard", "url", "container"} -> {"shard", "key", "score"} plus the
+    sample's facts (facts_row: header size, sha256, json record; the image is not decoded)
+    per sample of the shard."""
     shard = item_shard(item)
     for part in iter_shard(shard, storage_options, fmt=input_cfg.format, storage=storage):
         if isinstance(part, Sample):
             yield {"shard": shard.name, "key": part.key,
-                   "score": sample_score(seed, shard.name, part.key)}
+                   "score": sample_score(seed, shard.name, part.key),
+                   **facts_row(shard.name, part)}
 
 
 def choose_sample(rows: Iterable[dict[str, Any]], n: int) -> dict[str, list[str]]:
@@ -70,11 +92,13 @@ def read_annotations(item: dict[str, Any], fmt: str = "auto",
                      storage_options: dict | None = None, storage: StorageConfig | None = None
                      ) -> Iterator[dict[str, Any]]:
     """Ray Data flat_map: {"shard", "url", "container", "keys"} -> {"shard", "key",
-    "annotations_json"} per chosen sample that has a json (images are not decoded). fmt: the
-    shard format (input.format)."""
+    "annotations_json" ("" without a json)} plus the sample's facts (facts_row) per chosen
+    sample (images are not decoded). fmt: the shard format (input.format)."""
     shard = item_shard(item)
     keys = frozenset(item["keys"])
     for part in iter_shard(shard, storage_options, fmt=fmt, storage=storage):
-        if isinstance(part, Sample) and part.key in keys and part.meta is not None:
+        if isinstance(part, Sample) and part.key in keys:
             yield {"shard": shard.name, "key": part.key,
-                   "annotations_json": json.dumps(part.meta.get("annotations") or [])}
+                   "annotations_json": "" if part.meta is None else json.dumps(
+                       part.meta.get("annotations") or []),
+                   **facts_row(shard.name, part)}

@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from operators.evaluation.proposals import AR_KEYS, rank_proposals
-from operators.shards.listing import Shard
-from operators.shards.read import Sample, iter_shard
 from operators.shards.sample import write_sample_corpus
-from operators.shards.write import commit_shard, existing_parts, masks_table
 from pipelines.cli import main
 from pipelines.config import ConfigError, EvaluateConfig, load_config, parse_config
 from pipelines.evaluate import run_evaluate
+from tests.support import label_dataset
 
 
 def _json_line(out: str) -> dict:
@@ -73,36 +69,11 @@ def test_s3_segment_then_evaluate_box_and_proposals(ray_local, s3_bucket, s3_end
         assert im.format == "PNG"
 
 
-def _labels(root, corpus: list[str], keep) -> None:
-    """A committed label dataset (autolabel's table) whose masks are the corpus's own SA-1B
-    annotations, those for which keep(index within image) is true."""
-    for url in corpus:
-        shard = Shard.from_url(url.rsplit("/", 1)[-1][:-4], url)
-        rows = [s for s in iter_shard(shard) if isinstance(s, Sample)]
-        anns = np.empty(len(rows), dtype=object)
-        anns[:] = [[a for k, a in enumerate(s.meta["annotations"]) if keep(k)] for s in rows]
-        batch = {"image_id": np.array([s.meta["image"]["image_id"] for s in rows]),
-                 "key": np.array([s.key for s in rows], dtype=object),
-                 "shard": np.array([shard.name] * len(rows), dtype=object),
-                 "source_uri": np.array([s.source_uri for s in rows], dtype=object),
-                 "orig_hw": np.array([[s.meta["image"]["height"], s.meta["image"]["width"]]
-                                      for s in rows]),
-                 "model": np.array(["gt"] * len(rows), dtype=object),
-                 "checkpoint_sha256": np.array([""] * len(rows), dtype=object),
-                 "settings": np.array(["{}"] * len(rows), dtype=object),
-                 "annotations": anns, "status": np.array(["ok"] * len(rows), dtype=object),
-                 "error": np.array([""] * len(rows), dtype=object)}
-        (root / shard.name).mkdir(parents=True)
-        pq.write_table(masks_table(batch), root / shard.name / f"{shard.name}-a.parquet")
-        commit_shard(str(root), shard.name, {"images": len(rows),
-                                             "parts": existing_parts(str(root), shard.name).parts})
-
-
 def test_proposal_recall_known_answers_and_a_direct_cocoeval(ray_local, tmp_path):
     corpus = write_sample_corpus(str(tmp_path / "corpus"), shards=2, images_per_shard=3,
                                  seed=9, min_side=100, max_side=160)
-    _labels(tmp_path / "all", corpus, lambda k: True)
-    _labels(tmp_path / "half", corpus, lambda k: k % 2 == 0)
+    label_dataset(tmp_path / "all", corpus, lambda k: True)
+    label_dataset(tmp_path / "half", corpus, lambda k: k % 2 == 0)
     cfg = parse_config({"protocol": "proposals", "output": {"path": str(tmp_path / "rep")},
                         "labels": {"all": str(tmp_path / "all"), "half": str(tmp_path / "half")},
                         "evaluation": {"all": True}}, EvaluateConfig)
