@@ -32,6 +32,7 @@ from operators.training.ingest import (
     IngestSpec,
     TrainShard,
     attach_sources,
+    check_sources,
     corpus_shards,
     embedding_info,
     embedding_shards,
@@ -43,7 +44,7 @@ from operators.training.pairing import check_pair
 from operators.training.state import read_state
 
 from .config import ConfigError, DistillConfig
-from .ray_env import init_ray
+from .ray_env import check_room, init_ray
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +332,8 @@ def run_distill(cfg: DistillConfig) -> DistillSummary:
     start = time.perf_counter()
     # Find the data and split off the held-out shards
     shards, info = _find_shards(cfg)
+    # The source shards are there and hold the images the embeddings were made from
+    check_sources(shards, cfg.storage.options(), cfg.storage, cfg.data.format)
     train, val = split_shards(shards, cfg.data.val_shards)
     # Check the pair and load the teacher's prompt encoder and mask decoder
     teacher, heads = _teacher(cfg, info)
@@ -341,6 +344,12 @@ def run_distill(cfg: DistillConfig) -> DistillSummary:
     use_gpu = cfg.compute.use_gpu
     if use_gpu == "auto":
         use_gpu = float(ray.cluster_resources().get("GPU", 0)) >= cfg.compute.gpus_per_worker
+    c = cfg.compute
+    check_room(cfg.ray.address, c.workers * c.cpus_per_worker,
+               c.workers * c.gpus_per_worker if use_gpu else 0.0,
+               f"{c.workers} training worker(s) (compute.workers x compute.cpus_per_worker)",
+               "lower compute.workers or compute.cpus_per_worker (e.g. 0.5), or give the Ray "
+               "more CPUs")
     resources = {"CPU": cfg.compute.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = cfg.compute.gpus_per_worker

@@ -57,3 +57,33 @@ def resolve_actors(actors: int | str, gpus_per_actor: float | str) -> tuple[int,
     if actors == "auto":
         actors = max(1, int(cluster_gpus // gpus_per_actor)) if gpus_per_actor else 1
     return int(actors), float(gpus_per_actor)
+
+
+class NoRoom(ValueError):
+    """The job asks for more CPUs or GPUs than the (fixed-size, local) Ray has: it would wait
+    forever for them. The message names the fields to change."""
+
+
+def check_room(address: str | None, cpus: float, gpus: float, what: str, fix: str) -> None:
+    """Refuse a job whose long-lived workers (`cpus`, `gpus`, e.g. actors or training workers)
+    plus one CPU for the data-reading tasks do not fit the cluster: on a local Ray (address
+    None, which never grows) a NoRoom error; on a cluster only a warning, since an autoscaler
+    may add nodes. what: the request in words; fix: the settings that size it down."""
+    import logging
+
+    import ray
+
+    have = ray.cluster_resources()
+    have_cpus, have_gpus = float(have.get("CPU", 0)), float(have.get("GPU", 0))
+    problems = []
+    if cpus + 1 > have_cpus:
+        problems.append(f"{what} take {cpus:g} CPU(s) and the data readers need at least 1, "
+                        f"the Ray has {have_cpus:g}")
+    if gpus > have_gpus:
+        problems.append(f"{what} take {gpus:g} GPU(s), the Ray has {have_gpus:g}")
+    if not problems:
+        return
+    message = f"{'; '.join(problems)}: the job would wait forever; {fix}"
+    if address is None:
+        raise NoRoom(message)
+    logging.getLogger(__name__).warning("%s (unless the cluster scales up)", message)

@@ -16,6 +16,7 @@ add the ground truth as RLE text, read with `iter_batches`):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 import tarfile
@@ -458,3 +459,59 @@ def read_training_rows(item: dict[str, Any], spec: IngestSpec,
         row = training_row(image, tuple(orig_hw), image_id, spec, emb, annotations, rng)
         if row is not None:
             yield row
+
+
+def check_sources(shards: list[TrainShard], storage_options: dict | None = None,
+                  storage: StorageConfig | None = None, fmt: str = "auto",
+                  probe: int = 4) -> None:
+    """Refuse, before any training, an embedding corpus whose source shards are missing or
+    are not the images its rows were made from.
+
+    Every shard with a source (url) must exist (FileNotFoundError naming the first missing
+    ones). Then the first `probe` ok rows of the first such shard that carry `image_sha256`
+    are compared with the sha256 of the same keys' bytes in its source (the source is read
+    only until those keys are found); a difference raises ValueError naming the key."""
+    with_source = [s for s in shards if s.url]
+    missing = []
+    for s in with_source:
+        fs, p = _fs(s.url, storage_options)
+        if not fs.exists(p):
+            missing.append(f"'{s.name}' at '{s.url}'")
+    if missing:
+        raise FileNotFoundError(
+            f"data.corpus: expected the source shards of the embeddings, got {len(missing)} of "
+            f"{len(with_source)} missing: {', '.join(missing[:3])}")
+    target = next((s for s in with_source if s.files), None)
+    if target is None:
+        return
+    wanted: dict[str, str] = {}
+    for path in target.files:
+        fs, p = _fs(path, storage_options)
+        with fs.open(p, "rb") as f:
+            schema = pq.read_schema(f)
+        if "image_sha256" not in schema.names:
+            return  # written before rows carried their images' sha256
+        with fs.open(p, "rb") as f:
+            table = pq.read_table(f, columns=["key", "status", "image_sha256"])
+        for key, status, sha in zip(*(table.column(c).to_pylist() for c in
+                                      ("key", "status", "image_sha256")), strict=True):
+            if status == "ok" and sha and len(wanted) < probe:
+                wanted[key] = sha
+        if len(wanted) >= probe:
+            break
+    if not wanted:
+        return
+    source = Shard(name=target.name, url=target.url, container=target.container)
+    for sample in iter_shard(source, storage_options, fmt=fmt, storage=storage):
+        if not isinstance(sample, Sample) or sample.key not in wanted:
+            continue
+        got = hashlib.sha256(sample.image).hexdigest() if sample.image else ""
+        if got != wanted.pop(sample.key):
+            raise ValueError(
+                f"data.corpus: the embeddings of '{target.name}/{sample.key}' were made from "
+                f"other image bytes than those at '{target.url}' (sha256 differs): expected "
+                f"the corpus the teacher embedded")
+        if not wanted:
+            return
+    raise ValueError(f"data.corpus: expected samples {sorted(wanted)[:3]} in '{target.url}' "
+                     f"(the embeddings have them), got none")
