@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from models import HighResPromptableModel, PromptableModel
+from models.sam2 import LOW_RES_CLAMP
 from models.transforms import check_image
 
 from ..config import CPU_BATCH, GeneratorConfig
@@ -180,7 +181,28 @@ class MaskGenerator:
                 rows = (own == k).nonzero()[:, 0]
                 if len(rows):
                     rows_d = rows.to(self.device, non_blocking=True)
-                    self._filter(chunk[k], low_res[rows_d], iou[rows_d], points_all[sl][rows])
+                    crop_low_res, crop_iou = low_res[rows_d], iou[rows_d]
+                    if self.generator.use_m2m:
+                        crop_extra = {} if high_res is None else {
+                            "high_res_features": [f[k : k + 1] for f in high_res]}
+                        crop_low_res, crop_iou = self._refine(
+                            embeddings[k : k + 1], coords[rows_d], crop_low_res, crop_extra)
+                    self._filter(chunk[k], crop_low_res, crop_iou, points_all[sl][rows])
+
+    def _refine(self, embedding: torch.Tensor, coords: torch.Tensor, low_res: torch.Tensor,
+                extra: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM 2's one-step refinement (`use_m2m`): every mask of one crop's prompts decoded
+        again from its own point with its low-res logits (clamped to +-32, as the official
+        predictor hands them back) as the mask prompt, single-mask output.
+        embedding 1xCxhxw; coords Px1x2 (prompt frame); low_res PxCx4hx4w ->
+        (PxCx4hx4w refined logits, PxC float32 IoU)."""
+        p, c = low_res.shape[:2]
+        mask_input = low_res.flatten(0, 1)[:, None].clamp(-LOW_RES_CLAMP, LOW_RES_CLAMP)
+        labels = torch.ones((p * c, 1), dtype=torch.int, device=self.device)
+        refined, iou = self.model.decode(
+            embedding, point_coords=coords.repeat_interleave(c, dim=0), point_labels=labels,
+            mask_input=mask_input, multimask_output=False, **extra)
+        return refined.reshape(p, c, *refined.shape[-2:]), iou.float().reshape(p, c)
 
     def _filter(self, crop: _Crop, low_res: torch.Tensor, iou: torch.Tensor,
                 points: torch.Tensor) -> None:
