@@ -26,7 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models import PromptableModel, build_model, models_of_kind  # noqa: E402
+from models import (  # noqa: E402
+    HighResPromptableModel,
+    PromptableModel,
+    build_model,
+    models_of_kind,
+)
 from operators.runtime.device import autocast  # noqa: E402
 
 
@@ -59,14 +64,21 @@ def bench_model(name: str, device: torch.device, precision: str, batch: int, pro
     pixels = pixels.repeat(batch, 1, 1, 1).to(device)
     hws = [hw] * batch
     with torch.inference_mode(), ctx:
-        emb = model.embed_images(pixels, hws)
+        extra = {}
+        if isinstance(model, HighResPromptableModel):  # SAM 2: the decoder needs more
+            feats = model.embed_images_with_features(pixels, hws)
+            emb = feats["image_embed"]
+            extra["high_res_features"] = [f[:1] for f in feats["high_res_feats"]]
+        else:
+            emb = model.embed_images(pixels, hws)
         enc_s = timed(lambda: model.embed_images(pixels, hws), device, min_s, min_reps)
         pts = rng.uniform(0, 1, (prompts, 1, 2)) * np.array([1024, 768])
         coords = model.transform_coords(torch.from_numpy(pts), image.shape[:2]).to(device)
         labels = torch.ones(prompts, 1, dtype=torch.int, device=device)
         one = emb[:1]
         dec_s = timed(lambda: model.decode(one, point_coords=coords, point_labels=labels,
-                                           multimask_output=True), device, min_s, min_reps)
+                                           multimask_output=True, **extra),
+                      device, min_s, min_reps)
     params = sum(p.numel() for p in model.parameters())
     return {
         "model": name, "params_m": round(params / 1e6, 1), "encoder_input": model.image_size,
