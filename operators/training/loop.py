@@ -40,6 +40,7 @@ from .config import DistillSections
 from .schedule import build_optimizer
 from .state import Progress, read_state, restore, save_state
 from .steps import EncoderStep, PromptedStep
+from .sync_bn import synchronise_batch_norm
 from .validate import validate
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     else:
         step_module = PromptedStep(model, teacher if sections.stage2.targets == "teacher"
                                    else None, sections.stage2, plan.mask_size)
+    if world > 1:  # BatchNorm over the global batch, not each worker's few images
+        synchronise_batch_norm(step_module, device)
     # Some trainable parameters take no part in a step: TinyViT's ImageNet head (kept for the
     # official state dict), the prompt encoder's box corners in a points step, ...
     step_module = ray.train.torch.prepare_model(

@@ -230,3 +230,17 @@ def test_stage1_from_s3_embeddings_with_checkpoints_on_s3(ray_local, corpus, s3_
     local = tmp_path / "student.pt"
     fs.get(f"{bucket}/runs/tiny/mobile_sam_tiny.pt", str(local))
     assert build_model("mobile_sam_tiny", checkpoint=local, sha256=summary.sha256)
+
+
+@pytest.mark.slow
+def test_two_workers_track_one_worker(ray_local, corpus, tmp_path):
+    """BatchNorm over the global batch (operators/training/sync_bn.py): two CPU workers with
+    half the images each reach the loss one worker reaches with the whole batch."""
+    losses = {}
+    for workers in (1, 2):
+        cfg = parse_config(_stage1(corpus, tmp_path / f"runs{workers}",
+                                   stage1={"batch_size": 8, "steps": 120},
+                                   compute={"workers": workers, "cpus_per_worker": 0.5}),
+                           DistillConfig)
+        losses[workers] = run_distill(cfg).final_loss
+    assert losses[2] == pytest.approx(losses[1], rel=0.05), losses
