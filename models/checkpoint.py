@@ -72,8 +72,21 @@ def read_checkpoint(
         raise
     except Exception as e:
         raise CheckpointError(
-            f"cannot load '{source}' as a weights-only torch checkpoint: {e}"
+            f"cannot load '{source}' as a weights-only torch checkpoint: {_why(e)}"
         ) from e
+
+
+def _why(e: BaseException) -> str:
+    """The reason torch's safe loader gives, in one line and without its advice to retry with
+    weights_only=False (which would run whatever code the file holds)."""
+    import re
+
+    sentences = re.split(r"(?<=[.!?])\s+|\n+", str(e))
+    kept = [t.strip() for t in sentences if t.strip() and not re.search(
+        r"weights_only|Weights only load failed|trusted source|documentation|arbitrary code|"
+        r"To execute this test|safe_globals|add_safe_globals", t)]
+    reason = " ".join(kept)[:200] or "not a file of plain tensors"
+    return f"{type(e).__name__}: {reason}"
 
 
 def unwrap_state_dict(obj: Any, wrappers: tuple[str, ...] = ()) -> Mapping[str, torch.Tensor]:

@@ -4,6 +4,10 @@
     emb = predictor.embed([img_a, img_b])                 # 2x256x64x64 float32
     out = predictor.predict(emb[0], img_a.shape[:2], point_coords=[[500, 375]], point_labels=[1])
     out["masks"]  # 1x3xHxW logits at the original size
+
+SAM 2 (a HighResPromptableModel) decodes from the high-res features of the image too: `embed`
+keeps those of the images it embedded last, and `predict` takes them for an embedding of that
+call (or `high_res_features=` given explicitly).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .protocols import HighResPromptableModel
 from .transforms import check_image
 
 # model.precision values that run under autocast, and their dtypes
@@ -35,6 +40,8 @@ class Predictor:
         self.model = model.to(device) if device is not None else model
         self.model.eval()
         self.precision = precision
+        # SAM 2: the last embed call's embeddings and high-res features (see the module doc)
+        self._features: dict | None = None
 
     @property
     def device(self) -> torch.device:
@@ -62,8 +69,24 @@ class Predictor:
             input_hws.append(input_hw)
         batch = torch.stack(prepared).to(self.device)  # (B, 3, S, S) uint8
         with self._autocast():
+            if isinstance(self.model, HighResPromptableModel):
+                feats = self.model.embed_images_with_features(batch, input_hws)
+                embeddings = feats["image_embed"].float()
+                self._features = {"image_embed": embeddings,
+                                  "high_res_feats": [f.float() for f in feats["high_res_feats"]]}
+                return embeddings
             embeddings = self.model.embed_images(batch, input_hws)
         return embeddings.float()
+
+    def _high_res_features(self, embedding: torch.Tensor) -> list[torch.Tensor]:
+        """The high-res features kept by `embed` for `embedding` (1xCxhxw, one of its rows)."""
+        if self._features is not None:
+            for i, row in enumerate(self._features["image_embed"]):
+                if row.shape == embedding.shape[1:] and torch.equal(row, embedding[0].to(
+                        row.device, row.dtype)):
+                    return [f[i : i + 1] for f in self._features["high_res_feats"]]
+        raise ValueError("expected an embedding of this predictor's last embed call or "
+                         "high_res_features (SAM 2's decoder needs them), got neither")
 
     @torch.inference_mode()
     def predict(
@@ -76,12 +99,15 @@ class Predictor:
         mask_input: torch.Tensor | None = None,
         multimask: bool = True,
         return_logits: bool = True,
+        high_res_features: list[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Prompt one image's embedding (256x64x64 or 1x256x64x64).
 
         point_coords: Nx2 or PxNx2 (x, y) in original-image pixels; point_labels: N or PxN
             (1 foreground, 0 background); boxes: 4 or Px4 XYXY in original pixels;
-            mask_input: Px1x256x256 low-res logits from an earlier call.
+            mask_input: Px1x256x256 low-res logits from an earlier call;
+            high_res_features: SAM 2 only, the image's [1x32x256x256, 1x64x128x128] (default:
+            those `embed` kept for this embedding).
         Returns "masks" PxCxHxW at orig_hw (float logits, or bool when not return_logits),
         "iou_predictions" PxC and "low_res_logits" PxCx256x256, C = 3 if multimask else 1.
         """
@@ -117,6 +143,12 @@ class Predictor:
             box = model.transform_boxes(box.reshape(-1, 4), orig_hw).float()
         if mask_input is not None:
             mask_input = mask_input.to(device=device, dtype=torch.float)
+        extra = {}
+        if isinstance(model, HighResPromptableModel):
+            if high_res_features is None:
+                high_res_features = self._high_res_features(embedding)
+            extra["high_res_features"] = [f.to(device=device, dtype=torch.float)
+                                          for f in high_res_features]
         low_res, iou = model.decode(
             embedding.to(device=device, dtype=torch.float),
             point_coords=coords,
@@ -124,6 +156,7 @@ class Predictor:
             boxes=box,
             mask_input=mask_input,
             multimask_output=multimask,
+            **extra,
         )
         masks = model.postprocess_masks(low_res, orig_hw)
         if not return_logits:

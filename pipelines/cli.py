@@ -92,7 +92,7 @@ def _cmd_job(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config, args.set, cls)
-        summary = run(cfg)
+        summary = run(cfg, overwrite=args.overwrite)
     except (ConfigError, OutputBusy) as e:
         print(f"samdata {args.command}: {e}", file=sys.stderr)
         return 2
@@ -319,6 +319,9 @@ def _config_arguments(p: argparse.ArgumentParser, what: str, example: str) -> No
 
 def _job_arguments(p: argparse.ArgumentParser) -> None:
     _config_arguments(p, "job", "model.name=sam_vit_b")
+    p.add_argument("--overwrite", action="store_true",
+                   help="output.path holds another run's output (another model, checkpoint or "
+                   "setting): clear its shards first instead of refusing")
     p.set_defaults(func=_cmd_job)
 
 

@@ -8,7 +8,7 @@ from .config import EmbedConfig
 from .runner import Job, RunSummary, run_sharded
 
 
-def run_embed(cfg: EmbedConfig) -> RunSummary:
+def run_embed(cfg: EmbedConfig, overwrite: bool = False) -> RunSummary:
     """Read shards -> embed on the actor pool -> write Parquet per shard; return the summary."""
     job = Job(
         name="embed",
@@ -17,5 +17,7 @@ def run_embed(cfg: EmbedConfig) -> RunSummary:
         read_mode="padded",  # the encoder's resized, padded input, made on CPU workers
         table="embeddings",
         include_image=cfg.output.include_image,
+        settings={"output": {"dtype": cfg.output.dtype,
+                             "include_image": cfg.output.include_image}},
     )
-    return run_sharded(cfg, job)
+    return run_sharded(cfg, job, overwrite)

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from operators.shards.identity import claim_output
 from operators.shards.lease import Lease
 from operators.shards.listing import list_shards
 from operators.shards.prepare import read_and_prepare
@@ -28,6 +29,7 @@ from operators.shards.write import (
 )
 
 from .config import ComputeConfig, JobConfig
+from .preflight import preflight_job
 from .ray_env import init_ray, resolve_actors
 
 
@@ -121,15 +123,33 @@ class Job:
     table: str
     include_image: bool = False
     include_annotations: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)  # the job's settings that change
+    #   its rows (the output identity: shards.identity), beside the model's
 
 
-def run_sharded(cfg: JobConfig, job: Job) -> RunSummary:
+def output_identity(cfg: JobConfig, job: Job, checkpoint_sha256: str | None) -> dict:
+    """What the rows of `job` under `cfg` depend on: the job, the model and its weights, the
+    input's decoding settings and the job's own settings (never throughput knobs)."""
+    m, i = cfg.model, cfg.input
+    return {"job": job.name,
+            "model": {"name": m.name, "checkpoint_sha256": checkpoint_sha256,
+                      "seed": None if checkpoint_sha256 else m.seed, "precision": m.precision},
+            "input": {"format": i.format, "max_image_pixels": i.max_image_pixels,
+                      "jpeg_draft": i.jpeg_draft},
+            "settings": job.settings}
+
+
+def run_sharded(cfg: JobConfig, job: Job, overwrite: bool = False) -> RunSummary:
     """Run `job` over the shards named by `cfg` (its input, model, compute, ray, storage
-    sections and output.path). Holds the output's lease for the whole run (a second run on
-    the same output raises lease.OutputBusy before any work)."""
+    sections and output.path). Before Ray starts: the preflight checks (checkpoint, input,
+    output: preflight.PreflightError), the output's lease for the whole run (a second run on
+    the same output: lease.OutputBusy) and its identity (another job, model or setting:
+    identity.OutputMismatch, unless `overwrite` clears the folder's shards first)."""
     start = time.perf_counter()
     root = cfg.output.path.rstrip("/")
+    digest = preflight_job(cfg)
     with Lease(root, job.name, cfg.storage.options()):
+        claim_output(root, output_identity(cfg, job, digest), cfg.storage.options(), overwrite)
         summary = _run_leased(cfg, job, root)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -187,3 +187,25 @@ def test_full_size_hiera_t_matches_official():
         assert _rel(masks[0], torch.from_numpy(ref_masks)) < 5e-3
         assert _rel(low.clamp(-LOW_RES_CLAMP, LOW_RES_CLAMP)[0], torch.from_numpy(ref_low)) < 5e-3
         np.testing.assert_allclose(iou[0].numpy(), ref_iou, rtol=5e-3, atol=1e-5)
+
+
+def test_predictor_keeps_the_high_res_features_of_its_embeddings():
+    """models.Predictor (what `samdata smoke` runs) with SAM 2: embed a batch, predict on any
+    of its embeddings, the official predictor's masks; a foreign embedding is refused."""
+    from models import Predictor
+
+    ours, ref = _pair("sam2_tiny_test", seed=9)
+    images = [smooth_image(90, 160, 1), smooth_image(120, 70, 2)]
+    predictor = Predictor(ours)
+    emb = predictor.embed(images)
+    prompt = PROMPTS[3]
+    for i, image in enumerate(images):
+        ref.set_image(image)
+        ref_masks, ref_iou, _ = ref.predict(**prompt, return_logits=True)
+        out = predictor.predict(emb[i], image.shape[:2], point_coords=prompt["point_coords"],
+                                point_labels=prompt["point_labels"], boxes=prompt["box"])
+        assert _rel(out["masks"][0], torch.from_numpy(ref_masks)) < 5e-3
+        np.testing.assert_allclose(out["iou_predictions"][0].numpy(), ref_iou, rtol=5e-3,
+                                   atol=1e-5)
+    with pytest.raises(ValueError, match="expected an embedding of this predictor's last"):
+        predictor.predict(emb[0] + 1, (90, 160), point_coords=[[1.0, 2.0]], point_labels=[1])
