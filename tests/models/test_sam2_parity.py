@@ -167,10 +167,16 @@ def test_batched_embedding_equals_official_set_image_batch():
         assert _rel(a, b) <= 1e-4
 
 
-def test_full_size_hiera_t_matches_official():
-    """SAM 2.1 Hiera-T at 1024 (about 5 s on 2 cores): 256x256 tokens, 8x8 / 4x4 / 14x14 /
-    7x7 windows (the 64 and 32 grids padded to 70 and 35), 12 blocks."""
-    ours, ref = _pair("sam2_1_hiera_t", seed=7)
+@pytest.mark.parametrize("name", [
+    "sam2_1_hiera_t",
+    *[pytest.param(n, marks=pytest.mark.slow)
+      for n in ("sam2_1_hiera_s", "sam2_1_hiera_b_plus", "sam2_1_hiera_l")],
+])
+def test_full_size_matches_official(name):
+    """SAM 2.1 at 1024 (Hiera-T: about 5 s on 2 cores): 256x256 tokens, 8x8 / 4x4 / 14x14 /
+    7x7 windows (the 64 and 32 grids padded to 70 and 35; Hiera-L: 16x16 and 8x8, no
+    padding), global blocks, the 7x7 or 14x14 background position table."""
+    ours, ref = _pair(name, seed=7)
     image = smooth_image(480, 640, seed=6)
     ref.set_image(image)
     feats = _embed(ours, image)
