@@ -23,6 +23,18 @@ would land on one file are refused, naming both.
 
 Rows whose status is not "ok" have no masks: they are left out of both formats and reported
 (`failed`, with key and error) in the returned summary and in COCO `info`.
+
+Both take the export filters (`keep`, export_filter.py: what they drop is counted as
+`filtered`) and `images`: a folder to copy the images into (export_images.py:
+`{images}/{shard}/{key}{ext}`, the original bytes). With it, COCO `file_name` is that path
+relative to `images` (the image root a COCO reader is given, as detectron2's
+`register_coco_instances(name, {}, json, image_root)` takes it), and an SA-1B record's
+`file_name` is the image's path relative to the folder of its JSON file (with `images` =
+`out`, the image lies beside its JSON, as in an SA-1B tar). Without it, `file_name` is the
+key's base name + ".jpg", as before.
+
+The YOLO and per-mask PNG formats are export_yolo.py and export_masks.py; exporters.py names
+them all.
 """
 
 from __future__ import annotations
@@ -34,6 +46,8 @@ from collections.abc import Iterator
 
 import fsspec
 
+from .export_filter import NO_FILTER, AnnotationFilter
+from .export_images import copy_dataset_images, copy_images
 from .maskset import iter_rows
 
 COCO_CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
@@ -57,21 +71,40 @@ def safe_relpath(name: str) -> str:
     return "/".join(parts) or "_"
 
 
-def sa1b_record(row: dict) -> dict:
-    """A mask-dataset row -> the SA-1B per-image JSON object."""
+def sa1b_record(row: dict, annotations: list[dict] | None = None,
+                image_name: str | None = None) -> dict:
+    """A mask-dataset row -> the SA-1B per-image JSON object (`annotations`: those to write,
+    default the row's; `image_name`: its `file_name`, default file_name(key))."""
     return {
         "image": {"image_id": row["image_id"], "width": row["width"], "height": row["height"],
-                  "file_name": file_name(row["key"])},
-        "annotations": row["annotations"] or [],
+                  "file_name": image_name or file_name(row["key"])},
+        "annotations": (row["annotations"] or []) if annotations is None else annotations,
     }
 
 
+def relative_url(target: str, folder: str, storage_options: dict | None = None) -> str:
+    """The path of file URL `target` relative to folder URL `folder` (both on one storage);
+    ValueError when they are on different storages."""
+    fs_t, t = fsspec.core.url_to_fs(target, **(storage_options or {}))
+    fs_f, f = fsspec.core.url_to_fs(folder, **(storage_options or {}))
+    if fs_t.protocol != fs_f.protocol:
+        raise ValueError(f"expected --images on the storage of --out, got '{target}' and "
+                         f"'{folder}'")
+    return posixpath.relpath("/" + t.lstrip("/"), "/" + f.lstrip("/"))
+
+
 def export_sa1b(root: str, out: str, storage_options: dict | None = None,
-                out_storage_options: dict | None = None, shards: str | None = None) -> dict:
-    """Write one SA-1B JSON per ok image under `out`; returns {"images", "annotations",
-    "failed": [{shard, key, error}]}."""
+                out_storage_options: dict | None = None, shards: str | None = None,
+                keep: AnnotationFilter = NO_FILTER, images: str | None = None) -> dict:
+    """Write one SA-1B JSON per ok image under `out` (and its image under `images`, when
+    given); returns {"images", "annotations", "filtered", "failed": [{shard, key, error}]}
+    (+ "image_files" with `images`)."""
     fs, base = fsspec.core.url_to_fs(out, **(out_storage_options or {}))
-    summary = {"images": 0, "annotations": 0, "failed": []}
+    summary = {"images": 0, "annotations": 0, "filtered": 0, "failed": []}
+    names = {} if images is None else copy_dataset_images(root, images, storage_options,
+                                                          out_storage_options, shards)
+    if images is not None:
+        summary["image_files"] = len(names)
     made: set[str] = set()
     written: dict[str, tuple[str, str]] = {}  # relative path -> (shard, key) that wrote it
     for row in iter_rows(root, storage_options, shards):
@@ -89,9 +122,16 @@ def export_sa1b(root: str, out: str, storage_options: dict | None = None,
         if folder not in made:
             fs.makedirs(folder, exist_ok=True)
             made.add(folder)
-        fs.pipe_file(path, json.dumps(sa1b_record(row)).encode())
+        anns = keep.apply(row["annotations"], row["width"], row["height"])
+        image_name = None
+        if images is not None:
+            image = f"{images.rstrip('/')}/{names[(row['shard'], row['key'])]}"
+            image_name = relative_url(image, f"{out.rstrip('/')}/{rel.rsplit('/', 1)[0]}",
+                                      out_storage_options)
+        fs.pipe_file(path, json.dumps(sa1b_record(row, anns, image_name)).encode())
         summary["images"] += 1
-        summary["annotations"] += len(row["annotations"] or [])
+        summary["annotations"] += len(anns)
+        summary["filtered"] += len(row["annotations"] or []) - len(anns)
     return summary
 
 
@@ -112,7 +152,7 @@ def _image_ids(root: str, storage_options: dict | None, shards: str | None
     return images, failed, usable
 
 
-class _Categories:
+class Categories:
     """The categories of an export, collected while its annotations stream by."""
 
     def __init__(self) -> None:
@@ -147,17 +187,20 @@ class _Categories:
 
 
 def _coco_annotations(root: str, storage_options: dict | None, shards: str | None,
-                      id_of: dict[tuple[str, str], int], categories: _Categories
-                      ) -> Iterator[dict]:
-    """Second pass: COCO annotation dicts of every ok row, ids from 1; every other field of a
-    row's annotation (a segment result's prompt too) is kept."""
+                      id_of: dict[tuple[str, str], int], categories: Categories,
+                      keep: AnnotationFilter, summary: dict) -> Iterator[dict]:
+    """Second pass: COCO annotation dicts of every ok row that `keep` keeps (the others
+    counted in summary["filtered"]), ids from 1; every other field of a row's annotation (a
+    segment result's prompt too) is kept."""
     next_id = 1
-    cols = ("key", "shard", "status", "annotations")
+    cols = ("key", "shard", "status", "annotations", "width", "height")
     for row in iter_rows(root, storage_options, shards, columns=cols):
         if row["status"] != "ok":
             continue
         image_id = id_of[(row["shard"], row["key"])]
-        for ann in row["annotations"] or []:
+        anns = keep.apply(row["annotations"], row["width"], row["height"])
+        summary["filtered"] += len(row["annotations"] or []) - len(anns)
+        for ann in anns:
             score = ann.get("score")
             yield {
                 **{k: v for k, v in ann.items() if k not in ("id", "category_id", "score")},
@@ -171,29 +214,36 @@ def _coco_annotations(root: str, storage_options: dict | None, shards: str | Non
 
 
 def export_coco(root: str, out: str, storage_options: dict | None = None,
-                out_storage_options: dict | None = None, shards: str | None = None) -> dict:
-    """Write the COCO instances JSON file `out`; returns {"images", "annotations", "failed"}."""
-    images, failed, sa1b_ids = _image_ids(root, storage_options, shards)
+                out_storage_options: dict | None = None, shards: str | None = None,
+                keep: AnnotationFilter = NO_FILTER, images: str | None = None) -> dict:
+    """Write the COCO instances JSON file `out` (and the images under `images`, when given);
+    returns {"images", "annotations", "filtered", "failed"} (+ "image_files" with
+    `images`)."""
+    summary = {"filtered": 0}
+    rows, failed, sa1b_ids = _image_ids(root, storage_options, shards)
+    names = {} if images is None else copy_images(rows, images, storage_options,
+                                                  out_storage_options)
+    if images is not None:
+        summary["image_files"] = len(names)
     id_of = {(r["shard"], r["key"]): (r["image_id"] if sa1b_ids else n + 1)
-             for n, r in enumerate(images)}
+             for n, r in enumerate(rows)}
     info = {"description": f"samdata auto-labels exported from {root}",
             "failed_images": failed}
     count = 0
-    categories = _Categories()
+    categories = Categories()
     with fsspec.open(out, "w", **(out_storage_options or {})) as f:
         f.write('{"info": ' + json.dumps(info) + ', "licenses": [], "images": [')
-        for n, r in enumerate(images):
+        for n, r in enumerate(rows):
             f.write((", " if n else "") + json.dumps({
                 "id": id_of[(r["shard"], r["key"])], "width": r["width"], "height": r["height"],
-                "file_name": file_name(r["key"]), "samdata_key": r["key"],
+                "file_name": names.get((r["shard"], r["key"])) or file_name(r["key"]),
+                "samdata_key": r["key"],
                 "samdata_shard": r["shard"], "samdata_source_uri": r["source_uri"],
                 "samdata_sha256": r["image_sha256"]}))
         f.write('], "annotations": [')
-        for ann in _coco_annotations(root, storage_options, shards, id_of, categories):
+        for ann in _coco_annotations(root, storage_options, shards, id_of, categories, keep,
+                                     summary):
             f.write((", " if count else "") + json.dumps(ann))
             count += 1
         f.write('], "categories": ' + json.dumps(categories.coco() or [COCO_CATEGORY]) + "}\n")
-    return {"images": len(images), "annotations": count, "failed": failed}
-
-
-EXPORTERS = {"sa1b": export_sa1b, "coco": export_coco}
+    return {"images": len(rows), "annotations": count, "failed": failed, **summary}
