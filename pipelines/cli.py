@@ -178,18 +178,29 @@ def _storage(endpoint_url: str | None) -> dict:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from operators.dataset.export import EXPORTERS
+    from operators.dataset.export_filter import AnnotationFilter
+    from operators.dataset.exporters import EXPORTERS, WRITES
 
     opts = _storage(args.endpoint_url)
     try:
+        keep = AnnotationFilter(min_score=args.min_score, min_area=args.min_area,
+                                top_k=args.top_k, skip_background=args.skip_background)
         summary = EXPORTERS[args.format](args.dataset, args.out, storage_options=opts,
-                                         out_storage_options=opts, shards=args.shards)
-    except FileNotFoundError as e:
+                                         out_storage_options=opts, shards=args.shards,
+                                         keep=keep, images=args.images)
+    except (FileNotFoundError, ValueError) as e:
         print(f"samdata export: {e}", file=sys.stderr)
         return 2
-    what = "per-image SA-1B JSON files under" if args.format == "sa1b" else "COCO instances to"
-    print(f"exported {summary['images']} images, {summary['annotations']} masks as {what} "
-          f"{args.out}")
+    print(f"exported {summary['images']} images, {summary['annotations']} masks as "
+          f"{WRITES[args.format]} {args.out}")
+    if "image_files" in summary:
+        where = f"{args.out.rstrip('/')}/images" if args.format == "yolo" else args.images
+        print(f"copied {summary['image_files']} images to {where}")
+    if summary["filtered"]:
+        print(f"filters dropped {summary['filtered']} masks")
+    if summary.get("skipped") or summary.get("multi_part"):
+        print(f"yolo: {summary.get('skipped', 0)} empty masks had no polygon (skipped); "
+              f"{summary.get('multi_part', 0)} masks of several pieces kept their largest")
     if summary["failed"]:
         print(f"left out {len(summary['failed'])} images without masks (status not ok), "
               f"e.g. {summary['failed'][0]}", file=sys.stderr)
@@ -494,16 +505,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="auto-labels -> per-image SA-1B JSON files or one COCO instances JSON",
-        description="Export a mask dataset (the output of `samdata autolabel`, committed "
-        "shards only). sa1b: OUT/{shard}/{key}.json per image, the SA-1B file format. coco: "
-        "one instances JSON at OUT that pycocotools' COCO loads and COCOeval accepts "
-        "(class-agnostic: one category 'object'; score = predicted IoU). Images whose status "
-        "is not ok have no masks and are reported, not exported.",
+        help="auto-labels -> SA-1B JSON, COCO, YOLO segment or per-mask PNG files",
+        description="Export a mask dataset (the output of `samdata autolabel` or `segment`, "
+        "committed shards only). sa1b: OUT/{shard}/{key}.json per image, the SA-1B file "
+        "format. coco: one instances JSON at OUT that pycocotools' COCO loads and COCOeval "
+        "accepts (categories the labels carry, else one 'object'; score = the carried score, "
+        "else predicted IoU). yolo: the Ultralytics segment format in folder OUT "
+        "(images/, labels/ with one 'class x1 y1 x2 y2 ...' line per mask, normalised polygon "
+        "of the mask's largest piece, and data.yaml). masks: OUT/{shard}/{key}/{i}.png "
+        "(uint8 0/255) and metadata.csv per image, as segment-anything's scripts/amg.py "
+        "writes them. Images whose status is not ok have no masks and are reported, not "
+        "exported. Filters apply to every format, in this order: --min-score, --min-area, "
+        "--skip-background, then --top-k.",
     )
     p.add_argument("dataset", help="mask dataset root (folder or s3:// prefix)")
-    p.add_argument("--format", choices=["sa1b", "coco"], required=True)
-    p.add_argument("--out", required=True, help="sa1b: folder/prefix; coco: the .json file")
+    p.add_argument("--format", choices=["sa1b", "coco", "yolo", "masks"], required=True)
+    p.add_argument("--out", required=True,
+                   help="coco: the .json file; sa1b, yolo, masks: folder/prefix")
+    p.add_argument("--images", metavar="DIR",
+                   help="sa1b, coco, masks: also copy each image (its original bytes, from its "
+                   "source shard) to DIR/{shard}/{key}{ext}; COCO file_name is then that path "
+                   "relative to DIR (the image root), an SA-1B file_name relative to its "
+                   "JSON's folder (DIR = OUT puts each image beside its JSON). yolo always "
+                   "writes its images to OUT/images")
+    p.add_argument("--min-score", type=float, metavar="S",
+                   help="keep masks whose score (the carried score, else predicted_iou) >= S")
+    p.add_argument("--min-area", type=int, metavar="PX", help="keep masks of >= PX pixels")
+    p.add_argument("--top-k", type=int, metavar="K",
+                   help="keep the K best-scored masks of each image")
+    p.add_argument("--skip-background", action="store_true",
+                   help="drop whole-image masks: those covering >= 95%% of the image")
     p.add_argument("--shards", help="inclusive shard range, e.g. sa_000000..sa_000009")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// paths")
     p.set_defaults(func=_cmd_export)
