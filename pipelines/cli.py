@@ -343,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of its one line")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep Ray's own progress bars and log lines (off by default)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the registry's models and their official files")
@@ -598,7 +600,11 @@ def _one_line(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # anywhere on the line, before or after the command
-    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    if "--verbose" in argv:  # Ray's own progress and logs too (read by ray_env.init_ray)
+        from .ray_env import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
+    args = build_parser().parse_args([a for a in argv if a not in ("--debug", "--verbose")])
     if debug:
         return args.func(args)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 # Object-store settings that are not secret: a submitted job gets them by default (values are
@@ -13,6 +14,9 @@ SETTINGS_ENV = ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_END
 # (instance profile, IRSA, a Kubernetes Secret: infra/README.md).
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 
+
+# Set (to anything) by `samdata --verbose`: Ray's own progress bars and log lines stay on
+VERBOSE_ENV = "SAMDATA_VERBOSE"
 
 # Set by Ray's job supervisor for a submitted job's driver (holds the job's runtime env).
 JOB_RUNTIME_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -31,6 +35,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
 
     if ray.is_initialized():
         return
+    verbose = bool(os.environ.get(VERBOSE_ENV))  # else Ray's progress and logs are off
     env = {k: os.environ[k] for k in SETTINGS_ENV if k in os.environ}
     if address is None or os.environ.get(JOB_RUNTIME_ENV_VAR):
         # A local Ray inherits the environment; inside a submitted job the job's runtime env
@@ -43,7 +48,23 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         kwargs["num_gpus"] = num_gpus
     if address is None and temp_dir is not None:
         kwargs["_temp_dir"] = temp_dir
+    if not verbose:
+        kwargs["logging_level"] = logging.ERROR
     ray.init(address=address, log_to_driver=True, **kwargs)
+    if not verbose:
+        quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's progress bars and execution logs off (`--verbose` keeps them)."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    if hasattr(ctx, "enable_operator_progress_bars"):
+        ctx.enable_operator_progress_bars = False
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def resolve_actors(actors: int | str, gpus_per_actor: float | str) -> tuple[int, float]:

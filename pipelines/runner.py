@@ -30,6 +30,7 @@ from operators.shards.write import (
 
 from .config import ComputeConfig, JobConfig
 from .preflight import preflight_job
+from .progress import JobProgress
 from .ray_env import init_ray, resolve_actors
 
 
@@ -197,13 +198,18 @@ def _run_leased(cfg: JobConfig, job: Job, root: str) -> RunSummary:
 
     # Commit each shard once all its samples are written, each once
     stopped = ""
+    live = JobProgress(job.name, len(progress))
     try:
         for row in ds.iter_rows():
-            _tally(row, progress[row["shard"]], summary, cfg, job, root)
+            p = progress[row["shard"]]
+            rows, failed, committed = p.rows, p.failed, p.committed
+            _tally(row, p, summary, cfg, job, root)
+            live.update(p.rows - rows, p.failed - failed, int(p.committed and not committed))
     except Exception as e:  # noqa: BLE001 - the job stopped (an actor past its restarts,
         #   the cluster gone): what was committed stays, the rest is named for the rerun
         stopped = f"the job stopped before this shard was written: {type(e).__name__}: " \
                   f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    live.close()
     for name, p in progress.items():
         if not p.committed:
             reason = p.unavailable or stopped or (

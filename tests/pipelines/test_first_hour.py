@@ -150,3 +150,49 @@ def test_debug_shows_the_traceback(corpus, tmp_path, capsys):
         main(["embed", "--debug", "--set", f"input.urls={corpus}", "--set",
               f"output.path={tmp_path}", "--set", "model.name=sam_tiny", "--set",
               "model.checkpoint=./nothing.pth"])
+
+
+def _embed_command(corpus: str, out: Path) -> list[str]:
+    return [sys.executable, "-m", "pipelines.cli", "embed", "--set", f"input.urls={corpus}",
+            "--set", f"output.path={out}", "--set", "model.name=sam_tiny",
+            "--set", "ray.num_cpus=2"]
+
+
+def test_a_terminal_shows_a_live_progress_line(corpus, tmp_path):
+    import pty
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: samdata in a pseudo-terminal
+        os.chdir(ROOT)
+        os.execve(sys.executable, _embed_command(corpus, tmp_path / "out"), env)
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, screen[-2000:]
+    live = [ln for ln in screen.replace("\r", "\n").splitlines() if "ETA" in ln]
+    assert live and "images/s" in live[-1] and "(2/2 shards)" in live[-1], screen[-2000:]
+    assert "\x1b[2K" in screen  # redrawn in place, not one line per update
+
+
+def test_a_piped_run_prints_a_few_lines(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_sample_corpus(str(corpus), shards=4, images_per_shard=8)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    with open(tmp_path / "log.txt", "w") as log:
+        done = subprocess.run(_embed_command(str(corpus), tmp_path / "out"), stdout=log,
+                              stderr=subprocess.STDOUT, env={**env,
+                                                             "SAMDATA_PROGRESS_INTERVAL_S": "2"},
+                              cwd=ROOT, timeout=300)
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    assert done.returncode == 0 and len(lines) < 40, "\n".join(lines)
+    assert not any("Total Progress" in ln or "Traceback" in ln for ln in lines)
+    assert any(ln.startswith("samdata embed: 32 images ok") for ln in lines)
