@@ -1,5 +1,5 @@
-"""Exporting a mask dataset in the Ultralytics YOLO segment format, which YOLO-seg training
-and labeling tools (CVAT, Label Studio, Roboflow) open:
+"""Exporting a mask dataset in the Ultralytics YOLO segment format (the layout of the
+Ultralytics segment-dataset documentation, which YOLO-seg training reads):
 
     {out}/data.yaml                       path (the dataset root), train and val (both
                                           `images`), nc and names ({class index: name})

@@ -67,6 +67,12 @@ def _filled_largest_piece(mask: np.ndarray) -> tuple[int, int, bool]:
     return int(filled.sum()), n, bool(filled.sum() > piece.sum())
 
 
+def _fill_polygon(points: np.ndarray, h: int, w: int) -> np.ndarray:
+    """bool HxW: the float Nx2 polygon rasterized by pycocotools."""
+    rle = mask_utils.merge(mask_utils.frPyObjects([points.ravel().tolist()], h, w))
+    return mask_utils.decode(rle).astype(bool)
+
+
 def test_yolo_round_trip(labels, tmp_path, capsys):
     root, members = labels
     out = tmp_path / "yolo"
@@ -92,9 +98,13 @@ def test_yolo_round_trip(labels, tmp_path, capsys):
             xy = np.array(coords, float).reshape(-1, 2)
             assert cls == "0" and len(xy) >= 3 and 0 <= xy.min() and xy.max() <= 1
             area = shoelace_area(xy * [w, h])
-            filled, pieces, holes = _filled_largest_piece(_decode(ann))
+            mask = _decode(ann)
+            filled, pieces, holes = _filled_largest_piece(mask)
             multi += pieces > 1
             assert area == pytest.approx(filled, abs=0.01)  # the outline of the largest piece
+            if pieces == 1:  # pycocotools (COCO's pixel convention) fills it back exactly
+                back = _fill_polygon(xy * [w, h], h, w)
+                assert np.array_equal(back, ndimage.binary_fill_holes(mask))
             if ann["bbox"][2] > 32 and ann["bbox"][3] > 32 and pieces == 1 and not holes:
                 worst = max(worst, abs(area - ann["area"]) / ann["area"])
                 checked += 1
