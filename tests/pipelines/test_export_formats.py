@@ -365,3 +365,26 @@ def test_colliding_image_names_are_refused(tmp_path):
 
     with pytest.raises(ValueError, match="'k/a:b' and 'k/a_b' would both be written as"):
         export_coco(str(tmp_path / "ds"), str(tmp_path / "c.json"), images=str(tmp_path / "i"))
+
+
+def test_yolo_and_images_on_s3(s3_bucket, s3_endpoint, tmp_path):
+    fs, bucket = s3_bucket
+    opts = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    args = dict(shards=1, images_per_shard=3, seed=3, min_side=96, max_side=120)
+    local = write_sample_corpus(str(tmp_path / "corpus"), **args)
+    remote = write_sample_corpus(f"s3://{bucket}/corpus", storage_options=opts, **args)
+    label_dataset(tmp_path / "labels", local, source_of=lambda url: remote[0])
+    members = _members(local)
+    labels = str(tmp_path / "labels")
+    assert main(["export", labels, "--format", "yolo", "--out", f"s3://{bucket}/yolo",
+                 "--endpoint-url", s3_endpoint]) == 0
+    data = yaml.safe_load(fs.cat(f"{bucket}/yolo/data.yaml"))
+    assert data["path"] == f"s3://{bucket}/yolo" and data["names"] == {0: "object"}
+    for row in _ok_rows(labels):
+        assert fs.cat(f"{bucket}/yolo/images/sa_000000/{row['key']}.jpg") == members[row["key"]]
+        lines = fs.cat(f"{bucket}/yolo/labels/sa_000000/{row['key']}.txt").decode().splitlines()
+        assert len(lines) == len(row["annotations"])
+    assert main(["export", labels, "--format", "coco", "--out", f"s3://{bucket}/c.json",
+                 "--images", f"s3://{bucket}/img", "--endpoint-url", s3_endpoint]) == 0
+    for entry in json.loads(fs.cat(f"{bucket}/c.json"))["images"]:
+        assert fs.cat(f"{bucket}/img/{entry['file_name']}") == members[entry["samdata_key"]]
