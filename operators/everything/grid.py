@@ -6,6 +6,11 @@ prompts of several crops through the decoder together; masks stay on the model's
 filtered; low-resolution logits are upscaled only for masks that pass the IoU filter, in chunks;
 stability, thresholding and NMS run on the device.
 
+With SAM 2.1 (a HighResPromptableModel) it is the official `SAM2AutomaticMaskGenerator`: the
+crops are embedded with their high-res features, which go to every decoder call, and
+`generator.use_m2m` adds its one-step refinement (`_refine`). Its defaults differ only in
+pred_iou_thresh (0.8; GeneratorConfig keeps SAM 1's 0.88).
+
 No mask crosses to the host: each upscale chunk's surviving masks are run-length encoded where
 they are (`runlength.masks_to_runs`: change points in the image frame, so uncropped by index
 arithmetic, with areas and boxes) and only those, kilobytes a mask, are copied back. The crop-edge
