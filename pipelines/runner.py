@@ -1,8 +1,10 @@
 """The shared driver of the sharded pipelines (embed, autolabel, ...).
 
-read -> model actor pool -> write, with the shard as the unit of work, of failure and of
-resume: committed shards are skipped; an uncommitted shard keeps the complete part files of an
-earlier run and only its missing samples are processed; a shard is committed (its `_stats.json`
+read -> model actor pool -> write, with the shard as the unit of commit, of failure and of
+resume, and the piece (about input.images_per_task samples of a shard,
+operators/shards/pieces.py) as the unit of parallel reading: committed shards are skipped;
+an uncommitted shard keeps the complete part files of an earlier run and only its missing
+samples are processed; a shard is committed (its `_stats.json`
 written, last) once every one of its samples is written exactly once. A shard that cannot be
 read or written (storage failing past the retries) is left uncommitted while the others
 finish; the summary names it first and the command exits non-zero, and a rerun redoes it.
@@ -18,6 +20,7 @@ from typing import Any
 from operators.shards.identity import claim_output
 from operators.shards.lease import Lease
 from operators.shards.listing import list_shards
+from operators.shards.pieces import plan_pieces
 from operators.shards.prepare import read_and_prepare
 from operators.shards.resumable import StorageUnavailable
 from operators.shards.schema import shard_item
@@ -48,6 +51,8 @@ class ShardProgress:
     committed: bool = False
     parts: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> {rows, bytes}
     members: dict[str, int] = field(default_factory=dict)  # reader's counts by kind
+    pieces: int = 1  # read tasks the shard was cut into (planning)
+    ends: dict[int, int] = field(default_factory=dict)  # piece index -> its sample count
 
     def complete(self) -> bool:
         return (not self.unavailable and not self.committed and self.expected is not None
@@ -182,7 +187,9 @@ def _run_leased(cfg: JobConfig, job: Job, root: str) -> RunSummary:
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     actors, gpus = resolve_actors(cfg.compute.actors, cfg.compute.gpus_per_actor)
 
-    # Read, decode and (for padded mode) resize on CPU tasks: one task per shard
+    # Cut shards into pieces of about input.images_per_task samples (a task per shard)
+    items = plan(items, cfg, opts, progress)
+    # Read, decode and (for padded mode) resize on CPU tasks: one task per piece
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.flat_map(read_and_prepare, fn_kwargs=dict(
         model_name=cfg.model.name, input_cfg=cfg.input, storage_options=opts,
@@ -225,10 +232,15 @@ def _tally(row: dict, p: ShardProgress, summary: RunSummary, cfg: JobConfig, job
     if row["shard_unavailable"]:
         p.unavailable = p.unavailable or str(row["shard_unavailable"])
     elif row["is_end"]:
-        p.expected = int(row["shard_count"])
-        p.error = row["shard_error"]
-        p.skipped_members = int(row["skipped_members"])
-        p.members = json.loads(row["member_counts"] or "{}")
+        piece = int(row["piece"])
+        if piece not in p.ends:  # a piece's end counts once
+            p.ends[piece] = int(row["shard_count"])
+            p.error = p.error or row["shard_error"]
+            p.skipped_members += int(row["skipped_members"])
+            for kind, n in json.loads(row["member_counts"] or "{}").items():
+                p.members[kind] = p.members.get(kind, 0) + n
+        if len(p.ends) == p.pieces:  # the shard's count: every piece has ended
+            p.expected = sum(p.ends.values())
     elif str(row["part"]) not in p.parts:  # a retried write of one batch counts once
         p.rows += int(row["rows"])
         p.ok += int(row["ok"])
@@ -252,6 +264,26 @@ def _tally(row: dict, p: ShardProgress, summary: RunSummary, cfg: JobConfig, job
     summary.bytes_written += p.bytes
     if p.error:
         summary.shards_with_errors.append({"shard": row["shard"], "error": p.error})
+
+
+PLAN_CPUS = 0.25  # a planning task mostly waits for header GETs
+
+
+def plan(items: list[dict], cfg: JobConfig, opts: dict, progress: dict[str, ShardProgress]
+         ) -> list[dict]:
+    """The shard items -> the items of their pieces (pieces.plan_pieces, one Ray task per
+    shard, on the cluster rather than the driver: the header pass is I/O); records each
+    shard's piece count in `progress`."""
+    import ray
+
+    task = ray.remote(num_cpus=PLAN_CPUS)(plan_pieces)
+    refs = [task.remote(item, cfg.input, opts, cfg.storage) for item in items]
+    out: list[dict] = []
+    for ref in refs:
+        pieces = ray.get(ref)
+        progress[pieces[0]["shard"]].pieces = len(pieces)
+        out += pieces
+    return out
 
 
 def map_on_actors(ds, actor: type, actor_kwargs: dict[str, Any], compute: ComputeConfig,
@@ -293,6 +325,7 @@ def _stats(shard: str, p: ShardProgress, cfg: JobConfig, job: Job) -> dict:
         "shard": shard, "job": job.name, "images": p.rows, "ok": p.ok, "failed": p.failed,
         "resumed": p.resumed,
         "bytes": p.bytes, "shard_error": p.error or None, "skipped_members": p.skipped_members,
-        "members": p.members, "model": cfg.model.name, "parts": p.parts,
+        "members": dict(sorted(p.members.items())), "model": cfg.model.name,
+        "parts": p.parts, "pieces": p.pieces,
         "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

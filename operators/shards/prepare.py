@@ -1,8 +1,10 @@
 """CPU step of the embedding pipeline: shard -> decoded, resized, padded uint8 rows.
 
-One call per shard (a Ray Data `flat_map`). Every sample becomes a row (`status` ok or error)
-and each shard ends with one end row (`is_end`) carrying the shard's sample count, so the writer
-and the driver can tell when a shard is complete. Row fields: schema.PREPARED_DEFAULTS.
+One call per piece of a shard (a Ray Data `flat_map`; a piece is the whole shard unless the
+shard holds more than `input.images_per_task` samples, pieces.py). Every sample becomes a row
+(`status` ok or error) and each piece ends with one end row (`is_end`) carrying its sample
+count, so the writer and the driver can tell when a shard is complete. Row fields:
+schema.PREPARED_DEFAULTS.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from models import MODEL_REGISTRY
 
 from ..config import InputConfig, StorageConfig
 from .decode import DecodeError, decode_image_for
+from .piece import Piece
 from .read import Sample, ShardEnd, image_id_from, iter_shard
 from .resumable import StorageUnavailable
 from .schema import item_shard, prepared_row
@@ -106,8 +109,8 @@ def read_and_prepare(
     storage: StorageConfig | None = None,
     include_annotations: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Ray Data flat_map: {"shard", "url", "container", optional "skip_keys"} -> a row per
-    sample, then an end row.
+    """Ray Data flat_map: {"shard", "url", "container", optional "skip_keys", "piece"} -> a
+    row per sample of the shard (or of its piece), then an end row.
 
     model_name: model.name (its CPU preprocessing); input_cfg: the job's `input` section
     (format, max_image_pixels, jpeg_draft); storage: the `storage` section (retries).
@@ -121,14 +124,21 @@ def read_and_prepare(
     cannot be read ends with `shard_unavailable` set, and the driver leaves it uncommitted."""
     model = model_skeleton(model_name)
     shard = item_shard(item)
+    piece = Piece.of_item(item)
     skip = frozenset(item.get("skip_keys") or ())
     original = mode == "original"
     size = 1 if original else model.image_size
     dtype = np.uint8 if original else input_dtype(model)
+    if piece.unavailable:  # the header pass could not read the shard
+        yield _row(size, dtype, shard=shard.name, status="end", is_end=True,
+                   shard_unavailable=piece.unavailable, piece=piece.index)
+        return
     try:
-        for part in iter_shard(shard, storage_options, fmt=input_cfg.format, storage=storage):
+        for part in iter_shard(shard, storage_options, fmt=input_cfg.format, storage=storage,
+                               piece=piece):
             if isinstance(part, ShardEnd):
                 yield _row(size, dtype, shard=shard.name, status="end", is_end=True,
+                           piece=piece.index,
                            shard_count=part.count, shard_error=part.error or "",
                            skipped_members=part.skipped_members,
                            member_counts=json.dumps(part.members, sort_keys=True))
@@ -138,7 +148,8 @@ def read_and_prepare(
                                      include_annotations)
     except StorageUnavailable as e:
         yield _row(size, dtype, shard=shard.name, status="end", is_end=True,
-                   shard_unavailable=str(e))
+                   shard_unavailable=str(e), piece=piece.index)
     except Exception as e:  # noqa: BLE001 - isolate the shard; the driver names it
         yield _row(size, dtype, shard=shard.name, status="end", is_end=True,
-                   shard_unavailable=f"reading failed: {type(e).__name__}: {e}")
+                   shard_unavailable=f"reading failed: {type(e).__name__}: {e}",
+                   piece=piece.index)

@@ -21,6 +21,7 @@ import fsspec
 
 from ..config import StorageConfig
 from .listing import IMAGE_EXTENSIONS, Shard
+from .piece import Piece
 from .resumable import ResumableReader, with_retries
 
 
@@ -88,7 +89,8 @@ def printable_name(name: str) -> tuple[str, bool]:
         return raw.decode("utf-8", "backslashreplace"), True
 
 
-def _special_kind(member: tarfile.TarInfo) -> str:
+def special_kind(member: tarfile.TarInfo) -> str:
+    """The MEMBER_KINDS name of a member that is neither a file nor a hard link."""
     if member.issym():
         return "symlink"
     if member.isfifo():
@@ -100,11 +102,23 @@ def _special_kind(member: tarfile.TarInfo) -> str:
     return "other"
 
 
-def _split_key(name: str) -> tuple[str, str]:
+def split_key(name: str) -> tuple[str, str]:
     """WebDataset rule: the key is the path up to the first dot of the file name."""
     d, base = posixpath.split(name)
     stem, _, ext = base.partition(".")
     return posixpath.join(d, stem), "." + ext.lower() if ext else ""
+
+
+def starts_group(key: str, group: dict | set, k: str, entry: tuple[str, str]) -> bool:
+    """Whether member `entry` (name, ext) of key `k` starts a new sample after the current
+    group (`key`, its entries): a new key, or a member name repeated inside one key's run.
+    The reader and the header pass (pieces.py) group by this one rule."""
+    return bool(group) and (k != key or entry in group)
+
+
+def is_sample(exts: list[str]) -> bool:
+    """Whether a group with members of these extensions is a sample (an image or a json)."""
+    return any(e in IMAGE_EXTENSIONS or e == ".json" for e in exts)
 
 
 def image_id_from(key: str, meta: dict | None) -> int | None:
@@ -162,22 +176,25 @@ def _finish(group: dict, key: str, source: str, require_json: bool,
 
 
 def _tar_groups(url: str, storage_options: dict | None, failure: list,
-                storage: StorageConfig | None = None, counts: dict[str, int] | None = None
-                ) -> Iterator[tuple[str, dict]]:
+                storage: StorageConfig | None = None, counts: dict[str, int] | None = None,
+                piece: Piece | None = None) -> Iterator[tuple[str, dict]]:
     """(key, {(member name, ext): bytes}) for consecutive members sharing a key (a member
     name repeated inside a run of one key starts a new group). A tar that breaks off (its
     bytes read, its structure cut or corrupt) ends the stream, the error is appended to
     `failure` and the member it hit holds it; a storage failure that outlasts the retries
     raises StorageUnavailable. Special members are counted by kind in `counts`; a hard link
-    to an earlier member is read as that member (a ranged read of its bytes)."""
+    to an earlier member is read as that member (a ranged read of its bytes). piece: read only
+    its byte range, its links to members before it resolved by the header pass."""
     counts = {} if counts is None else counts
     storage = storage or StorageConfig()
+    piece = piece or Piece()
     group: dict = {}
     key = ""
-    files: dict[str, tuple[int, int]] = {}  # member name -> (data offset, size), for links
+    # member name -> (data offset, size), for links (those before the piece: from the index)
+    files: dict[str, tuple[int, int]] = {n: (int(a), int(b)) for n, (a, b) in piece.links.items()}
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     try:
-        with ResumableReader(fs, path, storage) as f:
+        with ResumableReader(fs, path, storage, start=piece.start, end=piece.end) as f:
             with tarfile.open(fileobj=f, mode="r|*") as tar:
                 for member in tar:
                     if member.islnk():
@@ -196,19 +213,19 @@ def _tar_groups(url: str, storage_options: dict | None, failure: list,
                             lambda s=start, n=size: fs.cat_file(path, start=s, end=s + n),
                             storage)
                     elif not member.isfile():
-                        _count(counts, _special_kind(member))
+                        _count(counts, special_kind(member))
                         continue
                     else:
                         data = None
-                    k, ext = _split_key(member.name)
-                    if (k != key or (member.name, ext) in group) and group:
+                    k, ext = split_key(member.name)
+                    if starts_group(key, group, k, (member.name, ext)):
                         yield key, group
                         group = {}
                     key = k
                     if data is not None:
                         group[(member.name, ext)] = data
                         continue
-                    files[member.name] = (member.offset_data, member.size)
+                    files[member.name] = (piece.start + member.offset_data, member.size)
                     try:
                         group[(member.name, ext)] = tar.extractfile(member).read()
                     except (tarfile.TarError, OSError, EOFError) as e:
@@ -232,15 +249,18 @@ def _dedup(sample: Sample, seen: dict[str, int], counts: dict[str, int]) -> Samp
 
 
 def iter_tar(shard: Shard, storage_options: dict | None = None,
-             require_json: bool = False, storage: StorageConfig | None = None
-             ) -> Iterator[Sample | ShardEnd]:
-    """Stream a tar shard: one Sample per key holding an image or json, then a ShardEnd.
-    Raises StorageUnavailable when the object cannot be read (see the module docstring)."""
+             require_json: bool = False, storage: StorageConfig | None = None,
+             piece: Piece | None = None) -> Iterator[Sample | ShardEnd]:
+    """Stream a tar shard (or one piece of it): one Sample per key holding an image or json,
+    then a ShardEnd (of the piece: its samples and members). Raises StorageUnavailable when
+    the object cannot be read (see the module docstring)."""
+    piece = piece or Piece()
     count = skipped = 0
     failure: list[Exception] = []
     counts: dict[str, int] = {}
-    seen: dict[str, int] = {}
-    for key, group in _tar_groups(shard.url, storage_options, failure, storage, counts):
+    seen: dict[str, int] = dict(piece.seen)  # keys' samples before the piece (KEY~n)
+    for key, group in _tar_groups(shard.url, storage_options, failure, storage, counts,
+                                  piece):
         sample = _finish(group, key, shard.url, require_json, counts)
         if sample is None:
             skipped += len(group)
@@ -251,24 +271,43 @@ def iter_tar(shard: Shard, storage_options: dict | None = None,
     error = None
     if failure:
         e = failure[0]
-        error = f"shard '{shard.name}' is unreadable after {count} samples: " \
+        error = f"shard '{shard.name}' is unreadable after {piece.first_sample + count} " \
+                f"samples: " \
                 f"{type(e).__name__}: {e}"
     skipped += sum(counts.get(k, 0) for k in NOT_SAMPLES)
     yield ShardEnd(count=count, error=error, skipped_members=skipped, members=counts)
 
 
-def iter_folder(shard: Shard, storage_options: dict | None = None,
-                storage: StorageConfig | None = None) -> Iterator[Sample | ShardEnd]:
-    """A folder of images (json sidecars optional): one Sample per image file. Raises
-    StorageUnavailable when a listed file cannot be read after the retries."""
+def folder_groups(shard: Shard, storage_options: dict | None = None,
+                  storage: StorageConfig | None = None, files: list[str] | None = None
+                  ) -> dict[str, dict[tuple[str, str], str]]:
+    """The files of a folder shard by key: {key: {(relative path, ext): path}}, from its
+    listing, or from `files` (relative paths, a piece's) without listing it."""
     storage = storage or StorageConfig()
     fs, root = fsspec.core.url_to_fs(shard.url, **(storage_options or {}))
-    files = sorted(with_retries(f"the listing of '{shard.url}'", lambda: fs.find(root), storage))
+    if files is None:
+        paths = sorted(with_retries(f"the listing of '{shard.url}'", lambda: fs.find(root),
+                                    storage))
+    else:
+        paths = [posixpath.join(root, rel) for rel in files]
     by_key: dict[str, dict] = {}
-    for path in files:
+    for path in paths:
         rel = posixpath.relpath(path, root)
-        k, ext = _split_key(rel)
+        k, ext = split_key(rel)
         by_key.setdefault(k, {})[(rel, ext)] = path
+    return by_key
+
+
+def iter_folder(shard: Shard, storage_options: dict | None = None,
+                storage: StorageConfig | None = None, piece: Piece | None = None
+                ) -> Iterator[Sample | ShardEnd]:
+    """A folder of images (json sidecars optional): one Sample per image file (a piece: of
+    its files only). Raises StorageUnavailable when a listed file cannot be read after the
+    retries."""
+    storage = storage or StorageConfig()
+    fs, _ = fsspec.core.url_to_fs(shard.url, **(storage_options or {}))
+    by_key = folder_groups(shard, storage_options, storage,
+                           None if piece is None else piece.files)
     count = skipped = 0
     counts: dict[str, int] = {}
     for k in sorted(by_key):
@@ -287,13 +326,15 @@ def iter_folder(shard: Shard, storage_options: dict | None = None,
 
 
 def iter_shard(shard: Shard, storage_options: dict | None = None,
-               fmt: str = "auto", storage: StorageConfig | None = None
-               ) -> Iterator[Sample | ShardEnd]:
+               fmt: str = "auto", storage: StorageConfig | None = None,
+               piece: Piece | None = None) -> Iterator[Sample | ShardEnd]:
     """Samples of any shard, then its ShardEnd. fmt: auto|sa1b|webdataset|folder
     (auto: folders -> folder, `sa_*.tar` -> sa1b (json required), other tars -> webdataset).
-    storage: the retry settings (defaults when None). Raises StorageUnavailable when the
-    shard cannot be read (see the module docstring)."""
+    storage: the retry settings (defaults when None). piece: one piece of the shard
+    (pieces.py; None: the whole shard). Raises StorageUnavailable when the shard cannot be
+    read (see the module docstring)."""
     if shard.container == "folder":
-        return iter_folder(shard, storage_options, storage)
+        return iter_folder(shard, storage_options, storage, piece)
     require_json = fmt == "sa1b" or (fmt == "auto" and shard.name.startswith("sa_"))
-    return iter_tar(shard, storage_options, require_json=require_json, storage=storage)
+    return iter_tar(shard, storage_options, require_json=require_json, storage=storage,
+                    piece=piece)

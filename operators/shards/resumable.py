@@ -64,29 +64,44 @@ def with_retries(what: str, call: Callable[[], bytes], storage: StorageConfig,
 class ResumableReader(io.RawIOBase):
     """A read-only byte stream of `path` on filesystem `fs` that survives transient failures
     by re-opening at its offset (see the module docstring). Tracks `pos`, the bytes delivered;
-    `reopens` counts the re-opens (for tests and logs)."""
+    `reopens` counts the re-opens (for tests and logs).
+
+    start, end: the byte range to deliver (end None: the end of the object), e.g. one piece of
+    a shard (pieces.py). A range is fetched as one ranged GET (a re-open: one GET of what is
+    left) unless storage.block_size asks for smaller GETs; `size` is the range's length."""
 
     def __init__(self, fs, path: str, storage: StorageConfig | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, start: int = 0,
+                 end: int | None = None) -> None:
         super().__init__()
         self.fs, self.path = fs, path
         self.storage = storage or StorageConfig()
         self.sleep = sleep
+        self.start, self.end = start, end
         self.pos = 0
         self.reopens = 0
         self._rng = random.Random()
         self._file = None
+        self._want = 0
         self.size = self._retry(self._size, reopen=False)
         self._file = self._retry(self._open, reopen=False)
 
     def _size(self) -> int | None:
         info = self.fs.info(self.path)
-        return int(info["size"]) if info.get("size") is not None else None
+        total = int(info["size"]) if info.get("size") is not None else None
+        if self.end is not None:
+            return self.end - self.start
+        return total - self.start if total is not None and self.start else total
 
     def _open(self):
-        f = self.fs.open(self.path, "rb")
-        if self.pos:
-            f.seek(self.pos)
+        if self.end is None and not self.start:
+            f = self.fs.open(self.path, "rb")
+        else:  # a range: one GET of what is left of it (or storage.block_size GETs)
+            left = max(1, (self.size or 0) - self.pos)
+            f = self.fs.open(self.path, "rb", block_size=self.storage.block_size or left,
+                             cache_type="readahead")
+        if self.start + self.pos:
+            f.seek(self.start + self.pos)
         return f
 
     def _retry(self, call: Callable, reopen: bool = True):
@@ -130,7 +145,8 @@ class ResumableReader(io.RawIOBase):
     def _read_some(self) -> bytes:
         if self._file is None:
             raise ConnectionError("the object is not open (a re-open failed)")
-        data = self._file.read(self._want)
+        want = self._want if self.end is None else min(self._want, self.size - self.pos)
+        data = self._file.read(want) if want > 0 else b""
         if not data and self.size is not None and self.pos < self.size:
             raise ConnectionError(f"the stream ended at byte {self.pos} of {self.size}")
         return data

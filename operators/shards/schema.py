@@ -5,9 +5,10 @@ schemas of the tables it writes. Every step builds and reads rows through these 
     read_and_prepare  --PREPARED-->  model actor  --PREPARED + job outputs-->  write_batch
     write_batch  --TALLY-->  driver (commits a shard once its tallies add up to its end row)
 
-A shard's samples are followed by one end row (`is_end` True) carrying the shard's sample
-count and, when the tar broke off, why (`shard_error`: the shard is committed with it) or why
-it could not be read (`shard_unavailable`: storage failed; the shard is left uncommitted).
+A shard's samples are followed by one end row per piece (`is_end` True; one piece unless the
+shard was cut, see pieces.py) carrying the piece's sample count and, when the tar broke off,
+why (`shard_error`: the shard is committed with it) or why it could not be read
+(`shard_unavailable`: storage failed; the shard is left uncommitted).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .listing import Shard
 SHARD_ITEM_OPTIONAL: dict[str, str] = {
     "skip_keys": "sharded jobs: keys an earlier run already wrote (read past, no row)",
     "keys": "evaluate: the sampled keys to read (None: every sample)",
+    "piece": "sharded jobs: the part of the shard to read (piece.Piece as a dict; absent: all)",
 }
 
 
@@ -64,6 +66,7 @@ PREPARED_DEFAULTS: dict[str, Any] = {
     "skipped_members": 0,  # end row: tar members that were no sample
     "member_counts": "",  # end row: JSON {kind: count} of read.MEMBER_KINDS
     "shard_unavailable": "",  # end row: why the shard could not be read (not committed)
+    "piece": 0,  # end row: which piece of its shard it ends (piece.Piece.index)
     "annotations_json": "",  # the sample json's `annotations` as JSON text, for jobs that
     #   ask for it (segment: SA-1B prompts; evaluate: ground truth); "" otherwise
 }
@@ -108,6 +111,7 @@ TALLY_DTYPES: dict[str, type] = {
     "skipped_members": np.int64,
     "member_counts": object,  # end tally: JSON {kind: count} (read.MEMBER_KINDS)
     "shard_unavailable": object,  # end tally: unreadable shard; part tally: write failure
+    "piece": np.int64,  # end tally: the piece of the shard it ends
 }
 
 
@@ -115,7 +119,7 @@ def tally_columns(tallies: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Tally dicts (TALLY_DTYPES keys, missing ones zero/empty) -> a numpy batch."""
     blank = {"is_end": False, "rows": 0, "ok": 0, "failed": 0, "bytes": 0, "part": "",
              "shard_count": 0, "shard_error": "", "skipped_members": 0, "member_counts": "",
-             "shard_unavailable": ""}
+             "shard_unavailable": "", "piece": 0}
     rows = [{**blank, **t} for t in tallies]
     return {k: np.array([r[k] for r in rows], dtype=dt) for k, dt in TALLY_DTYPES.items()}
 

@@ -1,9 +1,9 @@
 """Writing Parquet per shard, commit markers, and the bookkeeping that makes reruns exactly-once.
 
-Layout under the output root:
+Layout (shards/layout.py):
     {root}/{shard}/{shard}-{first key}-{digest}.parquet   one file per written batch of the shard
-    {root}/{shard}/_stats.json       the commit marker, written last by the driver
-Readers (pyarrow, DuckDB, Polars) skip files starting with "_" or ".".
+    {root}.samdata/commits/{shard}.json   the commit marker, written last by the driver
+The dataset folder holds nothing but Parquet, so every reader opens it as it is.
 
 A part's name ends in a digest of the keys it holds (`part_name`): two parts of different
 samples never share a name, however long or alike their keys, and a retried write of the same
@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from ..config import StorageConfig
 from ..everything.coco_rle import finish_annotations
+from .layout import LEGACY_MARKER, commit_marker, legacy_marker, meta_root
 from .resumable import StorageUnavailable, with_retries
 from .schema import (
     MASK_SCHEMA,
@@ -44,7 +45,7 @@ from .schema import (
     tally_columns,
 )
 
-COMMIT_MARKER = "_stats.json"
+COMMIT_MARKER = "commits/{shard}.json"  # under the output's .samdata folder (layout.py)
 
 
 def _fs(root: str, storage_options: dict | None):
@@ -234,7 +235,8 @@ def write_batch(batch: dict[str, np.ndarray], root: str, storage_options: dict |
                             "shard_error": str(batch["shard_error"][i]),
                             "skipped_members": int(batch["skipped_members"][i]),
                             "member_counts": str(batch["member_counts"][i]),
-                            "shard_unavailable": str(batch["shard_unavailable"][i])})
+                            "shard_unavailable": str(batch["shard_unavailable"][i]),
+                            "piece": int(batch["piece"][i])})
     return tally_columns(tallies)
 
 
@@ -263,12 +265,15 @@ def existing_parts(root: str, shard: str, storage_options: dict | None = None
     fs, base = _fs(root, storage_options)
     folder = f"{base}/{shard}"
     found = ExistingParts()
+    marker = commit_marker(base, shard)
+    if fs.exists(marker):
+        fs.rm(marker)  # the marker of a shard found incomplete: it no longer speaks for it
     if not fs.exists(folder):
         return found
     seen: set[str] = set()
     for path in sorted(fs.ls(folder, detail=False)):
         name = path.rstrip("/").rsplit("/", 1)[-1]
-        if name == COMMIT_MARKER:
+        if name == LEGACY_MARKER:
             fs.rm(path)  # the marker of a shard found incomplete: it no longer speaks for it
             continue
         if name.startswith(".") or not name.endswith(".parquet"):
@@ -327,10 +332,9 @@ def verify_shard(root: str, shard: str, storage_options: dict | None = None,
     the marker's. A shard without a marker is one problem ("not committed")."""
     fs, base = _fs(root, storage_options)
     folder = f"{base}/{shard}"
-    try:
-        stats = json.loads(fs.cat_file(f"{folder}/{COMMIT_MARKER}"))
-    except FileNotFoundError:
-        return [f"shard '{shard}' is not committed (no {COMMIT_MARKER})"]
+    stats = read_marker(fs, base, shard)
+    if stats is None:
+        return [f"shard '{shard}' is not committed (no {commit_marker(base, shard)})"]
     listed = _marker_parts(stats)
     if listed is None:
         return []
@@ -346,16 +350,30 @@ def verify_shard(root: str, shard: str, storage_options: dict | None = None,
     return problems
 
 
+def read_marker(fs, base: str, shard: str) -> dict | None:
+    """The commit marker of `shard` (or its legacy one), or None when it has none."""
+    for path in (commit_marker(base, shard), legacy_marker(base, shard)):
+        try:
+            return json.loads(fs.cat_file(path))
+        except FileNotFoundError:
+            continue
+    return None
+
+
 def committed_shards(root: str, storage_options: dict | None = None) -> set[str]:
     """Names of the shards under `root` that have a commit marker whose listed parts are all
     there at their size (a shard whose part went missing is not committed: a rerun redoes
     it)."""
     fs, base = _fs(root, storage_options)
-    if not fs.exists(base):
-        return set()
+    meta = meta_root(base)
     fs.invalidate_cache(base)
-    markers = fs.glob(f"{base}/*/{COMMIT_MARKER}")
-    if not markers:
+    fs.invalidate_cache(meta)
+    markers = {p.rstrip("/").rsplit("/", 1)[-1][: -len(".json")]: p
+               for p in fs.glob(f"{meta}/commits/*.json")}
+    if fs.exists(base):
+        for p in fs.glob(f"{base}/*/{LEGACY_MARKER}"):
+            markers.setdefault(p.rstrip("/").split("/")[-2], p)
+    if not markers or not fs.exists(base):
         return set()
     # one listing of the whole output for the sizes, not one per shard
     present: dict[str, dict[str, int]] = {}
@@ -363,8 +381,7 @@ def committed_shards(root: str, storage_options: dict | None = None) -> set[str]
         folder, name = path.rstrip("/").rsplit("/", 1)
         present.setdefault(folder.rsplit("/", 1)[-1], {})[name] = int(info.get("size") or 0)
     done = set()
-    for m in markers:
-        shard = m.rstrip("/").split("/")[-2]
+    for shard, m in markers.items():
         try:
             listed = _marker_parts(json.loads(fs.cat_file(m)))
         except (ValueError, OSError):
@@ -376,7 +393,7 @@ def committed_shards(root: str, storage_options: dict | None = None) -> set[str]
 
 def commit_shard(root: str, shard: str, stats: dict, storage_options: dict | None = None,
                  storage: StorageConfig | None = None) -> None:
-    """Write the shard's `_stats.json`, last and whole: from now on reruns skip the shard.
+    """Write the shard's commit marker, last and whole: from now on reruns skip the shard.
     `stats["parts"]` (name -> {rows, bytes}) must all be in the shard folder at their size, and
     their rows must add up to `stats["images"]`; otherwise nothing is written and
     StorageUnavailable says which part is missing."""
@@ -391,4 +408,4 @@ def commit_shard(root: str, shard: str, stats: dict, storage_options: dict | Non
     if missing:
         raise StorageUnavailable(f"shard '{shard}': part(s) {missing[:3]} are not in '{folder}'"
                                  f" as written")
-    write_file(fs, f"{folder}/{COMMIT_MARKER}", json.dumps(stats, indent=1).encode(), storage)
+    write_file(fs, commit_marker(base, shard), json.dumps(stats, indent=1).encode(), storage)

@@ -6,6 +6,7 @@ corpus is exactly one row; unfinished shards are named first and make the run in
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import pyarrow.dataset as pads
 import pytest
@@ -16,6 +17,9 @@ from pipelines.embed import run_embed
 from tests.s3_proxy import Fault, FaultProxy
 
 SHARDS, IMAGES = 3, 4
+# input.images_per_task: 2 cuts each shard into two pieces read by two tasks (a fault then hits
+# one piece of a shard, or its header pass); 256 reads each shard in one task
+PER_TASK = pytest.mark.parametrize("per_task", [2, 256], ids=["pieces", "one-task"])
 # Short retries so that a fault that outlasts them does so in about a second
 RETRIES = {"request_attempts": 1, "read_retries": 4, "retry_backoff_s": 0.1,
            "retry_backoff_max_s": 0.4, "read_timeout_s": 1.0, "block_size": 1 << 16}
@@ -38,12 +42,18 @@ def corpus(s3_bucket, s3_endpoint):
     return fs, bucket
 
 
-def _run(bucket: str, proxy: FaultProxy):
+def _run(bucket: str, proxy: FaultProxy, per_task: int):
     cfg = parse_config({
-        "input": {"urls": [f"s3://{bucket}/corpus/"]}, "output": {"path": f"s3://{bucket}/emb"},
+        "input": {"urls": [f"s3://{bucket}/corpus/"], "images_per_task": per_task},
+        "output": {"path": f"s3://{bucket}/emb"},
         "model": {"name": "sam_tiny"}, "compute": {"ray_batch_size": 2},
         "storage": {"endpoint_url": proxy.url, **RETRIES}}, EmbedConfig)
     return run_embed(cfg)
+
+
+def _fresh(fault: Fault) -> Fault:
+    """The parametrized fault with its counters at zero (one Fault serves several tests)."""
+    return dataclasses.replace(fault, seen=0, hits=0, first_hit=None)
 
 
 def _rows(fs, bucket: str) -> collections.Counter:
@@ -66,10 +76,13 @@ def _every_image_once(fs, bucket: str) -> None:
     Fault("sa_000000", "stall", after_bytes=1000, seconds=3, times=1),  # read timeout
     Fault("emb/sa_000002/", "slowdown", method="PUT", times=3),  # writes throttled a while
 ], ids=["resets", "slowdown-burst", "stalled-body", "write-slowdown"])
-def test_transient_faults_are_absorbed_in_the_first_run(ray_local, proxy, corpus, fault):
+@PER_TASK
+def test_transient_faults_are_absorbed_in_the_first_run(ray_local, proxy, corpus, fault,
+                                                        per_task):
     fs, bucket = corpus
+    fault = _fresh(fault)
     proxy.add(fault)
-    summary = _run(bucket, proxy)
+    summary = _run(bucket, proxy, per_task)
     assert fault.hits > 0, "the fault never fired"
     assert summary.complete and summary.shards_done == SHARDS, summary.text()
     assert summary.images_ok == SHARDS * IMAGES
@@ -82,26 +95,29 @@ def test_transient_faults_are_absorbed_in_the_first_run(ray_local, proxy, corpus
     Fault("sa_000002", "slowdown", times=None, after_gets=1),  # its second GET, for good
     Fault("emb/sa_000001/", "forbidden", method="PUT", times=None),  # writes refused
 ], ids=["slowdown-for-good", "forbidden-once", "second-get-fails", "writes-refused"])
-def test_a_shard_that_cannot_be_read_is_left_for_the_rerun(ray_local, proxy, corpus, fault):
+@PER_TASK
+def test_a_shard_that_cannot_be_read_is_left_for_the_rerun(ray_local, proxy, corpus, fault,
+                                                           per_task):
     fs, bucket = corpus
+    fault = _fresh(fault)
     proxy.add(fault)
-    first = _run(bucket, proxy)
+    first = _run(bucket, proxy, per_task)
     shard = fault.key.removeprefix("emb/").strip("/")
     # The others finish; the broken one is named first and not committed
     assert not first.complete and first.shards_done == SHARDS - 1, first.text()
     assert [u["shard"] for u in first.shards_unfinished] == [shard]
     assert first.text().splitlines()[1].startswith(f"  unfinished {shard}: ")
-    assert not fs.exists(f"{bucket}/emb/{shard}/_stats.json")
+    assert not fs.exists(f"{bucket}/emb.samdata/commits/{shard}.json")
     kept = sum(n for k, n in _rows(fs, bucket).items())  # parts of the broken shard included
     # The rerun, storage healthy again, redoes exactly that shard's missing images
     proxy.clear()
-    second = _run(bucket, proxy)
+    second = _run(bucket, proxy, per_task)
     assert second.complete and second.shards_done == 1 and second.shards_skipped == SHARDS - 1
     assert second.images_processed == SHARDS * IMAGES - kept
     assert second.images_resumed == kept - (SHARDS - 1) * IMAGES
     _every_image_once(fs, bucket)
-    if fault.after_gets:  # the shard broke after its first GET: its first images were kept
-        assert 0 < second.images_resumed < IMAGES
+    if fault.after_gets and per_task >= IMAGES:  # one task read the shard and broke after
+        assert 0 < second.images_resumed < IMAGES  # its first GET: its first images were kept
 
 
 @pytest.mark.slow  # a real driver SIGKILLed mid-shard, then rerun: about 2 minutes on 2 cores
@@ -151,7 +167,8 @@ def test_a_killed_job_resumes_inside_its_shard(tmp_path):
         for pid in _session_pids(first.pid):
             os.kill(pid, signal.SIGKILL)
     kept = written()
-    assert images // 2 <= kept < images and not (out / "sa_000000" / "_stats.json").exists()
+    assert images // 2 <= kept < images
+    assert not (tmp_path / "emb.samdata" / "commits" / "sa_000000.json").exists()
 
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]

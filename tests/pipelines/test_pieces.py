@@ -1,0 +1,99 @@
+"""A shard read by many tasks (input.images_per_task) is the shard read by one: the same rows,
+byte for byte, the same commit marker counts; a shard still commits once, when all its pieces
+are written; a killed run resumes piece by piece."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from operators.shards.sample import write_sample_corpus
+from operators.shards.layout import commit_marker
+from pipelines.config import parse_config
+from pipelines.embed import run_embed
+from tests.operators.test_read_pieces import _odd_tar
+
+
+def _cfg(inp, out, per_task: int | None = None, **extra):
+    data = {"input": {"urls": [str(inp)]}, "output": {"path": str(out)},
+            # batch 1: an image's embedding does not depend on which images share its batch
+            "model": {"name": "sam_tiny", "precision": "fp32", "batch_size": 1},
+            "compute": {"ray_batch_size": 4}}
+    if per_task:
+        data["input"]["images_per_task"] = per_task
+    for section, values in extra.items():
+        data.setdefault(section, {}).update(values)
+    return parse_config(data)
+
+
+def _table(out: Path) -> tuple[dict, bytes]:
+    """Every column by name (rows sorted by key), and the embedding bytes of the ok rows."""
+    table = pq.read_table(out).sort_by("key")
+    ok = table.filter(pc.equal(table.column("status"), "ok"))
+    emb = ok.column("embedding").combine_chunks().storage.flatten().to_numpy()
+    return ({c: table.column(c).to_pylist() for c in table.column_names if c != "embedding"},
+            emb.tobytes())
+
+
+def _stats(out: Path, shard: str) -> dict:
+    return json.loads(Path(commit_marker(str(out), shard)).read_text())
+
+
+def _same(a: dict, b: dict) -> None:
+    for k in ("images", "ok", "failed", "shard_error", "skipped_members", "members"):
+        assert a[k] == b[k], (k, a[k], b[k])
+
+
+def test_a_shard_in_pieces_gives_the_rows_of_one_task(ray_local, tmp_path):
+    write_sample_corpus(str(tmp_path / "in"), shards=2, images_per_shard=8, seed=5,
+                        min_side=64, max_side=96)
+    one = run_embed(_cfg(tmp_path / "in", tmp_path / "one"))
+    cut = run_embed(_cfg(tmp_path / "in", tmp_path / "cut", per_task=3))
+    assert one.complete and cut.complete and cut.shards_done == 2 and cut.images_ok == 16
+    assert _table(tmp_path / "one") == _table(tmp_path / "cut")  # keys, content, embeddings
+    for shard in ("sa_000000", "sa_000001"):
+        a, b = _stats(tmp_path / "one", shard), _stats(tmp_path / "cut", shard)
+        _same(a, b)
+        assert (a["pieces"], b["pieces"]) == (1, 3)
+    assert run_embed(_cfg(tmp_path / "in", tmp_path / "cut", per_task=3)).shards_skipped == 2
+
+
+def test_odd_members_in_pieces_give_the_rows_and_counts_of_one_task(ray_local, tmp_path):
+    _odd_tar(tmp_path / "in" / "odd.tar")
+    one = run_embed(_cfg(tmp_path / "in", tmp_path / "one"))
+    cut = run_embed(_cfg(tmp_path / "in", tmp_path / "cut", per_task=2))
+    assert one.complete and cut.complete
+    assert _table(tmp_path / "one") == _table(tmp_path / "cut")
+    a, b = _stats(tmp_path / "one", "odd"), _stats(tmp_path / "cut", "odd")
+    _same(a, b)
+    assert b["pieces"] > 3 and b["members"]["duplicate_key"] == 3
+    assert b["members"]["hardlink"] == 3 and b["members"]["non_utf8_name"] == 1
+    keys = collections.Counter(pq.read_table(tmp_path / "cut", columns=["key"])
+                               .column("key").to_pylist())
+    assert set(keys.values()) == {1} and {"a~2", "a~3", "b~2"} <= set(keys)
+
+
+def test_a_kept_part_is_not_redone_in_its_piece(ray_local, tmp_path):
+    """Resume inside a shard with pieces: parts kept from an earlier run are skipped by the
+    pieces they belong to; each image ends up in one row."""
+    write_sample_corpus(str(tmp_path / "in"), shards=1, images_per_shard=9, seed=2,
+                        min_side=64, max_side=96)
+    out = tmp_path / "out"
+    first = run_embed(_cfg(tmp_path / "in", out, per_task=3, compute={"ray_batch_size": 2}))
+    assert first.complete
+    # Lose the commit marker and some parts, as a killed run would have left them
+    folder = out / "sa_000000"
+    Path(commit_marker(str(folder.parent), folder.name)).unlink()
+    parts = sorted(folder.glob("*.parquet"))
+    for p in parts[::2]:
+        p.unlink()
+    kept = sum(pq.read_metadata(p).num_rows for p in parts[1::2])
+    second = run_embed(_cfg(tmp_path / "in", out, per_task=3, compute={"ray_batch_size": 2}))
+    assert second.complete and second.images_resumed == kept
+    assert second.images_processed == 9 - kept
+    keys = collections.Counter(pq.read_table(out, columns=["key"]).column("key").to_pylist())
+    assert len(keys) == 9 and set(keys.values()) == {1}
