@@ -387,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute image embeddings of a corpus into Parquet (Ray Data)",
         description="Read shards, embed every image with a registry model on a Ray actor pool, "
         "write one Parquet row per image (embedding as an Arrow fixed_shape_tensor), commit "
-        "each shard with _stats.json. Reruns skip committed shards and redo partial ones. "
+        "each shard with a commit marker in OUTPUT.samdata/. Reruns skip committed shards and "
+        "redo partial ones. "
         "See configs/embed_sa1b.yaml for every field.",
     )
     _job_arguments(p)

@@ -20,6 +20,7 @@ import fsspec
 from models.checkpoint import CheckpointError, read_checkpoint, unwrap_state_dict
 from models.registry import OFFICIAL_CHECKPOINTS
 from operators.config import StorageConfig
+from operators.shards.layout import meta_root
 from operators.shards.listing import list_shards
 from operators.shards.prepare import model_skeleton
 
@@ -109,11 +110,15 @@ def check_input(urls: list[str], shards: str | None, limit: int | None,
 
 
 def check_output(root: str, storage: StorageConfig, field: str = "output.path") -> None:
-    """Write and remove a probe file under `root`; PreflightError naming `field` when that
-    fails."""
+    """Write and remove a probe file in the bookkeeping folder of `root`; PreflightError
+    naming `field` when that fails."""
+    try:
+        meta_root(root)
+    except ValueError as e:
+        raise PreflightError(str(e)) from e
     try:
         fs, base = fsspec.core.url_to_fs(root, **probe_options(storage))
-        probe = f"{base.rstrip('/')}/.samdata/probe-{uuid.uuid4().hex[:8]}"
+        probe = f"{meta_root(base)}/probe-{uuid.uuid4().hex[:8]}"
         fs.makedirs(probe.rsplit("/", 1)[0], exist_ok=True)
         fs.pipe_file(probe, b"")
         fs.rm(probe)

@@ -30,7 +30,8 @@ def dataset_files(root: str, storage_options: dict | None = None, shards: str | 
     names = select_shards(list(committed_shards(root, storage_options)), shards)
     if not names:
         raise FileNotFoundError(
-            f"expected committed shards (a '_stats.json' per shard folder) under '{root}'"
+            f"expected committed shards (commit markers in '{root.rstrip('/')}.samdata') "
+            f"under '{root}'"
             f"{' in range ' + shards if shards else ''}, got none")
     files = []
     for name in names:

@@ -1,11 +1,11 @@
 """What produced an output folder, so that a rerun never mixes another model's rows in.
 
-`{root}/.samdata/identity.json` holds the job, the model, its checkpoint's sha256 (or the
-seed of random weights) and every setting that changes the rows (the generator's thresholds,
-the prompts, the embedding dtype, ...), written before the first part. A run whose identity
-equals the folder's resumes it; another is refused (`OutputMismatch`) naming the fields that
+`{root}.samdata/identity.json` (shards/layout.py) holds the job, the model, its checkpoint's
+sha256 (or the seed of random weights) and every setting that changes the rows (the
+generator's thresholds, the prompts, the embedding dtype, ...), written before the first
+part. A run whose identity equals the folder's resumes it; another is refused (`OutputMismatch`) naming the fields that
 differ and the two ways out: a new output.path, or `--overwrite`, which clears the folder's
-shards first (`clear_output`). Readers skip `.samdata/` (a hidden folder).
+shards first (`clear_output`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from typing import Any
 
 import fsspec
 
-IDENTITY_DIR = ".samdata"
-IDENTITY_FILE = f"{IDENTITY_DIR}/identity.json"
+from .layout import meta_root
 
 
 class OutputMismatch(ValueError):
@@ -48,9 +47,9 @@ def _fs(root: str, storage_options: dict | None):
 def read_identity(root: str, storage_options: dict | None = None) -> dict | None:
     """The identity recorded in `root`, or None when there is none."""
     fs, base = _fs(root, storage_options)
-    fs.invalidate_cache(f"{base}/{IDENTITY_DIR}")
+    fs.invalidate_cache(meta_root(base))
     try:
-        return json.loads(fs.cat_file(f"{base}/{IDENTITY_FILE}"))
+        return json.loads(fs.cat_file(f"{meta_root(base)}/identity.json"))
     except FileNotFoundError:
         return None
 
@@ -58,14 +57,17 @@ def read_identity(root: str, storage_options: dict | None = None) -> dict | None
 def has_shards(root: str, storage_options: dict | None = None) -> bool:
     """Whether `root` holds any shard folder (parts or markers of an earlier run)."""
     fs, base = _fs(root, storage_options)
-    return bool(fs.exists(base) and (fs.glob(f"{base}/*/*.parquet")
-                                     or fs.glob(f"{base}/*/_stats.json")))
+    return bool((fs.exists(base) and fs.glob(f"{base}/*/*.parquet"))
+                or fs.glob(f"{meta_root(base)}/commits/*.json"))
 
 
 def clear_output(root: str, storage_options: dict | None = None) -> int:
-    """Remove every shard folder under `root` (not its .samdata/ bookkeeping); returns how
-    many were removed."""
+    """Remove every shard folder under `root` and their commit markers; returns how many
+    folders were removed."""
     fs, base = _fs(root, storage_options)
+    commits = f"{meta_root(base)}/commits"
+    if fs.exists(commits):
+        fs.rm(commits, recursive=True)
     if not fs.exists(base):
         return 0
     removed = 0
@@ -96,6 +98,6 @@ def claim_output(root: str, identity: dict, storage_options: dict | None = None,
         clear_output(root, storage_options)
     if held != identity:
         fs, base = _fs(root, storage_options)
-        fs.makedirs(f"{base}/{IDENTITY_DIR}", exist_ok=True)
-        fs.pipe_file(f"{base}/{IDENTITY_FILE}", json.dumps(identity, indent=1,
-                                                           sort_keys=True).encode())
+        fs.makedirs(meta_root(base), exist_ok=True)
+        fs.pipe_file(f"{meta_root(base)}/identity.json", json.dumps(identity, indent=1,
+                                                                    sort_keys=True).encode())

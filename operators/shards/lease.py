@@ -1,6 +1,7 @@
 """One run at a time on one output: a lease file that works on local disks and object stores.
 
-`{root}/_lease.json` = {"owner", "host", "pid", "job", "started_at", "expires_at"}. A run takes
+`{root}.samdata/lease.json` (shards/layout.py) = {"owner", "host", "pid", "job", "started_at",
+"expires_at"}. A run takes
 the lease before any work and renews it from a background thread every `ttl_s / 3` seconds;
 the lease ends when the run returns. A second run on the same output finds a live lease and
 is refused at once (`OutputBusy`, naming the holder), so two runs never both do the work and
@@ -25,7 +26,9 @@ import uuid
 
 import fsspec
 
-LEASE_FILE = "_lease.json"
+from .layout import meta_root
+
+LEASE_FILE = "lease.json"  # in the output's .samdata folder
 DEFAULT_TTL_S = 90.0
 
 
@@ -50,7 +53,7 @@ class Lease:
     def __init__(self, root: str, job: str, storage_options: dict | None = None,
                  ttl_s: float = DEFAULT_TTL_S, confirm_s: float = 0.5) -> None:
         self.fs, base = fsspec.core.url_to_fs(root, **(storage_options or {}))
-        self.path = f"{base.rstrip('/')}/{LEASE_FILE}"
+        self.path = f"{meta_root(base)}/{LEASE_FILE}"
         self.root, self.job, self.ttl_s, self.confirm_s = root, job, ttl_s, confirm_s
         self.owner = uuid.uuid4().hex
         self._stop = threading.Event()

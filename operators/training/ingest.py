@@ -38,10 +38,11 @@ from models.transforms import longest_side_shape
 
 from ..config import StorageConfig
 from ..shards.decode import DecodeError, decode_image_for
+from ..shards.layout import commit_marker
 from ..shards.listing import IMAGE_EXTENSIONS, Shard, list_shards, select_shards
 from ..shards.prepare import model_skeleton
 from ..shards.read import Sample, ShardEnd, image_id_from, iter_shard
-from ..shards.write import COMMIT_MARKER, committed_shards
+from ..shards.write import committed_shards, read_marker
 from .pairing import embedding_frame, valid_cells
 
 TRAIN_FIELDS: dict[str, str] = {
@@ -136,17 +137,18 @@ def embedding_shards(root: str, storage_options: dict | None = None,
                      ) -> list[TrainShard]:
     """The committed shards of an embedding corpus (a `samdata embed` output), in natural name
     order, narrowed to `shard_range` and `limit`, with their Parquet parts and ok-row counts
-    (from `_stats.json`). Raises FileNotFoundError naming `root` when none is committed."""
+    (from the commit markers). Raises FileNotFoundError naming `root` when none is committed."""
     fs, base = _fs(root, storage_options)
     base = base.rstrip("/")
     names = select_shards(list(committed_shards(root, storage_options)), shard_range, limit)
     if not names:
         raise FileNotFoundError(
-            f"data.embeddings: expected committed shards (a '{COMMIT_MARKER}' per shard folder) "
+            f"data.embeddings: expected committed shards (markers like "
+            f"'{commit_marker(base, 'SHARD')}') "
             f"under '{root}'{' in range ' + shard_range if shard_range else ''}, got none")
     out = []
     for name in names:
-        stats = json.loads(fs.cat_file(f"{base}/{name}/{COMMIT_MARKER}"))
+        stats = read_marker(fs, base, name) or {}
         files = tuple(_full(fs, p, root) for p in _parts(fs, base, name))
         out.append(TrainShard(name=name, files=files, rows=int(stats.get("ok", -1))))
     return out

@@ -48,7 +48,7 @@ def test_s3_shards_to_s3_parquet_equal_a_direct_model_call(ray_local, s3_bucket,
     assert sorted(table.column("shard").to_pylist()) == ["sa_000000"] * 3 + ["sa_000001"] * 3
     emb = table.column("embedding").combine_chunks().to_numpy_ndarray()
     assert emb.shape == (6, 32, 8, 8) and emb.dtype == np.float16
-    assert fs.exists(f"{bucket}/emb/sa_000000/_stats.json")
+    assert fs.exists(f"{bucket}/emb.samdata/commits/sa_000000.json")
 
     # The same image through the model directly, same preprocessing
     model = build_model("sam_tiny", seed=0)
@@ -92,7 +92,7 @@ def test_bad_inputs_every_image_accounted_for(ray_local, tmp_path):
             assert rows[key]["embedding"] is None
     assert summary.images_ok + summary.images_failed == table.num_rows
     assert [s["shard"] for s in summary.shards_with_errors] == ["sa_000001"]
-    stats = json.loads((tmp_path / "out" / "sa_000001" / "_stats.json").read_text())
+    stats = json.loads((tmp_path / "out.samdata" / "commits" / "sa_000001.json").read_text())
     assert "unreadable" in stats["shard_error"] and stats["images"] == 3
     emb = table.column("embedding").combine_chunks()
     assert emb.type.value_type == "float" and emb.null_count == summary.images_failed
@@ -105,7 +105,7 @@ def test_rerun_skips_committed_shards_and_never_duplicates(ray_local, tmp_path):
     assert first.shards_done == 2
     # a partial shard left by a crash: no marker, and a stray file with another shard's rows
     # -> the stray is removed, the shard's own complete parts are kept
-    (tmp_path / "out" / "sa_000001" / "_stats.json").unlink()
+    (tmp_path / "out.samdata" / "commits" / "sa_000001.json").unlink()
     (tmp_path / "out" / "sa_000001" / "sa_000001-stray.parquet").write_bytes(
         (tmp_path / "out" / "sa_000000").glob("*.parquet").__next__().read_bytes())
     second = run_embed(cfg)
@@ -135,13 +135,13 @@ def test_interrupted_run_resumes_exactly_once(ray_local, tmp_path):
     deadline = time.time() + 240
     try:
         while time.time() < deadline and proc.poll() is None:
-            if list((tmp_path / "out").glob("*/_stats.json")):
+            if list((tmp_path / "out.samdata" / "commits").glob("*.json")):
                 break
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    committed = len(list((tmp_path / "out").glob("*/_stats.json")))
+    committed = len(list((tmp_path / "out.samdata" / "commits").glob("*.json")))
     assert 1 <= committed < shards, f"kill came too late or never: {committed} committed"
 
     summary = run_embed(parse_config(json.loads(cfg_path.read_text())))
@@ -150,7 +150,7 @@ def test_interrupted_run_resumes_exactly_once(ray_local, tmp_path):
     table = pq.read_table(tmp_path / "out")
     keys = table.column("key").to_pylist()
     assert len(keys) == len(set(keys)) == shards * per_shard
-    assert len(list((tmp_path / "out").glob("*/_stats.json"))) == shards
+    assert len(list((tmp_path / "out.samdata" / "commits").glob("*.json"))) == shards
 
 
 def test_bad_config_is_refused_before_any_work(tmp_path):

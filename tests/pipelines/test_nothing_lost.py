@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from operators.shards.layout import commit_marker, meta_root
 from operators.shards.lease import LEASE_FILE, Lease, OutputBusy
-from operators.shards.write import COMMIT_MARKER, verify_shard
+from operators.shards.write import verify_shard
 from pipelines.autolabel import run_autolabel
 from pipelines.config import AutolabelConfig, parse_config
 from pipelines.embed import run_embed
@@ -56,7 +57,7 @@ def _rows(out: Path) -> collections.Counter:
 
 
 def _stats(out: Path, shard: str) -> dict:
-    return json.loads((out / shard / COMMIT_MARKER).read_text())
+    return json.loads(Path(commit_marker(str(out), shard)).read_text())
 
 
 def _run_twice(cfg, run=run_embed):
@@ -241,9 +242,10 @@ def test_a_second_run_on_a_held_output_is_refused_at_once(ray_local, tmp_path, c
     assert code == 2 and took < 10, (code, took)
     assert len(err) == 1 and "in use by another run" in err[0] and "embed" in err[0]
     assert not list(out.glob("*/*.parquet"))  # it did no work
-    assert not (out / LEASE_FILE).exists()  # the holder released it
+    lease = Path(meta_root(str(out))) / LEASE_FILE
+    assert not lease.exists()  # the holder released it
     # a lease left by a dead process of this host is taken over
-    (out / LEASE_FILE).write_text(json.dumps({"owner": "gone", "host": __import__(
+    lease.write_text(json.dumps({"owner": "gone", "host": __import__(
         "socket").gethostname(), "pid": 2**22 + 7, "job": "embed", "expires_at": 1e12}))
     assert run_embed(_embed_cfg(tmp_path / "in", out)).shards_done == 1
 
@@ -256,14 +258,14 @@ def test_the_lease_holds_on_s3(s3_bucket, s3_endpoint):
         with pytest.raises(OutputBusy, match="samdata autolabel"):
             Lease(root, "embed", opts, confirm_s=0.1).acquire()
     fs.invalidate_cache()
-    assert not fs.exists(f"{bucket}/out/{LEASE_FILE}")
+    assert not fs.exists(f"{bucket}/out.samdata/{LEASE_FILE}")
     # another host's lease counts until it expires
     record = {"owner": "x", "host": "elsewhere", "pid": 1, "job": "embed"}
-    fs.pipe_file(f"{bucket}/out/{LEASE_FILE}",
+    fs.pipe_file(f"{bucket}/out.samdata/{LEASE_FILE}",
                  json.dumps({**record, "expires_at": time.time() + 60}).encode())
     with pytest.raises(OutputBusy, match="host elsewhere"):
         Lease(root, "embed", opts, confirm_s=0.1).acquire()
-    fs.pipe_file(f"{bucket}/out/{LEASE_FILE}",
+    fs.pipe_file(f"{bucket}/out.samdata/{LEASE_FILE}",
                  json.dumps({**record, "expires_at": time.time() - 1}).encode())
     with Lease(root, "embed", opts, confirm_s=0.1):
         pass

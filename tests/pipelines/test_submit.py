@@ -116,7 +116,7 @@ def test_job_survives_losing_a_worker_node(s3_bucket, s3_endpoint, tmp_path, cap
 
         def commits() -> int:
             fs.invalidate_cache()  # s3fs caches listings
-            return len(fs.glob(f"{bucket}/emb/*/_stats.json"))
+            return len(fs.glob(f"{bucket}/emb.samdata/commits/*.json"))
 
         while not commits():
             assert time.time() < deadline, logs(cluster.address, job_id, str(token))[-3000:]
