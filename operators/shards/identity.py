@@ -3,9 +3,9 @@
 `{root}.samdata/identity.json` (shards/layout.py) holds the job, the model, its checkpoint's
 sha256 (or the seed of random weights) and every setting that changes the rows (the
 generator's thresholds, the prompts, the embedding dtype, ...), written before the first
-part. A run whose identity equals the folder's resumes it; another is refused (`OutputMismatch`) naming the fields that
-differ and the two ways out: a new output.path, or `--overwrite`, which clears the folder's
-shards first (`clear_output`).
+part. A run whose identity equals the folder's resumes it; another is refused
+(`OutputMismatch`) naming the fields that differ and the two ways out: a new output.path, or
+`--overwrite`, which clears the folder's shards first (`clear_output`).
 """
 
 from __future__ import annotations
