@@ -17,6 +17,7 @@ def run_embed(cfg: EmbedConfig, overwrite: bool = False) -> RunSummary:
         read_mode="padded",  # the encoder's resized, padded input, made on CPU workers
         table="embeddings",
         include_image=cfg.output.include_image,
+        decodes_on_device=True,  # input.decode device: the Embedder decodes JPEGs on its GPU
         settings={"output": {"dtype": cfg.output.dtype,
                              "include_image": cfg.output.include_image}},
     )

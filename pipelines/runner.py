@@ -17,11 +17,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from operators.shards.device_decode import device_decode_problem
 from operators.shards.identity import claim_output
 from operators.shards.lease import Lease
 from operators.shards.listing import list_shards
 from operators.shards.pieces import plan_pieces
-from operators.shards.prepare import read_and_prepare
+from operators.shards.prepare import input_dtype, model_skeleton, read_and_prepare
 from operators.shards.resumable import StorageUnavailable
 from operators.shards.schema import shard_item
 from operators.shards.write import (
@@ -32,7 +35,7 @@ from operators.shards.write import (
 )
 
 from .config import ComputeConfig, JobConfig
-from .preflight import preflight_job
+from .preflight import PreflightError, preflight_job
 from .progress import JobProgress
 from .ray_env import init_ray, resolve_actors
 
@@ -76,6 +79,9 @@ class RunSummary:
     images_resumed: int = 0  # rows of committed shards kept from an earlier run
     bytes_written: int = 0
     seconds: float = 0.0
+    # driver-side seconds of the control plane: listing, resume (committed shards and kept
+    # parts), planning (pieces), commits (markers); the rest of `seconds` is the data plane
+    control_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
@@ -90,6 +96,7 @@ class RunSummary:
         d = dict(self.__dict__)
         d["images_per_s"] = round(self.images_per_s, 3)
         d["seconds"] = round(self.seconds, 3)
+        d["control_seconds"] = {k: round(v, 3) for k, v in self.control_seconds.items()}
         return d
 
     def text(self) -> str:
@@ -129,6 +136,7 @@ class Job:
     table: str
     include_image: bool = False
     include_annotations: bool = False
+    decodes_on_device: bool = False  # its actor takes input.decode device rows ("encoded")
     settings: dict[str, Any] = field(default_factory=dict)  # the job's settings that change
     #   its rows (the output identity: shards.identity), beside the model's
 
@@ -141,7 +149,8 @@ def output_identity(cfg: JobConfig, job: Job, checkpoint_sha256: str | None) -> 
             "model": {"name": m.name, "checkpoint_sha256": checkpoint_sha256,
                       "seed": None if checkpoint_sha256 else m.seed, "precision": m.precision},
             "input": {"format": i.format, "max_image_pixels": i.max_image_pixels,
-                      "jpeg_draft": i.jpeg_draft},
+                      "jpeg_draft": i.jpeg_draft,
+                      **({"decode": i.decode} if i.decode != "cpu" else {})},
             "settings": job.settings}
 
 
@@ -153,6 +162,7 @@ def run_sharded(cfg: JobConfig, job: Job, overwrite: bool = False) -> RunSummary
     identity.OutputMismatch, unless `overwrite` clears the folder's shards first)."""
     start = time.perf_counter()
     root = cfg.output.path.rstrip("/")
+    check_decode(cfg, job)
     digest = preflight_job(cfg)
     with Lease(root, job.name, cfg.storage.options()):
         claim_output(root, output_identity(cfg, job, digest), cfg.storage.options(), overwrite)
@@ -169,7 +179,11 @@ def _run_leased(cfg: JobConfig, job: Job, root: str) -> RunSummary:
                          random_weights=cfg.model.checkpoint is None)
 
     # Find the shards; skip committed ones, keep the complete parts of the others
+    clock = summary.control_seconds
+    t = time.perf_counter()
     shards = list_shards(cfg.input.urls, cfg.input.shards, cfg.input.limit, opts)
+    clock["listing"] = time.perf_counter() - t
+    t = time.perf_counter()
     done = committed_shards(root, opts)
     todo = [s for s in shards if s.name not in done]
     summary.shards_total, summary.shards_skipped = len(shards), len(shards) - len(todo)
@@ -181,14 +195,19 @@ def _run_leased(cfg: JobConfig, job: Job, root: str) -> RunSummary:
                                          bytes=kept.bytes, resumed=kept.rows,
                                          parts=dict(kept.parts))
         items.append(shard_item(s, skip_keys=kept.keys))
+    clock["resume"] = time.perf_counter() - t
     if not todo:
         return summary
 
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     actors, gpus = resolve_actors(cfg.compute.actors, cfg.compute.gpus_per_actor)
+    if cfg.input.decode == "device":
+        check_device_decode(gpus)
 
     # Cut shards into pieces of about input.images_per_task samples (a task per shard)
+    t = time.perf_counter()
     items = plan(items, cfg, opts, progress)
+    clock["planning"] = time.perf_counter() - t
     # Read, decode and (for padded mode) resize on CPU tasks: one task per piece
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.flat_map(read_and_prepare, fn_kwargs=dict(
@@ -250,12 +269,16 @@ def _tally(row: dict, p: ShardProgress, summary: RunSummary, cfg: JobConfig, job
         summary.images_processed += int(row["rows"])
     if not p.complete():
         return
+    t = time.perf_counter()
     try:
         commit_shard(root, row["shard"], _stats(row["shard"], p, cfg, job),
                      cfg.storage.options(), cfg.storage)
     except StorageUnavailable as e:
         p.unavailable = f"the commit marker could not be written: {e}"
         return
+    finally:
+        summary.control_seconds["commits"] = (summary.control_seconds.get("commits", 0.0)
+                                              + time.perf_counter() - t)
     p.committed = True
     summary.shards_done += 1
     summary.images_ok += p.ok
@@ -264,6 +287,45 @@ def _tally(row: dict, p: ShardProgress, summary: RunSummary, cfg: JobConfig, job
     summary.bytes_written += p.bytes
     if p.error:
         summary.shards_with_errors.append({"shard": row["shard"], "error": p.error})
+
+
+DEVICE_PROBE_S = 120.0  # seconds the device-decode probe may wait for a GPU worker
+
+
+def check_decode(cfg: JobConfig, job: Job) -> None:
+    """input.decode device, before any work: the job must decode on its actor and ship the
+    image's bytes (not the resized input) there. Raises PreflightError naming the setting."""
+    if cfg.input.decode != "device":
+        return
+    if not job.decodes_on_device or job.read_mode != "padded":
+        raise PreflightError(f"input.decode: expected 'cpu' for samdata {job.name} (device "
+                             f"decode is wired for embed), got 'device'")
+    if job.include_image:
+        raise PreflightError("input.decode: expected 'cpu' with output.include_image (the "
+                             "stored JPEG is the CPU-resized input), got 'device'")
+    if input_dtype(model_skeleton(cfg.model.name)) != np.uint8:
+        raise PreflightError(f"input.decode: expected 'cpu' for {cfg.model.name} (its input "
+                             f"is prepared in float), got 'device'")
+
+
+def check_device_decode(gpus: float) -> None:
+    """input.decode device once Ray runs: the model actors get GPUs, and a GPU worker has
+    torchvision's decode_jpeg and CUDA. Raises PreflightError saying what is missing."""
+    import ray
+
+    if not gpus:
+        raise PreflightError("input.decode: expected GPUs for the model actors (device decode "
+                             "runs on the actor's GPU), got none (compute.gpus_per_actor 0 or "
+                             "no GPU in the cluster); use input.decode: cpu")
+    probe = ray.remote(num_gpus=min(gpus, 1.0), num_cpus=0)(device_decode_problem)
+    try:
+        problem = ray.get(probe.remote(), timeout=DEVICE_PROBE_S)
+    except ray.exceptions.GetTimeoutError as e:
+        raise PreflightError(f"input.decode: no GPU worker answered in {DEVICE_PROBE_S:.0f} s "
+                             f"to check device decode") from e
+    if problem:
+        raise PreflightError(f"input.decode: expected torchvision's decode_jpeg and CUDA on "
+                             f"the GPU workers, got: {problem}; use input.decode: cpu")
 
 
 PLAN_CPUS = 0.25  # a planning task mostly waits for header GETs

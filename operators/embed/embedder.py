@@ -15,6 +15,7 @@ import torch
 from ..config import ComputeConfig, EmbedOutputConfig, ModelConfig
 from ..runtime.batch_size import load_sized_model
 from ..runtime.device import autocast
+from ..shards.device_decode import decode_on_device
 from ..shards.schema import usable_images
 
 _TORCH_DTYPE = {"float16": torch.float16, "float32": torch.float32}
@@ -57,30 +58,43 @@ class Embedder:
         c, h, w = self.model.embedding_shape
         out = np.zeros((n, c, h, w), dtype=self.out_dtype)
         todo = usable_images(batch)
+        status, error = batch["status"].copy(), batch["error"].copy()
+        # input.decode device: rows carry their image's bytes, decoded here on the device
+        encoded = "encoded" in batch and any(len(batch["encoded"][i]) for i in todo)
         # Each model batch's embeddings are copied back while the next batch runs: at most one
         # batch is in flight on the device while the host gathers and uploads the next.
         pending: list[tuple[np.ndarray, torch.Tensor, Any]] = []
         for start in range(0, len(todo), self.batch_size):
             idx = todo[start : start + self.batch_size]
-            pending.append((idx, *self._embed_async(batch["pixels"][idx],
-                                                    batch["input_hw"][idx])))
+            pixels = batch["pixels"][idx]
+            if encoded:
+                pixels, failed = decode_on_device([batch["encoded"][i] for i in idx],
+                                                  batch["input_hw"][idx], self.model, self.device)
+                for i, why in zip(idx, failed, strict=True):
+                    if why:
+                        status[i], error[i] = "error", why
+            pending.append((idx, *self._embed_async(pixels, batch["input_hw"][idx])))
             if len(pending) > 1:
                 self._collect(pending.pop(0), out)
         for item in pending:
             self._collect(item, out)
-        result = {k: v for k, v in batch.items() if k != "pixels"}
+        result = {k: v for k, v in batch.items() if k not in ("pixels", "encoded")}
+        result["status"], result["error"] = status, error
         result["embedding"] = out
         result["model"] = np.full(n, self.model_name, dtype=object)
         result["checkpoint_sha256"] = np.full(n, self.sha256, dtype=object)
         return result
 
-    def _embed_async(self, pixels: np.ndarray, input_hw: np.ndarray
+    def _embed_async(self, pixels: np.ndarray | torch.Tensor, input_hw: np.ndarray
                      ) -> tuple[torch.Tensor, Any]:
-        """uint8 (or the model's float) BxSxSx3 + int32 Bx2 -> (BxCxHxW `out_dtype` host
-        tensor, CUDA event or None). On CUDA the work is only queued: the host tensor is
-        page-locked and complete once the event has fired; on a CPU it is complete."""
+        """uint8 (or the model's float) BxSxSx3 host array, or uint8 Bx3xSxS already on the
+        device (decoded there), + int32 Bx2 -> (BxCxHxW `out_dtype` host tensor, CUDA event or
+        None). On CUDA the work is only queued: the host tensor is page-locked and complete
+        once the event has fired; on a CPU it is complete."""
         cuda = self.device.type == "cuda"
         n = len(pixels)
+        if isinstance(pixels, torch.Tensor):  # decoded on the device
+            return self._embed_on_device(pixels, input_hw)
         if self.compile and n < self.pad_to:  # one shape for the compiled encoder
             pad = self.pad_to - n
             pixels = np.concatenate([pixels, np.zeros((pad, *pixels.shape[1:]), pixels.dtype)])
@@ -97,6 +111,26 @@ class Embedder:
         # Cast on the device: a float16 copy back is half the bytes of a float32 one
         emb = emb[:n].to(_TORCH_DTYPE[self.out_dtype.name])
         if not cuda:
+            return emb, None
+        host = torch.empty(emb.shape, dtype=emb.dtype, pin_memory=True)
+        host.copy_(emb, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+
+    def _embed_on_device(self, x: torch.Tensor, input_hw: np.ndarray
+                         ) -> tuple[torch.Tensor, Any]:
+        """_embed_async for uint8 Bx3xSxS images already on the device."""
+        n = len(x)
+        if self.compile and n < self.pad_to:  # one shape for the compiled encoder
+            x = torch.cat([x, x.new_zeros((self.pad_to - n, *x.shape[1:]))])
+            input_hw = np.concatenate([input_hw, np.full((self.pad_to - n, 2), x.shape[-1],
+                                                         input_hw.dtype)])
+        hws = torch.from_numpy(input_hw.astype(np.int64)).to(self.device)
+        with autocast(self.device, self.precision):
+            emb = self.model.embed_images(x, hws)
+        emb = emb[:n].to(_TORCH_DTYPE[self.out_dtype.name])
+        if self.device.type != "cuda":
             return emb, None
         host = torch.empty(emb.shape, dtype=emb.dtype, pin_memory=True)
         host.copy_(emb, non_blocking=True)

@@ -24,10 +24,13 @@ from models import MODEL_REGISTRY
 
 from ..config import InputConfig, StorageConfig
 from .decode import DecodeError, decode_image_for
+from .device_decode import header_hw
 from .piece import Piece
 from .read import Sample, ShardEnd, image_id_from, iter_shard
 from .resumable import StorageUnavailable
 from .schema import item_shard, prepared_row
+
+UNPADDED = ("original", "encoded")  # read modes whose error and end rows carry 1x1x3 pixels
 
 
 @lru_cache(maxsize=4)
@@ -68,9 +71,11 @@ def prepare_sample(sample: Sample, shard: str, model: torch.nn.Module, max_image
     decoded original). Error rows carry zeros of the same dtype. jpeg_draft (padded mode):
     decode JPEGs at a reduced DCT scale no smaller than the model's input; orig_hw stays the
     original's. include_annotations: "annotations_json" holds the json's `annotations` as
-    JSON text ("[]" when it has none, "" for a sample without json)."""
-    size = 1 if mode == "original" else model.image_size
-    dtype = np.uint8 if mode == "original" else input_dtype(model)
+    JSON text ("[]" when it has none, "" for a sample without json). mode "encoded"
+    (input.decode device): no decoding here; "encoded" holds the image's bytes, orig_hw and
+    input_hw come from its header, "pixels" is a 1x1x3 placeholder (device_decode.py)."""
+    size = 1 if mode in UNPADDED else model.image_size
+    dtype = np.uint8 if mode in UNPADDED else input_dtype(model)
     base = dict(shard=shard, key=sample.key, source_uri=sample.source_uri,
                 image_sha256=hashlib.sha256(sample.image).hexdigest() if sample.image else "",
                 image_id=image_id_from(sample.key, sample.meta) or -1)
@@ -78,6 +83,14 @@ def prepare_sample(sample: Sample, shard: str, model: torch.nn.Module, max_image
         base["annotations_json"] = json.dumps(sample.meta.get("annotations") or [])
     if sample.error:
         return _row(size, dtype, status="error", error=sample.error, **base)
+    if mode == "encoded":  # the model actor decodes it (on its GPU for a JPEG)
+        try:
+            orig_hw = header_hw(sample.image, max_image_pixels)
+        except (ValueError, OSError) as e:
+            return _row(size, dtype, status="error", error=f"{sample.image_name}: {e}", **base)
+        return _row(size, dtype, orig_hw=np.array(orig_hw, np.int32),
+                    input_hw=np.array(model.input_hw(orig_hw), np.int32),
+                    encoded=sample.image, **base)
     draft = model.image_size if jpeg_draft and mode != "original" else None
     try:
         image, orig_hw = decode_image_for(sample.image, max_image_pixels=max_image_pixels,
@@ -126,9 +139,10 @@ def read_and_prepare(
     shard = item_shard(item)
     piece = Piece.of_item(item)
     skip = frozenset(item.get("skip_keys") or ())
-    original = mode == "original"
-    size = 1 if original else model.image_size
-    dtype = np.uint8 if original else input_dtype(model)
+    if mode == "padded" and input_cfg.decode == "device":
+        mode = "encoded"  # the model actor decodes (device_decode.py)
+    size = 1 if mode in UNPADDED else model.image_size
+    dtype = np.uint8 if mode in UNPADDED else input_dtype(model)
     if piece.unavailable:  # the header pass could not read the shard
         yield _row(size, dtype, shard=shard.name, status="end", is_end=True,
                    shard_unavailable=piece.unavailable, piece=piece.index)

@@ -60,6 +60,7 @@ PREPARED_DEFAULTS: dict[str, Any] = {
     "status": "ok",  # ok | error (end rows: "end")
     "error": "",  # why the sample cannot be used
     "image_jpeg": b"",  # optional: the resized input as JPEG
+    "encoded": b"",  # input.decode device: the image's own bytes, decoded by the model actor
     "is_end": False,  # True for the shard's end row
     "shard_count": 0,  # end row: samples the shard yielded
     "shard_error": "",  # end row: why the shard broke off ("" when whole)
