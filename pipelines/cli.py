@@ -522,7 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-background, then --top-k.",
     )
     p.add_argument("dataset", help="mask dataset root (folder or s3:// prefix)")
-    p.add_argument("--format", choices=["sa1b", "coco", "yolo", "masks"], required=True)
+    p.add_argument("--format", choices=["sa1b", "coco", "yolo", "masks", "hf"], required=True,
+                   help="hf: an embedding dataset (samdata embed) for Hugging Face datasets, "
+                   "whose loader has no dtype for Arrow's fixed_shape_tensor")
     p.add_argument("--out", required=True,
                    help="coco: the .json file; sa1b, yolo, masks: folder/prefix")
     p.add_argument("--images", metavar="DIR",

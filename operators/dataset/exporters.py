@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .export import export_coco, export_sa1b
+from .export_hf import export_hf
 from .export_masks import export_masks
 from .export_yolo import export_yolo
 
@@ -15,6 +16,7 @@ EXPORTERS: dict[str, Callable[..., dict]] = {
     "coco": export_coco,
     "yolo": export_yolo,
     "masks": export_masks,
+    "hf": export_hf,  # embedding datasets, for Hugging Face datasets
 }
 
 # what each writes, for the CLI's summary line
@@ -23,4 +25,5 @@ WRITES = {
     "coco": "COCO instances to",
     "yolo": "a YOLO segment dataset in",
     "masks": "mask PNGs and metadata.csv per image under",
+    "hf": "Parquet with the embedding as nested lists (Hugging Face datasets) under",
 }

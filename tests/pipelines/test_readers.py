@@ -65,3 +65,24 @@ def test_hugging_face_datasets_reads_the_labels(outputs):
     first = rows[0]
     assert np.asarray(first["annotations"][0]["segmentation"]["size"]).tolist() == [
         first["height"], first["width"]]
+
+
+def test_the_hf_export_of_embeddings_loads_as_arrays(outputs, tmp_path, capsys):
+    import datasets
+    import pyarrow.dataset as pads
+
+    from pipelines.cli import main
+
+    out = tmp_path / "hf"
+    assert main(["export", outputs["emb"], "--format", "hf", "--out", str(out)]) == 0
+    assert f"exported {SHARDS * IMAGES} images" in capsys.readouterr().out
+    ds = datasets.load_dataset("parquet", data_dir=str(out))["train"].with_format("numpy")
+    table = pads.dataset(outputs["emb"], format="parquet").to_table()
+    ours = dict(zip(table.column("key").to_pylist(),
+                    table.column("embedding").combine_chunks().to_numpy_ndarray(), strict=True))
+    assert len(ds) == len(ours)
+    for row in ds:
+        assert row["embedding"].shape == (32, 8, 8)
+        np.testing.assert_array_equal(row["embedding"], ours[row["key"]])
+    assert main(["export", outputs["labels"], "--format", "hf", "--out", str(tmp_path / "x")]) \
+        == 2  # a label dataset has no embedding column
