@@ -267,6 +267,10 @@ def _cmd_submit(args: argparse.Namespace) -> int:
                   "runtime_env, which Ray writes into the head's logs "
                   "(runtime_env_agent.log) and shows with the job's details to anyone who "
                   "can read the dashboard", file=sys.stderr)
+        problem = sub.local_paths_problem(cfg.model_dump(mode="json"), args.address)
+        if problem:  # before connecting: the cluster could not read it
+            print(f"samdata submit: {problem}", file=sys.stderr)
+            return 2
         job_id, env = sub.submit(args.job, cfg.model_dump(mode="json"), args.address,
                                  args.token_file, with_project=not args.image_has_project,
                                  pip=args.pip or None, job_id=args.job_id,

@@ -122,12 +122,63 @@ def entrypoint(job: str, config: dict, with_project: bool = True) -> str:
     return f"{runner} {command} --config {JOB_CONFIG}"
 
 
+# The config fields that name data or outputs, by job (dotted paths into the config dict)
+PATH_FIELDS = ("input.urls", "output.path", "output.checkpoint", "model.checkpoint",
+               "data.embeddings", "data.corpus", "labels", "ground_truth.path", "prompts.path",
+               "teacher.checkpoint", "student.checkpoint", "reference.checkpoint",
+               "models.checkpoint")
+
+
+def _values(config: dict, dotted: str) -> list[tuple[str, str]]:
+    """(field, value) of every string at `dotted` in `config` (lists and dicts walked)."""
+    head, _, rest = dotted.partition(".")
+    node = config.get(head)
+    nodes = node if isinstance(node, list) else [node]
+    out = []
+    for n in nodes:
+        if rest and isinstance(n, dict):
+            out += [(f"{head}.{f}", v) for f, v in _values(n, rest)]
+        elif not rest and isinstance(n, str):
+            out.append((head, n))
+        elif not rest and isinstance(n, dict):  # e.g. labels: {name: path}
+            out += [(f"{head}.{k}", v) for k, v in n.items() if isinstance(v, str)]
+        elif not rest and isinstance(n, list):
+            out += [(head, v) for v in n if isinstance(v, str)]
+    return out
+
+
+def local_paths_problem(config: dict, address: str) -> str | None:
+    """Why the config's paths cannot work on the cluster at `address`, or None: a relative
+    path never does (the job runs in an uploaded working folder), and an absolute local path
+    only on a cluster of this machine (a loopback address)."""
+    from urllib.parse import urlparse
+
+    host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
+    here = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+    for field in PATH_FIELDS:
+        for name, value in _values(config, field):
+            if "://" in value or not value:
+                continue
+            if not value.startswith("/"):
+                return (f"{name}: '{value}' is a relative local path, which the job (run in "
+                        f"its own working folder on the cluster) cannot find: give an "
+                        f"s3:// (or gs://) URL, or an absolute path every node can read")
+            if not here:
+                return (f"{name}: '{value}' is a path on this machine, which the cluster at "
+                        f"{address} cannot read: put the data in object storage (s3://...) or "
+                        f"on a volume the nodes mount, and name it so")
+    return None
+
+
 def submit(job: str, config: dict, address: str, token_file: str | None = None,
            with_project: bool = True, pip: list[str] | None = None,
            job_id: str | None = None, forward_secrets: bool = False) -> tuple[str, list[str]]:
     """Submit `samdata {job}` on the validated `config` (a dict); returns (job id, names of
     the forwarded env vars). forward_secrets: also forward the AWS key variables (SECRET_ENV),
     which Ray then writes into the head's logs and the job's details."""
+    problem = local_paths_problem(config, address)
+    if problem:
+        raise SubmitError(problem)
     jobs = client(address, token_file)
     cfg = dict(config)
     cfg["ray"] = {**cfg.get("ray", {}), "address": None, "num_cpus": None}  # the job's cluster

@@ -196,3 +196,28 @@ def test_a_piped_run_prints_a_few_lines(tmp_path):
     assert done.returncode == 0 and len(lines) < 40, "\n".join(lines)
     assert not any("Total Progress" in ln or "Traceback" in ln for ln in lines)
     assert any(ln.startswith("samdata embed: 32 images ok") for ln in lines)
+
+
+@pytest.mark.parametrize("address, path, expected", [
+    ("http://ray-head.invalid:8265", "./corpus", "is a relative local path"),
+    ("http://ray-head.invalid:8265", "/data/corpus", "cannot read"),
+    ("http://127.0.0.1:8265", "corpus", "is a relative local path"),
+])
+def test_submit_refuses_paths_the_cluster_cannot_read(tmp_path, capsys, address, path, expected):
+    start = time.perf_counter()
+    code = main(["submit", "embed", "--address", address, "--set", f"input.urls={path}",
+                 "--set", "output.path=s3://bucket/emb", "--set", "model.name=sam_tiny"])
+    err = _err(capsys)
+    assert code == 2 and len(err) == 1 and expected in err[0] and "input.urls" in err[0]
+    assert time.perf_counter() - start < 5  # refused before any connection
+
+
+def test_submit_keeps_urls_and_local_absolute_paths_for_a_local_cluster():
+    from pipelines.submit import local_paths_problem
+
+    cfg = {"input": {"urls": ["s3://b/corpus/"]}, "output": {"path": "/tmp/out"},
+           "models": [{"checkpoint": "s3://b/m.pt"}], "labels": {"a": "s3://b/labels"}}
+    assert local_paths_problem(cfg, "http://127.0.0.1:8265") is None
+    assert "output.path" in local_paths_problem(cfg, "http://ray-head:8265")
+    cfg["labels"] = {"a": "labels"}
+    assert "labels.a" in local_paths_problem(cfg, "http://127.0.0.1:8265")
