@@ -19,6 +19,18 @@ case "${1:-start}" in
       --ray-client-server-port "${CLIENT_PORT:-10001}" --num-cpus "${NUM_CPUS:-2}" \
       --temp-dir "${RAY_TMP:-/tmp/samdata-ray}" ${RAY_START_ARGS:-}
     echo "Jobs API: http://127.0.0.1:${DASHBOARD_PORT:-8265}" ;;
-  stop) ray stop ;;
+  stop)
+    # Only the processes of this head: `ray stop` would end every Ray on the machine (Ray
+    # 2.60 ignores --temp-dir there). Each process of a head started with --temp-dir T names
+    # T on its command line.
+    TMP="${RAY_TMP:-/tmp/samdata-ray}"
+    pids=$(pgrep -f -- "$TMP" || true)
+    if [ -z "$pids" ]; then echo "no cluster of $TMP is running"; exit 0; fi
+    kill $pids 2>/dev/null || true
+    for _ in $(seq 1 20); do
+      pids=$(pgrep -f -- "$TMP" || true); [ -z "$pids" ] && break; sleep 0.5
+    done
+    [ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
+    echo "stopped the cluster of $TMP" ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;
 esac
