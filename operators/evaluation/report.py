@@ -191,11 +191,21 @@ def _legend(draw: ImageDraw.ImageDraw, names: Sequence[str], y: int, width: int)
         x += w
 
 
+def chart_panels(results: Results) -> list[str]:
+    """The panels of a chart, a panel per protocol that ran (a box report has no empty click
+    and AR panels): "sized" (box or agreement mIoU by size), "clicks", "proposals"."""
+    ran = {part for m in results.values() for part in m}
+    panels = [name for name, parts in (("sized", {"box", "agreement", "agreement_points"}),
+                                        ("clicks", {"clicks"}),
+                                        ("proposals", {"proposals"})) if ran & parts]
+    return panels or ["sized"]
+
+
 def render_chart(results: Results, size: tuple[int, int] = CHART_SIZE) -> Image.Image:
-    """RGB chart of `results` (width x height = `size`): box mIoU per size bucket (grouped
-    bars; agreement on the ground-truth boxes when no model has box results), mIoU per click
-    count (lines), AR per number of proposals (lines); a legend of the models on top. A panel
-    without data says so."""
+    """RGB chart of `results` (width x height = `size`), a panel per protocol that ran: box
+    mIoU per size bucket (grouped bars; agreement on the ground-truth boxes when no model has
+    box results), mIoU per click count (lines), AR per number of proposals (lines); a legend
+    of the models on top. A panel whose models have no value says so."""
     if not results:
         raise ValueError("expected results of at least one model, got none")
     width, height = size
@@ -204,36 +214,40 @@ def render_chart(results: Results, size: tuple[int, int] = CHART_SIZE) -> Image.
     names = list(results)
     colours = [PALETTE[i % len(PALETTE)] for i in range(len(names))]
     _legend(draw, names, 22, width)
-    third = width // 3
-    boxes = [(i * third, 44, (i + 1) * third, height) for i in range(3)]
     models = list(results.values())
+    panels = chart_panels(results)
+    step = width // len(panels)
+    boxes = {name: (i * step, 44, (i + 1) * step, height) for i, name in enumerate(panels)}
 
-    # mIoU by size: the box protocol, or agreement on the ground-truth boxes when no box run
-    sized = "box" if any("box" in m for m in models) or not any(
-        "agreement" in m for m in models) else "agreement"
-    title = ("Box prompt: mIoU by object size" if sized == "box"
-             else "Agreement with the reference: mIoU by size")
-    panel = _Panel(draw, boxes[0], title, [CHART_SIZE_LABELS[b] for b in BUCKETS],
-                   "ground-truth area (px)", "mIoU")
-    panel.axes()
-    series = [(c, [_get(sized, f"miou_{b}")(m) for b in BUCKETS]) for c, m in zip(colours, models,
-                                                                                  strict=True)]
-    _draw_or_say(panel, series, panel.bars)
+    if "sized" in boxes:
+        # mIoU by size: the box protocol, or agreement on the ground-truth boxes when no box run
+        sized = "box" if any("box" in m for m in models) or not any(
+            "agreement" in m for m in models) else "agreement"
+        title = ("Box prompt: mIoU by object size" if sized == "box"
+                 else "Agreement with the reference: mIoU by size")
+        panel = _Panel(draw, boxes["sized"], title, [CHART_SIZE_LABELS[b] for b in BUCKETS],
+                       "ground-truth area (px)", "mIoU")
+        panel.axes()
+        series = [(c, [_get(sized, f"miou_{b}")(m) for b in BUCKETS])
+                  for c, m in zip(colours, models, strict=True)]
+        _draw_or_say(panel, series, panel.bars)
 
-    counts = click_counts(results)
-    panel = _Panel(draw, boxes[1], "Point clicks: mIoU after n clicks",
-                   [str(n) for n in counts] or ["-"], "clicks", "mIoU")
-    panel.axes()
-    series = [(c, [_get("clicks", n, "miou_all")(m) for n in counts])
-              for c, m in zip(colours, models, strict=True)]
-    _draw_or_say(panel, series, panel.lines)
+    if "clicks" in boxes:
+        counts = click_counts(results)
+        panel = _Panel(draw, boxes["clicks"], "Point clicks: mIoU after n clicks",
+                       [str(n) for n in counts] or ["-"], "clicks", "mIoU")
+        panel.axes()
+        series = [(c, [_get("clicks", n, "miou_all")(m) for n in counts])
+                  for c, m in zip(colours, models, strict=True)]
+        _draw_or_say(panel, series, panel.lines)
 
-    panel = _Panel(draw, boxes[2], "Object proposals: average recall",
-                   [str(n) for n in MAX_DETS], "proposals per image", "AR")
-    panel.axes()
-    series = [(c, [_get("proposals", k, scale=100.0)(m) for k in AR_KEYS[:3]])
-              for c, m in zip(colours, models, strict=True)]
-    _draw_or_say(panel, series, panel.lines)
+    if "proposals" in boxes:
+        panel = _Panel(draw, boxes["proposals"], "Object proposals: average recall",
+                       [str(n) for n in MAX_DETS], "proposals per image", "AR")
+        panel.axes()
+        series = [(c, [_get("proposals", k, scale=100.0)(m) for k in AR_KEYS[:3]])
+                  for c, m in zip(colours, models, strict=True)]
+        _draw_or_say(panel, series, panel.lines)
     return image
 
 

@@ -69,3 +69,11 @@ def test_chart_png_decodes_with_the_expected_size(results, tmp_path):
     save_chart({"only": {"box": _summary([0.5], [50])}}, str(small), size=(900, 400))
     with Image.open(small) as image:
         assert image.size == (900, 400)
+
+
+def test_the_chart_has_a_panel_per_protocol_that_ran(results):
+    from operators.evaluation.report import chart_panels
+
+    assert chart_panels({"m": {"box": _summary([0.5], [50])}}) == ["sized"]
+    assert chart_panels({"m": {"proposals": {"AR@10": 0.1}}}) == ["proposals"]
+    assert chart_panels(results) == ["sized", "clicks", "proposals"]
