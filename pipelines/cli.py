@@ -294,8 +294,18 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 def _cmd_jobs(args: argparse.Namespace) -> int:
     from . import submit as sub
 
+    if args.action != "list" and not args.job_id:
+        print(f"samdata jobs {args.action}: expected a JOB_ID (samdata jobs list shows them)",
+              file=sys.stderr)
+        return 2
     try:
-        if args.action == "status":
+        if args.action == "list":
+            jobs = sub.list_jobs(args.address, args.token_file)
+            for j in jobs:
+                print(f"{j['id']:28s} {j['job']:10s} {j['status']:10s} {j['started']}")
+            if not jobs:
+                print(f"no samdata jobs on {args.address}", file=sys.stderr)
+        elif args.action == "status":
             print(sub.status(args.address, args.job_id, args.token_file))
         elif args.action == "logs":
             if args.follow:
@@ -501,11 +511,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "jobs",
-        help="status, logs or stop of a submitted job",
-        description="Ask the Ray Jobs API about a job submitted with `samdata submit`.",
+        help="list the submitted jobs; status, logs or stop of one",
+        description="Ask the Ray Jobs API about the jobs submitted with `samdata submit`: "
+        "`list` (id, job, status, start time, newest first), or the status, logs or stop of "
+        "one JOB_ID.",
     )
-    p.add_argument("action", choices=["status", "logs", "stop"])
-    p.add_argument("job_id")
+    p.add_argument("action", choices=["list", "status", "logs", "stop"])
+    p.add_argument("job_id", nargs="?", help="the id `samdata submit` printed (not for list)")
     _cluster_arguments(p)
     p.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
     p.set_defaults(func=_cmd_jobs)

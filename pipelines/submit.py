@@ -204,6 +204,27 @@ def status(address: str, job_id: str, token_file: str | None = None) -> str:
     return str(_call(jobs.get_job_status, address, token_file, job_id).value)
 
 
+def list_jobs(address: str, token_file: str | None = None) -> list[dict]:
+    """The samdata jobs of the cluster, newest first: {"id", "job", "status", "started",
+    "entrypoint"} (started: ISO UTC or ""); jobs not submitted by samdata are left out."""
+    import datetime
+
+    jobs = client(address, token_file)
+    out = []
+    for info in _call(jobs.list_jobs, address, token_file):
+        meta = info.metadata or {}
+        if "samdata_job" not in meta:
+            continue
+        start = info.start_time or 0
+        out.append({
+            "id": info.submission_id or info.job_id, "job": meta["samdata_job"],
+            "status": str(getattr(info.status, "value", info.status)),
+            "started": datetime.datetime.fromtimestamp(start / 1000, datetime.timezone.utc)
+            .strftime("%Y-%m-%dT%H:%M:%SZ") if start else "",
+            "start_ms": start, "entrypoint": info.entrypoint})
+    return sorted(out, key=lambda j: -j.pop("start_ms"))
+
+
 def logs(address: str, job_id: str, token_file: str | None = None) -> str:
     jobs = client(address, token_file)
     return _call(jobs.get_job_logs, address, token_file, job_id)

@@ -67,6 +67,9 @@ def test_submit_embed_follow_to_success(head, token_file, s3_bucket, s3_endpoint
     assert main(["jobs", "logs", job_id, "--address", head.address,
                  "--token-file", token_file]) == 0
     assert "samdata embed" in capsys.readouterr().out
+    assert main(["jobs", "list", "--address", head.address, "--token-file", token_file]) == 0
+    listed = [ln.split() for ln in capsys.readouterr().out.splitlines()]
+    assert [job_id, "embed", "SUCCEEDED"] in [ln[:3] for ln in listed]
 
 
 def test_submit_refuses_bad_token_missing_token_and_dead_address(head, tmp_path, monkeypatch,
