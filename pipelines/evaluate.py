@@ -48,7 +48,7 @@ from operators.shards.listing import Shard, list_shards
 from operators.shards.schema import shard_item
 
 from .config import EvaluateConfig
-from .ray_env import init_ray, resolve_actors
+from .ray_env import check_room, init_ray, resolve_actors
 from .runner import map_on_actors
 
 GT_NOTE = {"sa1b": "the shards' SA-1B annotations (on SA-1B itself: SAM's released "
@@ -166,6 +166,10 @@ def _prompted(cfg: EvaluateConfig, report: EvaluationReport) -> None:
                                       **io_kwargs))
     # Every model on the protocol, on the actor pool: per-instance IoUs
     actors, gpus = resolve_actors(cfg.compute.actors, cfg.compute.gpus_per_actor)
+    check_room(cfg.ray.address, actors * cfg.compute.cpus_per_actor, actors * gpus,
+               f"{actors} model actor(s) (compute.actors x compute.cpus_per_actor)",
+               "lower compute.actors or compute.cpus_per_actor (e.g. 0.5), or give the Ray "
+               "more CPUs (ray.num_cpus)")
     ds = map_on_actors(ds, PromptedEvaluator, dict(
         protocol=cfg.protocol, models=list(cfg.models), evaluation=cfg.evaluation,
         ground_truth=cfg.ground_truth, reference=cfg.reference, generator=cfg.generator),

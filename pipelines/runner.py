@@ -37,7 +37,7 @@ from operators.shards.write import (
 from .config import ComputeConfig, JobConfig
 from .preflight import PreflightError, preflight_job
 from .progress import JobProgress
-from .ray_env import init_ray, resolve_actors
+from .ray_env import check_room, init_ray, resolve_actors
 
 
 @dataclass
@@ -201,6 +201,10 @@ def _run_leased(cfg: JobConfig, job: Job, root: str) -> RunSummary:
 
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     actors, gpus = resolve_actors(cfg.compute.actors, cfg.compute.gpus_per_actor)
+    check_room(cfg.ray.address, actors * cfg.compute.cpus_per_actor, actors * gpus,
+               f"{actors} model actor(s) (compute.actors x compute.cpus_per_actor)",
+               "lower compute.actors or compute.cpus_per_actor (e.g. 0.5), or give the Ray "
+               "more CPUs (ray.num_cpus)")
     if cfg.input.decode == "device":
         check_device_decode(gpus)
 

@@ -59,3 +59,12 @@ def test_more_workers_than_the_local_ray_has_are_refused(ray_local, corpus, tmp_
     line = _one_line(capsys)
     assert "2 training worker(s)" in line and "would wait forever" in line
     assert "compute.workers" in line
+
+
+def test_more_actors_than_the_local_ray_has_are_refused(ray_local, tmp_path, capsys):
+    write_sample_corpus(str(tmp_path / "in"), shards=1, images_per_shard=2)
+    assert main(["embed", "--set", f"input.urls={tmp_path / 'in'}", "--set",
+                 f"output.path={tmp_path / 'out'}", "--set", "model.name=sam_tiny",
+                 "--set", "compute.actors=2"]) == 2
+    line = _one_line(capsys)
+    assert "2 model actor(s)" in line and "would wait forever" in line
