@@ -48,6 +48,7 @@ from operators.shards.listing import Shard, list_shards
 from operators.shards.schema import shard_item
 
 from .config import EvaluateConfig
+from .preflight import preflight_evaluate
 from .ray_env import check_room, init_ray, resolve_actors
 from .runner import map_on_actors
 
@@ -122,6 +123,7 @@ class EvaluationReport:
 def run_evaluate(cfg: EvaluateConfig) -> EvaluationReport:
     """Run the protocol of `cfg`, write its report files to output.path and return it."""
     start = time.perf_counter()
+    preflight_evaluate(cfg)  # checkpoints and corpus, before Ray starts
     sample = {"size": None if cfg.evaluation.all else cfg.evaluation.sample,
               "all": cfg.evaluation.all, "seed": cfg.evaluation.seed}
     report = EvaluationReport(protocol=cfg.protocol, output=cfg.output.path.rstrip("/"),

@@ -126,6 +126,18 @@ def check_output(root: str, storage: StorageConfig, field: str = "output.path") 
         raise storage_problem(e, root, field) from e
 
 
+def preflight_evaluate(cfg: Any) -> None:
+    """The checks of `samdata evaluate` before Ray starts: every model's and the reference's
+    checkpoint, the corpus (box, points, agreement), the report folder."""
+    for n, m in enumerate(cfg.models):
+        check_checkpoint(m.name, m.checkpoint, m.sha256, field=f"models[{n}]")
+    if cfg.reference is not None:
+        check_checkpoint(cfg.reference.name, cfg.reference.checkpoint, cfg.reference.sha256,
+                         field="reference")
+    if cfg.protocol != "proposals":
+        check_input(cfg.input.urls, cfg.input.shards, cfg.input.limit, cfg.storage)
+
+
 def preflight_job(cfg: Any) -> str | None:
     """Every check of a sharded job (embed, autolabel, segment) before Ray starts; returns the
     checkpoint's sha256 (None for random weights)."""

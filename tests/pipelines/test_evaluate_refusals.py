@@ -163,3 +163,14 @@ def test_the_agreement_report_states_the_empty_mask_convention():
     report = EvaluationReport(protocol="agreement", output="-", ground_truth="sa1b",
                               sample={})
     assert AGREEMENT_EMPTY in report.text() and "IoU 0" in AGREEMENT_EMPTY
+
+
+def test_a_missing_checkpoint_is_refused_before_ray(corpora, capsys):
+    import time
+
+    start = time.perf_counter()
+    code = main(["evaluate", "box", "--model", "sam_tiny=./nowhere.pth", "--all", "--out",
+                 str(corpora / "rep_ckpt"), "--set", f"input.urls={corpora / 'a'}"])
+    err = _err(capsys)
+    assert code == 2 and len(err) == 1 and time.perf_counter() - start < 10
+    assert "models[0].checkpoint: checkpoint not found at './nowhere.pth'" in err[0]
