@@ -43,6 +43,8 @@ SUITES: dict[str, dict[str, tuple[str, list[str]]]] = {
         "models": ("models.py", ["--models", "sam_vit_b", "mobile_sam", "efficientvit_sam_l0",
                                  "efficient_sam_vitt", "--min-seconds", "1"]),
         "distill": ("distill.py", ["--steps", "200"]),
+        "pieces": ("pieces.py", ["--images", "64", "--per-task", "8", "--shards", "8"]),
+        "control_plane": ("control_plane.py", ["--shards", "10", "100", "1001"]),
     },
     "cuda": {
         "embed": ("embed.py", ["--model", "sam_vit_h", "--shards", "16",
@@ -65,6 +67,9 @@ SUITES: dict[str, dict[str, tuple[str, list[str]]]] = {
                                    "--shards", "8", "--images-per-shard", "64", "--min-side",
                                    "768", "--max-side", "1500", "--batch-size", "16",
                                    "--steps", "300", "--log-every", "20"]),
+        "pieces": ("pieces.py", ["--images", "256", "--per-task", "16", "--shards", "8",
+                                 "--ray-cpus", "16"]),
+        "control_plane": ("control_plane.py", ["--shards", "10", "100", "1001"]),
     },
 }
 
@@ -164,6 +169,23 @@ def headline(parts: dict[str, dict]) -> list[tuple[str, str, object]]:
              d["steady_images_per_s"]),
             ("distill: trainer waiting for data, share of step time", "< 0.10",
              d["steady_data_wait_share"]),
+        ]
+    pc = parts.get("pieces", {})
+    if "failed" not in pc and pc:
+        rows += [
+            (f"embed img/s, 1 shard in pieces / 1 task ({pc['model']}, decode-bound), steady",
+             "> 1 (one core per shard no more)", pc["steady_pieces_to_one_task"]),
+            (f"embed img/s, {pc['shards']} shards / 1 shard, pieces, steady", "~1",
+             pc["steady_many_shards_to_one_shard_pieces"]),
+        ]
+    cp = parts.get("control_plane", {})
+    if "failed" not in cp and cp:
+        last = cp["runs"][-1]
+        rows += [
+            (f"driver control-plane ms per shard ({last['shards']} shards)", "-",
+             round(sum(last["control_ms_per_shard"].values()), 1)),
+            (f"driver peak RSS MiB, {last['shards']} vs {cp['runs'][0]['shards']} shards", "-",
+             cp["peak_driver_rss_ratio_largest_to_smallest"]),
         ]
     for name, part in parts.items():
         if "failed" in part:

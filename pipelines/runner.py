@@ -31,6 +31,7 @@ from operators.shards.write import (
     commit_shard,
     committed_shards,
     existing_parts,
+    output_contents,
     write_batch,
 )
 
@@ -189,8 +190,9 @@ def _run_leased(cfg: JobConfig, job: Job, root: str) -> RunSummary:
     summary.shards_total, summary.shards_skipped = len(shards), len(shards) - len(todo)
     progress: dict[str, ShardProgress] = {}
     items = []
+    present = output_contents(root, opts) if todo else (set(), set())
     for s in todo:
-        kept = existing_parts(root, s.name, opts)
+        kept = existing_parts(root, s.name, opts, present)
         progress[s.name] = ShardProgress(rows=kept.rows, ok=kept.ok, failed=kept.failed,
                                          bytes=kept.bytes, resumed=kept.rows,
                                          parts=dict(kept.parts))

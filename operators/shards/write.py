@@ -256,15 +256,36 @@ class ExistingParts:
         return len(self.keys)
 
 
-def existing_parts(root: str, shard: str, storage_options: dict | None = None
-                   ) -> ExistingParts:
+def output_contents(root: str, storage_options: dict | None = None
+                    ) -> tuple[set[str], set[str]]:
+    """(shard folders under `root`, shards with a commit marker), from two listings: so that
+    a run over many shards asks storage about each shard only when it has something there
+    (existing_parts' `present`)."""
+    fs, base = _fs(root, storage_options)
+    meta = f"{meta_root(base)}/commits"
+    found: list[set[str]] = []
+    for folder, suffix in ((base, ""), (meta, ".json")):
+        fs.invalidate_cache(folder)
+        try:
+            names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)}
+        except FileNotFoundError:
+            names = set()
+        found.append({n[: len(n) - len(suffix)] for n in names if n.endswith(suffix)})
+    return found[0], found[1]
+
+
+def existing_parts(root: str, shard: str, storage_options: dict | None = None,
+                   present: tuple[set[str], set[str]] | None = None) -> ExistingParts:
     """Read the part files of an uncommitted shard (only their key, status and shard columns)
     and remove what cannot be trusted (hidden temporary files of an interrupted write,
     unreadable parts, rows of another shard, a second copy of a key, a stale commit marker),
-    so that the shard holds each of its samples at most once."""
+    so that the shard holds each of its samples at most once. present: output_contents(root)
+    listed beforehand (a shard in neither set has nothing to read or remove)."""
     fs, base = _fs(root, storage_options)
     folder = f"{base}/{shard}"
     found = ExistingParts()
+    if present is not None and shard not in present[0] and shard not in present[1]:
+        return found
     marker = commit_marker(base, shard)
     if fs.exists(marker):
         fs.rm(marker)  # the marker of a shard found incomplete: it no longer speaks for it

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
-from operators.shards.sample import write_sample_corpus
 from operators.shards.layout import commit_marker
+from operators.shards.sample import write_sample_corpus
 from pipelines.config import parse_config
 from pipelines.embed import run_embed
 from tests.operators.test_read_pieces import _odd_tar
@@ -97,3 +98,39 @@ def test_a_kept_part_is_not_redone_in_its_piece(ray_local, tmp_path):
     assert second.images_processed == 9 - kept
     keys = collections.Counter(pq.read_table(out, columns=["key"]).column("key").to_pylist())
     assert len(keys) == 9 and set(keys.values()) == {1}
+
+
+@pytest.mark.slow  # 1001 shards through two jobs on the S3 test server: minutes on 2 cores
+def test_sa1b_shard_count_each_shard_listed_and_committed_once(ray_local, s3_bucket,
+                                                               s3_endpoint):
+    """SA-1B's 1,001 shards (more than one ListObjectsV2 page of 1000) on the S3 test server,
+    two tiny images each, through embed and autolabel with sam_tiny: every shard is listed and
+    committed once, and a rerun skips them all."""
+    from pipelines.autolabel import run_autolabel
+    from pipelines.config import AutolabelConfig
+
+    fs, bucket = s3_bucket
+    shards = 1001
+    write_sample_corpus(f"s3://{bucket}/corpus", shards=shards, images_per_shard=2, seed=11,
+                        min_side=24, max_side=32,
+                        storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}})
+    for name, run, cls, extra in (
+            ("emb", run_embed, None, {}),
+            ("masks", run_autolabel, AutolabelConfig, {"generator": {"points_per_side": 2}})):
+        data = {"input": {"urls": [f"s3://{bucket}/corpus/"]},
+                "output": {"path": f"s3://{bucket}/{name}"}, "model": {"name": "sam_tiny"},
+                "compute": {"ray_batch_size": 64}, "storage": {"endpoint_url": s3_endpoint},
+                **extra}
+        cfg = parse_config(data, cls) if cls else parse_config(data)
+        summary = run(cfg)
+        assert summary.complete, summary.text()[:2000]
+        assert (summary.shards_total, summary.shards_done, summary.images_ok) == (
+            shards, shards, 2 * shards)
+        fs.invalidate_cache()
+        markers = fs.ls(f"{bucket}/{name}.samdata/commits")
+        assert len(markers) == shards
+        table = pq.read_table(f"{bucket}/{name}", filesystem=fs, columns=["shard", "key"])
+        per_shard = collections.Counter(table.column("shard").to_pylist())
+        assert len(per_shard) == shards and set(per_shard.values()) == {2}
+        again = run(cfg)
+        assert again.shards_skipped == shards and again.images_processed == 0
