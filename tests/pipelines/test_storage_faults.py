@@ -121,10 +121,11 @@ def test_a_shard_that_cannot_be_read_is_left_for_the_rerun(ray_local, proxy, cor
 
 
 @pytest.mark.slow  # a real driver SIGKILLed mid-shard, then rerun: about 2 minutes on 2 cores
-def test_a_killed_job_resumes_inside_its_shard(tmp_path):
+@pytest.mark.parametrize("per_task", [256, 2], ids=["one-task", "pieces"])
+def test_a_killed_job_resumes_inside_its_shard(tmp_path, per_task):
     """SIGKILL the driver (and its local Ray) once half of a shard's images are written; the
-    rerun keeps those part files, processes only the rest, and the output has every image
-    exactly once."""
+    rerun keeps those part files, processes only the rest (with pieces: each piece skips its
+    own kept keys), and the output has every image exactly once."""
     import json
     import os
     import signal
@@ -143,7 +144,8 @@ def test_a_killed_job_resumes_inside_its_shard(tmp_path):
     out = tmp_path / "emb"
     # mobile_sam at 1024 px takes about a second an image on a CPU: slow enough to stop midway
     cfg.write_text(yaml.safe_dump({
-        "input": {"urls": [str(tmp_path / "corpus")]}, "output": {"path": str(out)},
+        "input": {"urls": [str(tmp_path / "corpus")], "images_per_task": per_task},
+        "output": {"path": str(out)},
         "model": {"name": "mobile_sam", "batch_size": 1}, "compute": {"ray_batch_size": 1},
         "ray": {"num_cpus": 2}}))
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rk-", dir="/tmp"),
