@@ -173,3 +173,36 @@ def test_the_header_pass_reads_headers_not_data(tmp_path):
     pieces = cut_tar(index.members, 10)
     assert [p.start for p, _ in pieces] == [index.members[i].header for i in (0, 10, 20, 30)]
     assert pieces[0][0].start == 0 and pieces[-1][0].end is None
+
+
+def test_a_large_tar_walked_in_regions_gives_the_one_walk(tmp_path):
+    """Regions joined only where the walk before lands on their first header: a tar holding a
+    tar (header-like blocks in member data), long names and big members gives the members of
+    one walk from byte 0, and a cut tar the same members and error."""
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w") as t:
+        for i in range(30):
+            info = tarfile.TarInfo(f"inner{i}.jpg")
+            info.size = 3000
+            t.addfile(info, io.BytesIO(bytes(3000)))
+    members = []
+    for i in range(24):
+        name = f"{'x' * 150}{i:02d}.jpg" if i % 5 == 0 else f"k{i:02d}.jpg"
+        members.append(_member(name, bytes(range(256)) * (200 + 37 * i)))
+        if i % 7 == 3:
+            members.append(_member(f"k{i:02d}.tar", inner.getvalue()))  # tar in the tar
+    shard = _tar(tmp_path / "big.tar", members)
+    one = scan_tar(shard.url, regions=1)
+    assert one.error is None and len(one.members) == 24 + 3
+    for regions in (2, 5, 9, 40):
+        got = scan_tar(shard.url, regions=regions)
+        assert (got.members, got.error) == (one.members, one.error), regions
+    data = Path(shard.url).read_bytes()
+    cut = tmp_path / "cut" / "big.tar"
+    cut.parent.mkdir()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    whole = scan_tar(str(cut), regions=1)
+    assert whole.error and 0 < len(whole.members) < 27
+    for regions in (3, 7):
+        got = scan_tar(str(cut), regions=regions)
+        assert (got.members, got.error) == (whole.members, whole.error), regions
