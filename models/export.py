@@ -5,6 +5,11 @@ The official formats (what `build_model` and the official code load):
 - SAM, MobileSAM: the plain state dict (`sam_vit_h_4b8939.pth`, `mobile_sam.pt`);
 - EfficientViT-SAM: `{"state_dict": sd}` (the trainer's files), EfficientSAM: `{"model": sd}`;
 that is, the state dict under the model's first `checkpoint_wrappers` key when it has one.
+
+The heads are the tensors under a model's `head_prefixes` (SAM 1 designs: `HEAD_PREFIXES`;
+SAM 2.1 and its students: `sam_prompt_encoder.`, `sam_mask_decoder.` with its high-res
+projections `conv_s0`/`conv_s1` and object-score head, and `no_mem_embed`, which the
+embedding carries).
 """
 
 from __future__ import annotations
@@ -22,18 +27,25 @@ from .registry import MODEL_REGISTRY, build_model
 HEAD_PREFIXES = ("prompt_encoder.", "mask_decoder.")
 
 
+def head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """The state-dict prefixes of `model`'s heads: its `head_prefixes`, else HEAD_PREFIXES."""
+    return tuple(getattr(model, "head_prefixes", HEAD_PREFIXES))
+
+
 def head_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The prompt encoder's and mask decoder's tensors of `model`, as CPU copies (the names
-    keep their `prompt_encoder.` / `mask_decoder.` prefixes)."""
+    keep their prefixes, `head_prefixes(model)`)."""
+    prefixes = head_prefixes(model)
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
-            if k.startswith(HEAD_PREFIXES)}
+            if k.startswith(prefixes)}
 
 
 def check_heads(model: nn.Module, heads: Mapping[str, torch.Tensor], what: str) -> None:
     """Raise CheckpointError unless `heads` has exactly the head keys of `model` with its
     shapes; `what` names the heads' origin in the message."""
+    prefixes = head_prefixes(model)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()
-                if k.startswith(HEAD_PREFIXES)}
+                if k.startswith(prefixes)}
     got = {k: tuple(v.shape) for k, v in heads.items()}
     if expected == got:
         return
@@ -82,7 +94,7 @@ def load_heads(name: str, checkpoint: str | os.PathLike | None = None,
     loader = getattr(skeleton, "checkpoint_loader", None)
     loaded, digest = read_checkpoint(checkpoint, sha256=sha256, loader=loader)
     state = unwrap_state_dict(loaded, getattr(skeleton, "checkpoint_wrappers", ()))
-    heads = {k: v for k, v in state.items() if k.startswith(HEAD_PREFIXES)}
+    heads = {k: v for k, v in state.items() if k.startswith(head_prefixes(skeleton))}
     check_heads(skeleton, heads, f"'{checkpoint}'")
     return {k: v.detach().to("cpu", copy=True) for k, v in heads.items()}, digest
 

@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from . import efficient_sam, efficientvit, sam2, tiny_vit, yolov8_seg
@@ -20,7 +21,7 @@ from .checkpoint import (
     unwrap_state_dict,
 )
 from .image_encoder import ImageEncoderViT
-from .protocols import ModelKind, OnePassModel, PromptableModel
+from .protocols import HighResPromptableModel, ModelKind, OnePassModel, PromptableModel
 from .sam import Sam, build_sam
 
 
@@ -170,6 +171,9 @@ MODEL_REGISTRY: dict[str, ModelEntry] = {
     # SAM 2.1: PromptableModel, and its decoder needs the high-res features too
     # (models/protocols.py `HighResPromptableModel`)
     **_entries(sam2.BUILDERS, PromptableModel, sam2.OFFICIAL_FILES),
+    # students of SAM 2.1: TinyViT + SAM 2.1's heads (no official file: samdata's own, in
+    # SAM 2.1's {"model": sd} format; models/sam2/student.py)
+    **_entries(sam2.STUDENT_BUILDERS, PromptableModel, {}),
     **_entries(yolov8_seg.BUILDERS, OnePassModel, yolov8_seg.OFFICIAL_FILES),
 }
 
@@ -189,6 +193,21 @@ def model_kind(name: str) -> ModelKind:
 def models_of_kind(kind: ModelKind) -> list[str]:
     """Registry names of the models following `kind`, in registry order."""
     return [name for name, e in MODEL_REGISTRY.items() if e.kind is kind]
+
+
+def has_high_res(name: str) -> bool:
+    """Whether registry model `name` is a HighResPromptableModel (SAM 2: its decoder takes
+    high-res features beside the embedding); built on the meta device, no weights."""
+    if name not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model '{name}': expected one of {', '.join(MODEL_REGISTRY)}")
+    with torch.device("meta"):
+        return isinstance(MODEL_REGISTRY[name](), HighResPromptableModel)
+
+
+def high_res_models() -> list[str]:
+    """Registry names of the HighResPromptableModels, in registry order."""
+    return [name for name, e in MODEL_REGISTRY.items()
+            if e.kind is PromptableModel and has_high_res(name)]
 
 
 def build_model(

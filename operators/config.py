@@ -167,6 +167,9 @@ class EmbedOutputConfig(Strict):
     path: str  # dataset root: local folder or s3://bucket/prefix
     dtype: Literal["float16", "float32"] = "float16"  # embedding dtype
     include_image: bool = False  # also store the resized input as JPEG bytes (q95)
+    high_res: bool = False  # also store a SAM 2 model's high-res feature maps (the stride-4
+    #   and stride-8 maps its decoder takes: columns high_res_0, high_res_1 in `dtype`, 4 MiB +
+    #   2 MiB an image at fp16 beside the embedding's 2 MiB); HighResPromptableModels only
 
 
 class MaskOutputConfig(Strict):

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError, ValidationInfo, field_validator, model_validator
 
 from models import OnePassModel, PromptableModel, model_kind, models_of_kind
+from models.registry import has_high_res, high_res_models
 from operators.config import (
     ComputeConfig,
     EmbedOutputConfig,
@@ -74,6 +75,14 @@ class EmbedConfig(JobConfig):
                 f"'{v.name}', which segments in one pass (use it with `samdata autolabel`)"
             )
         return v
+
+    @model_validator(mode="after")
+    def _high_res_model(self) -> EmbedConfig:
+        if self.output.high_res and not has_high_res(self.model.name):
+            raise ValueError(
+                f"output.high_res: expected a model whose decoder takes high-res features "
+                f"({', '.join(high_res_models())}), got '{self.model.name}'")
+        return self
 
 
 class AutolabelConfig(JobConfig):
@@ -171,6 +180,10 @@ class DistillConfig(DistillSections):
             if name is not None and name not in usable:
                 raise ValueError(f"{field}: expected a model with an image encoder "
                                  f"({', '.join(usable)}), got '{name}'")
+        if self.stage == 2 and has_high_res(self.student.name):
+            raise ValueError(f"stage: expected 1 for a SAM 2 student ('{self.student.name}': "
+                             f"stage 2, its decoder in the loop with high-res features, is "
+                             f"not built), got 2")
         if self.uses_teacher and not self.data.embeddings:
             what = "stage 1" if self.stage == 1 else "stage2.targets teacher"
             raise ValueError(f"data.embeddings: expected the teacher's embeddings (a `samdata "

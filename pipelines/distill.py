@@ -25,6 +25,7 @@ import torch
 from models import build_model
 from models.checkpoint import CheckpointError, load_state_dict_strict, unwrap_state_dict
 from models.export import load_heads, save_official_checkpoint
+from models.registry import has_high_res
 from operators.shards.prepare import model_skeleton
 from operators.training.config import DistillSections
 from operators.training.ingest import (
@@ -167,6 +168,10 @@ def _teacher(cfg: DistillConfig, info: CorpusInfo | None) -> tuple[str | None, d
     if name != info.model:
         raise ConfigError(f"teacher.name: expected '{info.model}' (the model that wrote the "
                           f"embeddings), got '{name}'")
+    if cfg.stage == 2 and has_high_res(name):
+        raise ConfigError(f"stage: expected 1 with a SAM 2 teacher ('{name}': stage 2 would "
+                          f"decode its saved embeddings without the high-res maps its decoder "
+                          f"needs; not built), got 2")
     try:
         check_pair(name, model_skeleton(name), cfg.student.name,
                    model_skeleton(cfg.student.name), info.shape)
@@ -215,10 +220,14 @@ def _specs(cfg: DistillConfig, plan: TrainPlan, info: CorpusInfo | None
                   teacher_embedding=cfg.uses_teacher, mask_size=plan.mask_size,
                   prefer_source_image=info is not None and not info.has_image,
                   fmt=cfg.data.format, max_image_pixels=cfg.data.max_image_pixels)
+    # A SAM 2 student learns the teacher's high-res maps too where the corpus holds them
+    high_res = (not stage2 and info is not None and info.has_high_res
+                and cfg.stage1.high_res_weight > 0 and has_high_res(cfg.student.name))
     train = IngestSpec(**common, instances=cfg.stage2.instances_per_image if stage2 else 0,
-                       max_mask_area=cfg.stage2.max_mask_area)
+                       max_mask_area=cfg.stage2.max_mask_area, high_res=high_res)
     val = IngestSpec(**common, instances=cfg.validation.max_instances,
-                     ground_truth_rles=True, render_masks=False, random_instances=False)
+                     ground_truth_rles=True, render_masks=False, random_instances=False,
+                     high_res=high_res)
     return train, val
 
 

@@ -18,7 +18,9 @@ def run_embed(cfg: EmbedConfig, overwrite: bool = False) -> RunSummary:
         table="embeddings",
         include_image=cfg.output.include_image,
         decodes_on_device=True,  # input.decode device: the Embedder decodes JPEGs on its GPU
+        # high_res only when on: outputs written before the field keep their identity
         settings={"output": {"dtype": cfg.output.dtype,
-                             "include_image": cfg.output.include_image}},
+                             "include_image": cfg.output.include_image,
+                             **({"high_res": True} if cfg.output.high_res else {})}},
     )
     return run_sharded(cfg, job, overwrite)

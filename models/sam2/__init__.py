@@ -6,9 +6,12 @@
     layers.py    the MLP the SAM 2 modules share
     model.py     `Sam2`: pre/post-processing, embeddings with high-res features, decode
     builders.py  the official sizes and a test configuration
+    student.py   students: MobileSAM's TinyViT behind SAM 2.1's heads (mobile_sam2)
 """
 
 from .builders import BUILDERS, OFFICIAL_FILES
 from .model import LOW_RES_CLAMP, VIDEO_ONLY_PREFIXES, Sam2
+from .student import STUDENT_BUILDERS
 
-__all__ = ["BUILDERS", "LOW_RES_CLAMP", "OFFICIAL_FILES", "VIDEO_ONLY_PREFIXES", "Sam2"]
+__all__ = ["BUILDERS", "LOW_RES_CLAMP", "OFFICIAL_FILES", "STUDENT_BUILDERS",
+           "VIDEO_ONLY_PREFIXES", "Sam2"]

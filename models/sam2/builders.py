@@ -10,6 +10,8 @@ object-score MLP, high-res features, dynamic single mask (delta 0.05, threshold 
 
 from __future__ import annotations
 
+from torch import nn
+
 from .decoder import Sam2MaskDecoder, Sam2PromptEncoder, Sam2TwoWayTransformer
 from .hiera import Hiera
 from .model import Sam2
@@ -36,9 +38,17 @@ def _build(
     trunk = Hiera(embed_dim=embed_dim, num_heads=num_heads, stages=stages,
                   global_att_blocks=global_att_blocks, window_spec=window_spec,
                   window_pos_embed_bkg_spatial_size=window_pos_embed_bkg_spatial_size)
+    return sam2_with_encoder(ImageEncoder(trunk, FpnNeck(d_model, trunk.channel_list)),
+                             image_size, d_model)
+
+
+def sam2_with_encoder(image_encoder: nn.Module, image_size: int, d_model: int) -> Sam2:
+    """A `Sam2` around `image_encoder` (normalised Bx3xSxS -> [s4, s8, s16] maps of d_model
+    channels at strides 4, 8, 16) with SAM 2.1's prompt encoder and mask decoder at d_model:
+    the teachers' heads, and those of their students (models/sam2/student.py)."""
     grid = image_size // BACKBONE_STRIDE
     return Sam2(
-        image_encoder=ImageEncoder(trunk, FpnNeck(d_model, trunk.channel_list)),
+        image_encoder=image_encoder,
         sam_prompt_encoder=Sam2PromptEncoder(
             embed_dim=d_model,
             image_embedding_size=(grid, grid),

@@ -74,6 +74,15 @@ class Sam2(nn.Module):
     mask_threshold: float = 0.0
     checkpoint_wrappers: tuple[str, ...] = ("model",)  # official files are {"model": sd}
     checkpoint_ignored_prefixes: tuple[str, ...] = VIDEO_ONLY_PREFIXES
+    # What a student takes from its teacher (models/export.py): the prompt encoder, the mask
+    # decoder (its conv_s0/conv_s1 high-res projections and object-score head included) and
+    # the no-memory embedding the image embedding carries
+    head_prefixes: tuple[str, ...] = ("sam_prompt_encoder.", "sam_mask_decoder.",
+                                      "no_mem_embed")
+    # The parts distill trains or freezes (operators/training/loop.py), by their module names
+    part_modules: dict[str, str] = {"image_encoder": "image_encoder",
+                                    "prompt_encoder": "sam_prompt_encoder",
+                                    "mask_decoder": "sam_mask_decoder"}
 
     def __init__(self, image_encoder: ImageEncoder, sam_prompt_encoder: Sam2PromptEncoder,
                  sam_mask_decoder: Sam2MaskDecoder, image_size: int,
@@ -92,6 +101,11 @@ class Sam2(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    @property
+    def prompt_size(self) -> int:
+        """The square prompts live in: the encoder's (coordinates are scaled to S x S)."""
+        return self.image_size
 
     @property
     def embedding_shape(self) -> tuple[int, int, int]:

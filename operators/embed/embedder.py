@@ -12,11 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from models import HighResPromptableModel
+
 from ..config import ComputeConfig, EmbedOutputConfig, ModelConfig
 from ..runtime.batch_size import load_sized_model
 from ..runtime.device import autocast
 from ..shards.device_decode import decode_on_device
-from ..shards.schema import usable_images
+from ..shards.schema import HIGH_RES_COLUMNS, usable_images
 
 _TORCH_DTYPE = {"float16": torch.float16, "float32": torch.float32}
 
@@ -24,7 +26,8 @@ _TORCH_DTYPE = {"float16": torch.float16, "float32": torch.float32}
 class Embedder:
     """batch (prepared rows: "pixels" BxSxSx3, "input_hw" int32 Bx2, "status", "is_end", ...)
     -> the same batch without pixels, plus "embedding" (BxCxHxW `output.dtype`), "model",
-    "checkpoint_sha256".
+    "checkpoint_sha256"; with output.high_res (a HighResPromptableModel) also "high_res_0"
+    and "high_res_1" (Bx32x256x256 and Bx64x128x128 `output.dtype` at full size).
 
     model: the job's `model` section (model.batch_size images per encoder call, or "auto": the
     largest that fits the device's `gpu_share`, at most compute.ray_batch_size: the rows an
@@ -51,12 +54,18 @@ class Embedder:
         self.out_dtype = np.dtype(output.dtype)
         self.model_name = model.name
         self.sha256 = self.model.checkpoint_sha256 or ""
+        self.high_res = output.high_res
+        if self.high_res and not isinstance(self.model, HighResPromptableModel):
+            raise ValueError(f"output.high_res: expected a model whose decoder takes high-res "
+                             f"features (SAM 2), got '{model.name}'")
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         n = len(batch["is_end"])
-        c, h, w = self.model.embedding_shape
-        out = np.zeros((n, c, h, w), dtype=self.out_dtype)
+        shapes = [tuple(self.model.embedding_shape)]
+        if self.high_res:
+            shapes += [tuple(s) for s in self.model.high_res_shapes]
+        outs = [np.zeros((n, *s), dtype=self.out_dtype) for s in shapes]
         todo = usable_images(batch)
         status, error = batch["status"].copy(), batch["error"].copy()
         # input.decode device: rows carry their image's bytes, decoded here on the device
@@ -75,22 +84,52 @@ class Embedder:
                         status[i], error[i] = "error", why
             pending.append((idx, *self._embed_async(pixels, batch["input_hw"][idx])))
             if len(pending) > 1:
-                self._collect(pending.pop(0), out)
+                self._collect(pending.pop(0), outs)
         for item in pending:
-            self._collect(item, out)
+            self._collect(item, outs)
         result = {k: v for k, v in batch.items() if k not in ("pixels", "encoded")}
         result["status"], result["error"] = status, error
-        result["embedding"] = out
+        result["embedding"] = outs[0]
+        for name, maps in zip(HIGH_RES_COLUMNS, outs[1:], strict=False):
+            result[name] = maps
         result["model"] = np.full(n, self.model_name, dtype=object)
         result["checkpoint_sha256"] = np.full(n, self.sha256, dtype=object)
         return result
 
+    def _encode(self, x: torch.Tensor, hws: torch.Tensor, n: int) -> list[torch.Tensor]:
+        """Bx3xSxS on the device -> [embedding BxCxHxW, then with output.high_res the
+        high-res maps] of the first n rows, cast to `out_dtype` on the device (a float16 copy
+        back is half the bytes of a float32 one)."""
+        dtype = _TORCH_DTYPE[self.out_dtype.name]
+        with autocast(self.device, self.precision):
+            if self.high_res:
+                feats = self.model.embed_images_with_features(x, hws)
+                maps = [feats["image_embed"], *feats["high_res_feats"]]
+            else:
+                maps = [self.model.embed_images(x, hws)]
+        return [m[:n].to(dtype) for m in maps]
+
+    def _to_host(self, maps: list[torch.Tensor]) -> tuple[list[torch.Tensor], Any]:
+        """Device tensors -> (host tensors, CUDA event or None): on CUDA the copies are only
+        queued into page-locked memory, complete once the event has fired."""
+        if self.device.type != "cuda":
+            return maps, None
+        hosts = []
+        for m in maps:
+            host = torch.empty(m.shape, dtype=m.dtype, pin_memory=True)
+            host.copy_(m, non_blocking=True)
+            hosts.append(host)
+        event = torch.cuda.Event()
+        event.record()
+        return hosts, event
+
     def _embed_async(self, pixels: np.ndarray | torch.Tensor, input_hw: np.ndarray
-                     ) -> tuple[torch.Tensor, Any]:
+                     ) -> tuple[list[torch.Tensor], Any]:
         """uint8 (or the model's float) BxSxSx3 host array, or uint8 Bx3xSxS already on the
-        device (decoded there), + int32 Bx2 -> (BxCxHxW `out_dtype` host tensor, CUDA event or
-        None). On CUDA the work is only queued: the host tensor is page-locked and complete
-        once the event has fired; on a CPU it is complete."""
+        device (decoded there), + int32 Bx2 -> ([BxCxHxW `out_dtype` host tensor, high-res
+        maps with output.high_res], CUDA event or None). On CUDA the work is only queued: the
+        host tensors are page-locked and complete once the event has fired; on a CPU they
+        are complete."""
         cuda = self.device.type == "cuda"
         n = len(pixels)
         if isinstance(pixels, torch.Tensor):  # decoded on the device
@@ -106,20 +145,10 @@ class Embedder:
             x, hws = x.pin_memory(), hws.pin_memory()
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         hws = hws.to(self.device, non_blocking=True)
-        with autocast(self.device, self.precision):
-            emb = self.model.embed_images(x, hws)
-        # Cast on the device: a float16 copy back is half the bytes of a float32 one
-        emb = emb[:n].to(_TORCH_DTYPE[self.out_dtype.name])
-        if not cuda:
-            return emb, None
-        host = torch.empty(emb.shape, dtype=emb.dtype, pin_memory=True)
-        host.copy_(emb, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        return host, event
+        return self._to_host(self._encode(x, hws, n))
 
     def _embed_on_device(self, x: torch.Tensor, input_hw: np.ndarray
-                         ) -> tuple[torch.Tensor, Any]:
+                         ) -> tuple[list[torch.Tensor], Any]:
         """_embed_async for uint8 Bx3xSxS images already on the device."""
         n = len(x)
         if self.compile and n < self.pad_to:  # one shape for the compiled encoder
@@ -127,21 +156,15 @@ class Embedder:
             input_hw = np.concatenate([input_hw, np.full((self.pad_to - n, 2), x.shape[-1],
                                                          input_hw.dtype)])
         hws = torch.from_numpy(input_hw.astype(np.int64)).to(self.device)
-        with autocast(self.device, self.precision):
-            emb = self.model.embed_images(x, hws)
-        emb = emb[:n].to(_TORCH_DTYPE[self.out_dtype.name])
-        if self.device.type != "cuda":
-            return emb, None
-        host = torch.empty(emb.shape, dtype=emb.dtype, pin_memory=True)
-        host.copy_(emb, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        return host, event
+        return self._to_host(self._encode(x, hws, n))
 
     @staticmethod
-    def _collect(item: tuple[np.ndarray, torch.Tensor, Any], out: np.ndarray) -> None:
-        """Wait for one queued batch and put its embeddings into their rows of `out`."""
-        idx, host, event = item
+    def _collect(item: tuple[np.ndarray, list[torch.Tensor], Any], outs: list[np.ndarray]
+                 ) -> None:
+        """Wait for one queued batch and put its maps into their rows of `outs` (the
+        embedding, then any high-res maps)."""
+        idx, hosts, event = item
         if event is not None:
             event.synchronize()
-        out[idx] = host.numpy()
+        for out, host in zip(outs, hosts, strict=True):
+            out[idx] = host.numpy()

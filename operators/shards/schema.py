@@ -152,14 +152,28 @@ _STATUS = [("status", pa.string()), ("error", pa.string())]
 _CONTENT = [("image_sha256", pa.string())]
 
 
-def embedding_schema(dtype: pa.DataType, shape: tuple[int, ...], include_image: bool
-                     ) -> pa.Schema:
-    """The embeddings table: one row per image, `embedding` a fixed_shape_tensor of `shape`."""
+# `output.high_res`: a SAM 2 model's high-res feature maps, in the order its decoder takes
+# them (models.protocols.HighResPromptableModel.high_res_shapes): 32x256x256 (stride 4) and
+# 64x128x128 (stride 8) for the official sizes
+HIGH_RES_COLUMNS = ("high_res_0", "high_res_1")
+
+
+def embedding_schema(dtype: pa.DataType, shape: tuple[int, ...], include_image: bool,
+                     high_res_shapes: list[tuple[int, ...]] | None = None) -> pa.Schema:
+    """The embeddings table: one row per image, `embedding` a fixed_shape_tensor of `shape`;
+    with `high_res_shapes` (output.high_res) also `high_res_0`, `high_res_1`, fixed_shape_
+    tensors of those shapes in the same dtype (null on error rows, as `embedding`)."""
     fields = [*_IDENTITY, ("model", pa.string()), ("checkpoint_sha256", pa.string()),
               ("orig_hw", HW_TYPE), ("input_hw", HW_TYPE),
               ("embedding", pa.fixed_shape_tensor(dtype, list(shape))), *_STATUS, *_CONTENT]
     if include_image:
         fields.append(("image_jpeg", pa.binary()))
+    if high_res_shapes is not None:
+        if len(high_res_shapes) != len(HIGH_RES_COLUMNS):
+            raise ValueError(f"expected {len(HIGH_RES_COLUMNS)} high-res shapes, got "
+                             f"{len(high_res_shapes)}")
+        fields += [(name, pa.fixed_shape_tensor(dtype, list(s)))
+                   for name, s in zip(HIGH_RES_COLUMNS, high_res_shapes, strict=True)]
     return pa.schema(fields)
 
 

@@ -38,6 +38,7 @@ from ..everything.coco_rle import finish_annotations
 from .layout import LEGACY_MARKER, commit_marker, legacy_marker, meta_root
 from .resumable import StorageUnavailable, with_retries
 from .schema import (
+    HIGH_RES_COLUMNS,
     MASK_SCHEMA,
     SEGMENT_SCHEMA,
     embedding_schema,
@@ -82,7 +83,8 @@ def content_column(batch: dict[str, Any]) -> pa.Array:
 
 
 def embedding_table(batch: dict[str, Any], include_image: bool) -> pa.Table:
-    """Sample rows of one shard -> the embeddings table (schema.embedding_schema)."""
+    """Sample rows of one shard -> the embeddings table (schema.embedding_schema), with the
+    high-res columns when the rows carry them (the Embedder adds them for output.high_res)."""
     ok = batch["status"] == "ok"
     embedding = tensor_array(batch["embedding"], ok)
     cols = [
@@ -103,7 +105,13 @@ def embedding_table(batch: dict[str, Any], include_image: bool) -> pa.Table:
         cols.append(pa.array([bytes(b) if o else None
                               for b, o in zip(batch["image_jpeg"], ok, strict=True)],
                              pa.binary()))
-    schema = embedding_schema(embedding.type.value_type, embedding.type.shape, include_image)
+    high_res = None
+    if HIGH_RES_COLUMNS[0] in batch:
+        maps = [tensor_array(batch[c], ok) for c in HIGH_RES_COLUMNS]
+        cols += maps
+        high_res = [m.type.shape for m in maps]
+    schema = embedding_schema(embedding.type.value_type, embedding.type.shape, include_image,
+                              high_res)
     return pa.Table.from_arrays(cols, schema=schema)
 
 

@@ -97,7 +97,12 @@ class OptimConfig(Strict):
 class Stage1Config(OptimConfig):
     """Encoder distillation (MobileSAM's decoupled distillation with EdgeSAM's masked MSE):
     only the image encoder trains; the loss is the MSE to the teacher embedding over the
-    un-padded cells of the grid."""
+    un-padded cells of the grid. A SAM 2 student (its decoder takes high-res maps too) also
+    learns the teacher's high-res maps when the corpus holds them (embed output.high_res)."""
+
+    high_res_weight: float = Field(default=1.0, ge=0)  # SAM 2 students: weight of the MSE
+    #   to each of the teacher's high-res maps (high_res_0, high_res_1 of the corpus) beside
+    #   the embedding's; 0 or a corpus without them: the embedding only
 
 
 class Stage2Config(OptimConfig):

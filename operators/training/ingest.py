@@ -42,6 +42,7 @@ from ..shards.layout import commit_marker
 from ..shards.listing import IMAGE_EXTENSIONS, Shard, list_shards, select_shards
 from ..shards.prepare import model_skeleton
 from ..shards.read import Sample, ShardEnd, image_id_from, iter_shard
+from ..shards.schema import HIGH_RES_COLUMNS
 from ..shards.write import committed_shards, read_marker
 from .pairing import embedding_frame, valid_cells
 
@@ -51,6 +52,9 @@ TRAIN_FIELDS: dict[str, str] = {
     "input_hw": "int32 (2,): the student's resized, unpadded size",
     "orig_hw": "int32 (2,): the original image size",
     "target": "teacher embedding CxHxW as stored (float16/32); teacher runs only",
+    "target_high_res_0": "SAM 2 teachers, corpus embedded with output.high_res: the teacher's "
+                         "stride-4 high-res map as stored (32x256x256 at full size)",
+    "target_high_res_1": "likewise its stride-8 map (64x128x128)",
     "valid": "int32 (2,): rows, cols of the teacher grid holding image, not padding",
     "masks": "uint8 NxTxT: instance masks in the prompt frame at the loss size T (stage 2)",
     "boxes": "float32 Nx4: instance boxes XYXY in the prompt frame (stage 2)",
@@ -66,13 +70,15 @@ _PART_CACHE = 4  # embedding parts held at once while joining a shard with its s
 @dataclass(frozen=True)
 class CorpusInfo:
     """What an embedding corpus holds: the model that wrote it and its weights' digest (None:
-    random weights), the embedding shape and dtype, whether rows carry `image_jpeg`."""
+    random weights), the embedding shape and dtype, whether rows carry `image_jpeg` and the
+    high-res maps of a SAM 2 teacher (`high_res_0`, `high_res_1`: embed output.high_res)."""
 
     model: str
     checkpoint_sha256: str | None
     shape: tuple[int, ...]
     dtype: str
     has_image: bool
+    has_high_res: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,7 @@ class IngestSpec:
     student: str  # registry name: its preprocessing and prompt frame
     teacher: str | None = None  # registry name: its grid for `valid` (with teacher_embedding)
     teacher_embedding: bool = False  # rows carry `target` and `valid`
+    high_res: bool = False  # rows carry `target_high_res_0/1` (the corpus's high-res maps)
     instances: int = 0  # N instances a row (0: none, stage 1)
     mask_size: int = 256  # T
     max_mask_area: float = 1.0  # drop instances covering more of the image (training: 0.9)
@@ -174,7 +181,8 @@ def embedding_info(shards: list[TrainShard], storage_options: dict | None = None
             row = table.slice(ok[0], 1).to_pylist()[0]
             return CorpusInfo(model=row["model"], checkpoint_sha256=row["checkpoint_sha256"],
                               shape=tuple(kind.shape), dtype=str(kind.value_type),
-                              has_image="image_jpeg" in schema.names)
+                              has_image="image_jpeg" in schema.names,
+                              has_high_res=all(c in schema.names for c in HIGH_RES_COLUMNS))
     raise ValueError("data.embeddings: expected at least one row with status ok, got none")
 
 
@@ -341,6 +349,9 @@ def training_row(image: np.ndarray, orig_hw: tuple[int, int], image_id: int,
         row["target"] = embedding["embedding"]
         row["valid"] = np.asarray(valid_cells(tuple(embedding["input_hw"]),
                                               teacher.image_size, grid), np.int32)
+        if spec.high_res:
+            for c in HIGH_RES_COLUMNS:
+                row[f"target_{c}"] = embedding[c]
     if spec.instances:
         fields = instance_fields(annotations or [], orig_hw, spec, rng)
         if fields is None:
@@ -356,9 +367,11 @@ class _Parts:
     COLUMNS = ("key", "status", "embedding", "input_hw", "orig_hw", "image_id")
 
     def __init__(self, files: list[str], storage_options: dict | None,
-                 with_image: bool) -> None:
+                 with_image: bool, high_res: bool = False) -> None:
         self.files, self.opts = files, storage_options
         self.columns = list(self.COLUMNS) + (["image_jpeg"] if with_image else [])
+        self.tensors = ["embedding"] + (list(HIGH_RES_COLUMNS) if high_res else [])
+        self.columns += self.tensors[1:]
         self.where: dict[str, tuple[int, int]] = {}
         for i, path in enumerate(files):
             table = self._read(path, ["key", "status"])
@@ -377,8 +390,9 @@ class _Parts:
         if i not in self.cache:
             table = self._read(self.files[i], self.columns)
             self.cache[i] = {
-                "embedding": _tensor(table.column("embedding")),
-                **{c: table.column(c).to_pylist() for c in self.columns if c != "embedding"},
+                **{c: _tensor(table.column(c)) for c in self.tensors},
+                **{c: table.column(c).to_pylist() for c in self.columns
+                   if c not in self.tensors},
             }
             while len(self.cache) > _PART_CACHE:
                 self.cache.popitem(last=False)
@@ -429,7 +443,8 @@ def read_training_rows(item: dict[str, Any], spec: IngestSpec,
     shard = TrainShard(**{**item, "files": tuple(item["files"])})
     rng = np.random.default_rng() if spec.random_instances else np.random.default_rng(0)
     with_image = not spec.prefer_source_image and not spec.needs_source
-    parts = _Parts(list(shard.files), storage_options, with_image) if shard.files else None
+    parts = (_Parts(list(shard.files), storage_options, with_image, spec.high_res)
+             if shard.files else None)
     if not spec.needs_source:
         # Everything is in the embedding rows: the teacher's resized input as JPEG
         for emb in parts.rows():

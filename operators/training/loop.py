@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import build_model
+from models import HighResPromptableModel, build_model
 from models.export import heads_model, transplant_heads
 
 from .config import DistillSections
@@ -64,12 +64,21 @@ class TrainPlan:
     validate: bool = True
 
 
+# The trained parts by their module names; a model's `part_modules` overrides them (SAM 2:
+# sam_prompt_encoder, sam_mask_decoder)
+PART_MODULES = {"image_encoder": "image_encoder", "prompt_encoder": "prompt_encoder",
+                "mask_decoder": "mask_decoder"}
+
+
 def _trainable(model: torch.nn.Module, parts: list[str]) -> None:
-    for name, module in (("image_encoder", model.image_encoder),
-                         ("prompt_encoder", model.prompt_encoder),
-                         ("mask_decoder", model.mask_decoder)):
-        for p in module.parameters():
-            p.requires_grad_(name in parts)
+    """Only the parameters of `parts` train; the rest (other parts, and anything outside
+    them such as SAM 2's no_mem_embed, a teacher head) stay frozen."""
+    names = getattr(model, "part_modules", PART_MODULES)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for part in parts:
+        for p in getattr(model, names[part]).parameters():
+            p.requires_grad_(True)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -156,7 +165,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _trainable(model, parts)
     model.train()
     if sections.stage == 1:
-        step_module = EncoderStep(model)
+        step_module = EncoderStep(model, sections.stage1.high_res_weight)
     else:
         step_module = PromptedStep(model, teacher if sections.stage2.targets == "teacher"
                                    else None, sections.stage2, plan.mask_size)
@@ -201,9 +210,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def validation() -> dict[str, float]:
         if not val_batches:
             return {}
+        # A SAM 2 student's decoder needs high-res maps that the saved corpus gives for the
+        # teacher only with output.high_res: it is validated on its features, not its masks
         return validate(model, teacher if sections.uses_teacher else None, val_batches, device,
                         autocast, grid=sections.validation.grid,
-                        max_instances=sections.validation.max_instances)
+                        max_instances=sections.validation.max_instances,
+                        decode=not isinstance(model, HighResPromptableModel))
 
     def report(final: bool, force_val: bool = False) -> None:
         nonlocal window_images, attempt_images, attempt_seconds

@@ -5,7 +5,8 @@ decoder. Pure functions on models built on the meta device (no weights).
 Frames: SAM, MobileSAM and EfficientViT-SAM resize the longest side and pad bottom/right
 ("pad"), so the cells of their grids cover the same part of an image whatever the input size
 (EfficientViT-SAM L sees 512, still a 64x64 grid); EfficientSAM stretches every image to its
-square ("stretch"), so its grid is not aligned with theirs. A pair whose frames differ is
+square ("stretch"), so its grid is not aligned with theirs; so does SAM 2.1, whose students
+(models/sam2/student.py) stretch as it does. A pair whose frames differ is
 refused: resampling the teacher's valid region to the stretched frame would give the student a
 target, but the result could not carry the teacher's prompt encoder and mask decoder (the
 EfficientSAM decoder is another network), which the output of stage 1 must.
@@ -17,7 +18,7 @@ import math
 
 from torch import nn
 
-from models.export import HEAD_PREFIXES, check_heads
+from models.export import check_heads, head_prefixes
 
 FRAMES = ("pad", "stretch")
 
@@ -69,15 +70,17 @@ def check_pair(teacher_name: str, teacher: nn.Module, student_name: str, student
             f"({describe(teacher_name, teacher)}), got {describe(student_name, student)}: "
             "a stretched square grid and a longest-side-plus-pad grid cover different parts "
             "of an image, and the student could not take the teacher's prompt encoder and "
-            "mask decoder (pair EfficientSAM with EfficientSAM, the others with each other)")
+            "mask decoder (pair EfficientSAM with EfficientSAM, SAM 2.1 with its students "
+            "mobile_sam2*, the others with each other)")
     if teacher.prompt_size != student.prompt_size:
         raise ValueError(
             f"student.name: expected prompts in the teacher's {teacher.prompt_size} frame, "
             f"got {describe(student_name, student)}")
     if heads:
         try:
+            prefixes = head_prefixes(teacher)  # meta tensors: shapes only, no copy
             heads_of_teacher = {k: v for k, v in teacher.state_dict().items()
-                                if k.startswith(HEAD_PREFIXES)}
+                                if k.startswith(prefixes)}
             check_heads(student, heads_of_teacher, f"the teacher {teacher_name}")
         except ValueError as e:
             raise ValueError(f"student.name: {e}") from e

@@ -17,6 +17,8 @@ from .losses import hard_iou, mask_losses, masked_mse, region_mask
 from .pairing import embedding_frame
 from .prompts import jitter_boxes, refinement_points, sample_points
 
+HIGH_RES_TARGETS = ("target_high_res_0", "target_high_res_1")  # ingest.TRAIN_FIELDS
+
 
 def images_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """"pixels" BxSxSx3 -> Bx3xSxS (dtype kept: uint8, or float for EfficientSAM)."""
@@ -35,14 +37,29 @@ def frame_hw_t(model: nn.Module, orig_hw: torch.Tensor, size: int) -> torch.Tens
 
 class EncoderStep(nn.Module):
     """Stage 1: the student's image encoder on the batch, and the masked MSE to the teacher
-    embedding. forward(batch) -> (scalar loss, float BxCxHxW student embeddings, detached)."""
+    embedding; with `high_res_weight` > 0 and batches carrying the teacher's high-res maps
+    ("target_high_res_0" Bx32x256x256, "target_high_res_1" Bx64x128x128 for SAM 2), plus that
+    weight times the MSE of each of the student's high-res maps (its encoder's stride-4 and
+    stride-8 maps through the teacher's conv_s0 / conv_s1) to them.
+    forward(batch) -> (scalar loss, float BxCxHxW student embeddings, detached)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, high_res_weight: float = 0.0) -> None:
         super().__init__()
         self.model = model
+        self.high_res_weight = high_res_weight
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.model.embed_images(images_of(batch), batch["input_hw"])  # (B, C, H, W)
+        images = images_of(batch)
+        targets = [batch[k] for k in HIGH_RES_TARGETS if k in batch]
+        if self.high_res_weight and targets:
+            feats = self.model.embed_images_with_features(images, batch["input_hw"])
+            emb = feats["image_embed"]  # (B, C, H, W)
+            loss = masked_mse(emb, batch["target"], batch["valid"])
+            for got, want in zip(feats["high_res_feats"], targets, strict=True):
+                # the stretched frame of SAM 2: every cell holds image
+                loss = loss + self.high_res_weight * (got.float() - want.float()).pow(2).mean()
+            return loss, emb.detach()
+        emb = self.model.embed_images(images, batch["input_hw"])  # (B, C, H, W)
         return masked_mse(emb, batch["target"], batch["valid"]), emb.detach()
 
 

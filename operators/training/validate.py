@@ -11,6 +11,11 @@ plus "rles"), with the published protocols' conventions (../shared/EVALUATION.md
 - box mIoU vs the ground truth (protocol 1): each annotation's box, multimask output, the mask
   of highest predicted IoU, IoU with the annotation's mask at the original size.
 
+A SAM 2 student (`decode=False`) is validated on its features only: embedding MSE and cosine,
+and the MSE of its high-res maps to the teacher's where the rows carry them; its masks would
+need the teacher's high-res maps for the agreement's reference, which a corpus holds only
+with embed's output.high_res.
+
 mIoUs are x100 with `MiouAccumulator` (buckets by the reference mask's area: the teacher's
 mask for agreement, the annotation's `area` for ground truth).
 """
@@ -28,6 +33,7 @@ from torch import nn
 from ..evaluation.metrics import MiouAccumulator, batched_mask_iou
 from .ingest import decode_rle
 from .losses import masked_cosine, per_image_mse
+from .steps import HIGH_RES_TARGETS
 
 _CHUNK = 64  # prompts decoded and upscaled at once (bounds memory at SA-1B sizes)
 
@@ -74,31 +80,47 @@ def _numpy_batch_to(batch: dict[str, np.ndarray], names: Iterable[str], device: 
 @torch.no_grad()
 def validate(model: nn.Module, teacher: nn.Module | None, batches: Iterable[dict[str, np.ndarray]],
              device: torch.device, autocast: AbstractContextManager, grid: int = 4,
-             max_instances: int = 32) -> dict[str, float]:
+             max_instances: int = 32, decode: bool = True) -> dict[str, float]:
     """Validation metrics of the student `model` (eval mode, on `device`) over numpy batches of
     validation rows. With `teacher` (its heads) and rows carrying "target": embedding MSE and
     cosine, agreement mIoU on the point grid. With rows carrying "rles" (the annotations' RLE,
     bbox and area): box mIoU vs the annotations, and with a teacher, agreement mIoU on the
     annotations' boxes.
 
+    decode=False: the feature metrics only (plus "val_high_res_mse" where rows carry the
+    teacher's high-res maps), no masks (SAM 2 students).
+
     Returns {"val_images", "val_mse", "val_cosine", "val_agreement_miou" (points),
-    "val_agreement_box_miou", "val_box_miou"}, those that apply (mIoUs x100)."""
+    "val_agreement_box_miou", "val_box_miou", "val_high_res_mse"}, those that apply (mIoUs
+    x100)."""
     was_training = model.training
     model.eval()
-    mse, cos, n = [], [], 0
+    mse, cos, hr_mse, n = [], [], [], 0
     acc = {k: MiouAccumulator() for k in ("agreement", "agreement_box", "box")}
     used: set[str] = set()
     try:
         for batch in batches:
-            t = _numpy_batch_to(batch, ("pixels", "input_hw", "target", "valid"), device)
+            t = _numpy_batch_to(batch, ("pixels", "input_hw", "target", "valid",
+                                        *HIGH_RES_TARGETS), device)
+            images = t["pixels"].permute(0, 3, 1, 2)
             with autocast:
-                emb = model.embed_images(t["pixels"].permute(0, 3, 1, 2), t["input_hw"])
+                if HIGH_RES_TARGETS[0] in t:
+                    feats = model.embed_images_with_features(images, t["input_hw"])
+                    emb = feats["image_embed"]
+                    hr_mse.append(torch.stack([
+                        (got.float() - t[k].float()).pow(2).flatten(1).mean(1)
+                        for got, k in zip(feats["high_res_feats"], HIGH_RES_TARGETS,
+                                          strict=True)]).mean(0).cpu())
+                else:
+                    emb = model.embed_images(images, t["input_hw"])
             emb = emb.float()
             n += len(emb)
             with_teacher = teacher is not None and "target" in t
             if with_teacher:
                 mse.append(per_image_mse(emb, t["target"], t["valid"]).cpu())
                 cos.append(masked_cosine(emb, t["target"], t["valid"]).cpu())
+            if not decode:
+                continue
             for i in range(len(emb)):
                 orig_hw = tuple(int(v) for v in batch["orig_hw"][i])
                 t_emb = t["target"][i:i + 1].float() if with_teacher else None
@@ -129,6 +151,8 @@ def validate(model: nn.Module, teacher: nn.Module | None, batches: Iterable[dict
     if mse:
         out["val_mse"] = float(torch.cat(mse).mean())
         out["val_cosine"] = float(torch.cat(cos).mean())
+    if hr_mse:
+        out["val_high_res_mse"] = float(torch.cat(hr_mse).mean())
     for k in sorted(used):
         out[f"val_{k}_miou"] = acc[k].summary()["miou_all"] or 0.0
     return out

@@ -19,14 +19,16 @@ from tests.support import as_batch
 
 def make_corpus(root: Path, shards: int = 3, per_shard: int = 6, seed: int = 0,
                 include_image: bool = True, teacher: str = "sam_tiny",
-                checkpoint: str | None = None) -> tuple[str, str]:
+                checkpoint: str | None = None, high_res: bool = False) -> tuple[str, str]:
     """SA-1B sample shards under root/corpus and their `teacher` embeddings (seed-0 random
-    weights, or `checkpoint`) under root/emb; returns (corpus, embeddings) paths."""
+    weights, or `checkpoint`) under root/emb, with a SAM 2 teacher's high-res maps when
+    `high_res`; returns (corpus, embeddings) paths."""
     corpus, emb = str(root / "corpus"), str(root / "emb")
     write_sample_corpus(corpus, shards=shards, images_per_shard=per_shard, seed=seed)
     embedder = Embedder(ModelConfig(name=teacher, seed=0, checkpoint=checkpoint,
                                     precision="fp32"),
-                        EmbedOutputConfig(path=emb, include_image=include_image))
+                        EmbedOutputConfig(path=emb, include_image=include_image,
+                                          high_res=high_res))
     for shard in list_shards([corpus]):
         item = {"shard": shard.name, "url": shard.url, "container": shard.container}
         rows = list(read_and_prepare(item, teacher, InputConfig(urls=[corpus]),
