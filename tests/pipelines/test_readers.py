@@ -15,6 +15,17 @@ from pipelines.embed import run_embed
 SHARDS, IMAGES = 2, 3
 
 
+@pytest.fixture()
+def no_torchvision_stand_in(monkeypatch):
+    """The parity tests put a stand-in `torchvision` module (no __spec__) into sys.modules;
+    `datasets` probes for torchvision with importlib and trips over it. Hide it here."""
+    import sys
+
+    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        if getattr(sys.modules[name], "__spec__", None) is None:
+            monkeypatch.delitem(sys.modules, name)
+
+
 @pytest.fixture(scope="module")
 def outputs(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("readers")
@@ -55,7 +66,7 @@ def test_ray_data_reads_both(outputs):
     assert tuple(batch["embedding"].shape) == (4, 32, 8, 8)
 
 
-def test_hugging_face_datasets_reads_the_labels(outputs):
+def test_hugging_face_datasets_reads_the_labels(outputs, no_torchvision_stand_in):
     import datasets
 
     ds = datasets.load_dataset("parquet", data_dir=outputs["labels"])["train"]
@@ -67,7 +78,8 @@ def test_hugging_face_datasets_reads_the_labels(outputs):
         first["height"], first["width"]]
 
 
-def test_the_hf_export_of_embeddings_loads_as_arrays(outputs, tmp_path, capsys):
+def test_the_hf_export_of_embeddings_loads_as_arrays(outputs, tmp_path, capsys,
+                                                     no_torchvision_stand_in):
     import datasets
     import pyarrow.dataset as pads
 

@@ -75,7 +75,7 @@ def test_submit_embed_follow_to_success(head, token_file, s3_bucket, s3_endpoint
 def test_submit_refuses_bad_token_missing_token_and_dead_address(head, tmp_path, monkeypatch,
                                                                   capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"input": {"urls": ["s3://b/x/"]}, "output": {"path": "o"}}))
+    cfg.write_text(yaml.safe_dump({"input": {"urls": ["s3://b/x/"]}, "output": {"path": "s3://b/o"}}))
     bad = tmp_path / "bad"
     bad.write_text("not-the-token")
     args = ["submit", "embed", "--config", str(cfg)]
