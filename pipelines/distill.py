@@ -26,6 +26,7 @@ from models import build_model
 from models.checkpoint import CheckpointError, load_state_dict_strict, unwrap_state_dict
 from models.export import load_heads, save_official_checkpoint
 from models.registry import has_high_res
+from operators.shards.identity import claim_output
 from operators.shards.prepare import model_skeleton
 from operators.training.config import DistillSections
 from operators.training.ingest import (
@@ -184,6 +185,20 @@ def _teacher(cfg: DistillConfig, info: CorpusInfo | None) -> tuple[str | None, d
         raise ConfigError(f"teacher.checkpoint: expected the weights the embeddings were made "
                           f"with ({made}), got {digest or 'random weights (no checkpoint)'}")
     return name, heads
+
+
+def run_identity(cfg: DistillConfig, teacher: str | None, info: CorpusInfo | None) -> dict:
+    """What a distillation run's checkpoints depend on: the stage, the student (and the file
+    it starts from), the teacher and its weights (as the corpus records them), the data and
+    the training sections (never compute, logging or output settings)."""
+    d = cfg.data
+    return {"job": "distill", "stage": cfg.stage,
+            "student": cfg.student.model_dump(mode="json"),
+            "teacher": {"name": teacher, "checkpoint_sha256": info.checkpoint_sha256
+                        if info is not None else None},
+            "data": {"embeddings": d.embeddings, "corpus": d.corpus, "shards": d.shards,
+                     "limit": d.limit, "val_shards": d.val_shards},
+            "optim": cfg.optim.model_dump(mode="json")}
 
 
 def _plan(cfg: DistillConfig, train: list[TrainShard], teacher: str | None) -> TrainPlan:
@@ -348,6 +363,13 @@ def run_distill(cfg: DistillConfig) -> DistillSummary:
     teacher, heads = _teacher(cfg, info)
     plan = _plan(cfg, train, teacher)
     train_spec, val_spec = _specs(cfg, plan, info)
+
+    # The run folder resumes only the run it holds (another student, teacher or data would
+    # continue from that run's checkpoint)
+    claim_output(posixpath.join(cfg.output.path.rstrip("/"), cfg.output.name),
+                 run_identity(cfg, teacher, info), cfg.storage.options(),
+                 what="output.path/output.name",
+                 way_out="use another output.name (or output.path)")
 
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     use_gpu = cfg.compute.use_gpu

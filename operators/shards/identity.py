@@ -81,18 +81,20 @@ def clear_output(root: str, storage_options: dict | None = None) -> int:
 
 
 def claim_output(root: str, identity: dict, storage_options: dict | None = None,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, what: str = "output.path",
+                 way_out: str = "use another output.path, or --overwrite to clear its shards "
+                                "first") -> None:
     """Make `root` the output of `identity`: resume when it already is; with `overwrite`,
-    clear another run's shards first; else raise OutputMismatch naming the differences. A
-    folder with shards but no identity (written before identities) is adopted as it is."""
+    clear another run's shards first; else raise OutputMismatch naming the differences (what:
+    the setting that names `root`; way_out: what the user can do). A folder with shards but
+    no identity (written before identities) is adopted as it is."""
     held = read_identity(root, storage_options)
     if held is not None and held != identity:
         if not overwrite:
             diff = differences(held, identity)
             raise OutputMismatch(
-                f"output.path '{root}' holds the output of another run ({'; '.join(diff[:4])}"
-                f"{'; ...' if len(diff) > 4 else ''}): use another output.path, or --overwrite "
-                f"to clear its shards first")
+                f"{what} '{root}' holds the output of another run ({'; '.join(diff[:4])}"
+                f"{'; ...' if len(diff) > 4 else ''}): {way_out}")
         clear_output(root, storage_options)
     elif held is None and overwrite:
         clear_output(root, storage_options)

@@ -68,3 +68,15 @@ def test_more_actors_than_the_local_ray_has_are_refused(ray_local, tmp_path, cap
                  "--set", "compute.actors=2"]) == 2
     line = _one_line(capsys)
     assert "2 model actor(s)" in line and "would wait forever" in line
+
+
+def test_a_run_folder_resumes_only_its_own_run(ray_local, corpus, tmp_path, capsys):
+    config = _config(tmp_path, corpus[1])
+    assert main(["distill", "--config", config, "--set", "stage1.steps=2"]) == 0
+    capsys.readouterr()
+    start = time.perf_counter()
+    assert main(["distill", "--config", config, "--set", "stage1.steps=2",
+                 "--set", "student.seed=1"]) == 2
+    line = _one_line(capsys)
+    assert "holds the output of another run" in line and "student.seed" in line
+    assert "use another output.name" in line and time.perf_counter() - start < 10
