@@ -165,6 +165,9 @@ def run_sharded(cfg: JobConfig, job: Job, overwrite: bool = False) -> RunSummary
     root = cfg.output.path.rstrip("/")
     check_decode(cfg, job)
     digest = preflight_job(cfg)
+    if cfg.input.decode == "device":  # needs the cluster's GPUs: before the output is claimed
+        init_ray(cfg.ray.address, cfg.ray.num_cpus)
+        check_device_decode(resolve_actors(cfg.compute.actors, cfg.compute.gpus_per_actor)[1])
     with Lease(root, job.name, cfg.storage.options()):
         claim_output(root, output_identity(cfg, job, digest), cfg.storage.options(), overwrite)
         summary = _run_leased(cfg, job, root)
@@ -207,8 +210,6 @@ def _run_leased(cfg: JobConfig, job: Job, root: str) -> RunSummary:
                f"{actors} model actor(s) (compute.actors x compute.cpus_per_actor)",
                "lower compute.actors or compute.cpus_per_actor (e.g. 0.5), or give the Ray "
                "more CPUs (ray.num_cpus)")
-    if cfg.input.decode == "device":
-        check_device_decode(gpus)
 
     # Cut shards into pieces of about input.images_per_task samples (a task per shard)
     t = time.perf_counter()
