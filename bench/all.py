@@ -45,6 +45,10 @@ SUITES: dict[str, dict[str, tuple[str, list[str]]]] = {
         "distill": ("distill.py", ["--steps", "200"]),
         "pieces": ("pieces.py", ["--images", "64", "--per-task", "8", "--shards", "8"]),
         "control_plane": ("control_plane.py", ["--shards", "10", "100", "1001"]),
+        # one 1024 image per encoder, no warm-up: ViT-H alone is minutes on 2 cores
+        "sam2_encoders": ("sam2_speed.py", ["--part", "encoders"]),
+        "sam2_everything": ("sam2_speed.py", ["--part", "everything", "--images", "2",
+                                              "--points-per-side", "16"]),
     },
     "cuda": {
         "embed": ("embed.py", ["--model", "sam_vit_h", "--shards", "16",
@@ -70,6 +74,11 @@ SUITES: dict[str, dict[str, tuple[str, list[str]]]] = {
         "pieces": ("pieces.py", ["--images", "256", "--per-task", "16", "--shards", "8",
                                  "--ray-cpus", "16"]),
         "control_plane": ("control_plane.py", ["--shards", "10", "100", "1001"]),
+        "sam2_encoders": ("sam2_speed.py", ["--part", "encoders", "--device", "cuda",
+                                            "--precision", "bf16", "--images", "8",
+                                            "--warmup", "2", "--reps", "5"]),
+        "sam2_everything": ("sam2_speed.py", ["--part", "everything", "--device", "cuda",
+                                              "--images", "8", "--points-per-side", "32"]),
     },
 }
 
@@ -186,6 +195,16 @@ def headline(parts: dict[str, dict]) -> list[tuple[str, str, object]]:
              round(sum(last["control_ms_per_shard"].values()), 1)),
             (f"driver peak RSS MiB, {last['shards']} vs {cp['runs'][0]['shards']} shards", "-",
              cp["peak_driver_rss_ratio_largest_to_smallest"]),
+        ]
+    for r in parts.get("sam2_encoders", {}).get("encoders", {}).get("results", []):
+        rows.append((f"encoder img/s, {r['model']} (x sam_vit_h: {r['x_sam_vit_h']})", "-",
+                     r["encoder_images_per_s"]))
+    se = parts.get("sam2_everything", {}).get("everything")
+    if se:
+        rows += [
+            (f"ours / official SAM2AutomaticMaskGenerator ({se['model']}, {se['images']} "
+             f"images)", "-", se["speedup"]),
+            ("SAM 2 masks at IoU >= 0.9 to the official", ">= 0.99", se["masks_iou_ge_0.9"]),
         ]
     for name, part in parts.items():
         if "failed" in part:

@@ -36,6 +36,22 @@ def test_headline_reports_targets_and_failed_parts():
     assert table[0] == "| figure | target | value |" and len(table) == 2 + len(rows)
 
 
+def test_headline_has_the_sam2_figures():
+    parts = {
+        "sam2_encoders": {"encoders": {"results": [
+            {"model": "sam2_1_hiera_t", "encoder_images_per_s": 0.15, "x_sam_vit_h": 20.0},
+            {"model": "sam_vit_h", "encoder_images_per_s": 0.0075, "x_sam_vit_h": 1.0}]}},
+        "sam2_everything": {"everything": {"model": "sam2_tiny_test", "images": 2,
+                                           "speedup": 1.3, "masks_iou_ge_0.9": 1.0}},
+    }
+    rows = headline(parts)
+    assert ("encoder img/s, sam2_1_hiera_t (x sam_vit_h: 20.0)", "-", 0.15) in rows
+    assert ("ours / official SAM2AutomaticMaskGenerator (sam2_tiny_test, 2 images)", "-",
+            1.3) in rows
+    assert ("SAM 2 masks at IoU >= 0.9 to the official", ">= 0.99", 1.0) in rows
+    assert set(SUITES["cpu"]) == set(SUITES["cuda"]) - {"profile"}
+
+
 def test_every_suite_names_existing_scripts():
     from pathlib import Path
 
