@@ -1,0 +1,77 @@
+"""SAM 2.1 teachers and their students: which pairs train, the heads moved and decoded from a
+file, and the student's layout (models/sam2/student.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import build_model
+from models.export import head_state_dict, heads_model, load_heads, transplant_heads
+from models.sam2 import VIDEO_ONLY_PREFIXES
+from operators.shards.prepare import model_skeleton
+from operators.training.pairing import check_pair
+
+
+@pytest.mark.parametrize("teacher,student", [
+    ("sam2_1_hiera_t", "mobile_sam2"),
+    ("sam2_1_hiera_l", "mobile_sam2"),  # every size's heads have one shape
+    ("sam2_tiny_test", "mobile_sam2_tiny_test"),
+])
+def test_sam2_teachers_pair_with_their_students(teacher, student):
+    check_pair(teacher, model_skeleton(teacher), student, model_skeleton(student),
+               model_skeleton(teacher).embedding_shape)
+
+
+@pytest.mark.parametrize("teacher,student,why", [
+    ("sam2_1_hiera_b_plus", "mobile_sam", "expected a model in the teacher's stretch frame"),
+    ("sam_vit_h", "mobile_sam2", "expected a model in the teacher's pad frame"),
+    # same frame and shape, another decoder: the heads do not fit
+    ("sam2_1_hiera_s", "efficient_sam_vitt", "do not fit EfficientSam"),
+])
+def test_sam2_and_sam1_designs_are_refused_as_pairs(teacher, student, why):
+    with pytest.raises(ValueError, match=why):
+        check_pair(teacher, model_skeleton(teacher), student, model_skeleton(student),
+                   model_skeleton(teacher).embedding_shape)
+
+
+def test_sam2_heads_from_an_official_layout_file_decode_as_the_whole_model(tmp_path):
+    teacher = build_model("sam2_tiny_test", seed=4)
+    state = teacher.state_dict()
+    assert {"no_mem_embed", "sam_mask_decoder.conv_s0.weight",
+            "sam_mask_decoder.obj_score_token.weight"} <= head_state_dict(teacher).keys()
+    # an official file: {"model": sd} with the video model's keys beside the image path's
+    video = {f"{VIDEO_ONLY_PREFIXES[0]}layers.0.weight": torch.zeros(2, 2)}
+    torch.save({"model": {**state, **video}}, tmp_path / "sam2.pt")
+    heads, digest = load_heads("sam2_tiny_test", tmp_path / "sam2.pt")
+    assert digest is not None and heads.keys() == head_state_dict(teacher).keys()
+
+    only = heads_model("sam2_tiny_test", heads)
+    with torch.no_grad():
+        feats = teacher.embed_images_with_features(torch.rand(1, 3, 256, 256))
+        pts, lab = torch.tensor([[[40.0, 50.0]]]), torch.ones(1, 1, dtype=torch.int)
+        want = teacher.decode(feats["image_embed"], pts, lab,
+                              high_res_features=feats["high_res_feats"])
+        got = only.decode(feats["image_embed"], pts, lab,
+                          high_res_features=feats["high_res_feats"])
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+    student = build_model("mobile_sam2_tiny_test", seed=1)
+    transplant_heads(student, heads, "the teacher")
+    for k, v in head_state_dict(teacher).items():
+        assert torch.equal(student.state_dict()[k], v), k
+
+
+def test_mobile_sam2_encoder_keys_are_mobile_sams_plus_two_projections():
+    ours = model_skeleton("mobile_sam2").state_dict()
+    mobile = model_skeleton("mobile_sam").state_dict()
+    enc = {k: tuple(v.shape) for k, v in ours.items() if k.startswith("image_encoder.")}
+    extra = {k for k in enc if k.startswith(("image_encoder.high_res_s4.",
+                                             "image_encoder.high_res_s8."))}
+    assert extra == {f"image_encoder.high_res_s{s}.{p}" for s in (4, 8)
+                     for p in ("weight", "bias")}
+    assert {k: v for k, v in enc.items() if k not in extra} == {
+        k: tuple(v.shape) for k, v in mobile.items() if k.startswith("image_encoder.")}
+    teacher = model_skeleton("sam2_1_hiera_l").state_dict()
+    assert {k: tuple(v.shape) for k, v in ours.items() if not k.startswith("image_encoder.")} \
+        == {k: tuple(v.shape) for k, v in teacher.items() if not k.startswith("image_encoder.")}
