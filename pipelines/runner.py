@@ -79,6 +79,7 @@ class RunSummary:
     images_processed: int = 0  # rows written by this run
     images_resumed: int = 0  # rows of committed shards kept from an earlier run
     bytes_written: int = 0
+    masks_processed: int = 0  # annotations in the rows this run wrote (autolabel, segment)
     seconds: float = 0.0
     # driver-side seconds of the control plane: listing, resume (committed shards and kept
     # parts), planning (pieces), commits (markers); the rest of `seconds` is the data plane
@@ -113,6 +114,8 @@ class RunSummary:
             f"  {self.images_processed} processed by this run ({self.images_per_s:.2f} images/s "
             f"over {self.seconds:.1f} s), {self.images_resumed} kept from an earlier run, "
             f"{self.bytes_written / 2**20:.1f} MiB written",
+            *([f"  {self.masks_processed} masks in the {self.images_processed} images of this "
+               f"run"] if self.job in ("autolabel", "segment") else []),
             f"  model {self.model}" + ("  ** RANDOM WEIGHTS: outputs are meaningless **"
                                       if self.random_weights else ""),
             f"  output: {self.output}",
@@ -240,8 +243,7 @@ def _run_leased(cfg: JobConfig, job: Job, root: str) -> RunSummary:
             live.update(p.rows - rows, p.failed - failed, int(p.committed and not committed))
     except Exception as e:  # noqa: BLE001 - the job stopped (an actor past its restarts,
         #   the cluster gone): what was committed stays, the rest is named for the rerun
-        stopped = f"the job stopped before this shard was written: {type(e).__name__}: " \
-                  f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+        stopped = f"the job stopped before this shard was written: {_cause(e)}"
     live.close()
     for name, p in progress.items():
         if not p.committed:
@@ -250,6 +252,18 @@ def _run_leased(cfg: JobConfig, job: Job, root: str) -> RunSummary:
                 else "its end was never seen (the run stopped early)")
             summary.shards_unfinished.append({"shard": name, "reason": reason})
     return summary
+
+
+def _cause(e: BaseException) -> str:
+    """The error a task raised, in one line (a RayTaskError wraps it in its own text)."""
+    cause = e
+    for _ in range(8):  # RayTaskError.cause, then the chained __cause__ of a UDF's error
+        nxt = getattr(cause, "cause", None) or cause.__cause__
+        if nxt is None or nxt is cause:
+            break
+        cause = nxt
+    lines = [ln for ln in str(cause).strip().splitlines() if ln.strip()]
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def _tally(row: dict, p: ShardProgress, summary: RunSummary, cfg: JobConfig, job: Job,
@@ -274,6 +288,7 @@ def _tally(row: dict, p: ShardProgress, summary: RunSummary, cfg: JobConfig, job
         p.bytes += int(row["bytes"])
         p.parts[str(row["part"])] = {"rows": int(row["rows"]), "bytes": int(row["bytes"])}
         summary.images_processed += int(row["rows"])
+        summary.masks_processed += int(row["masks"])
     if not p.complete():
         return
     t = time.perf_counter()

@@ -107,6 +107,7 @@ TALLY_DTYPES: dict[str, type] = {
     "failed": np.int64,
     "bytes": np.int64,  # Parquet bytes written
     "part": object,  # part tally: the part file's name in the shard folder
+    "masks": np.int64,  # part tally: annotations in the part (label tables; 0 for embeddings)
     "shard_count": np.int64,  # end tally: the shard's sample count
     "shard_error": object,
     "skipped_members": np.int64,
@@ -119,6 +120,7 @@ TALLY_DTYPES: dict[str, type] = {
 def tally_columns(tallies: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Tally dicts (TALLY_DTYPES keys, missing ones zero/empty) -> a numpy batch."""
     blank = {"is_end": False, "rows": 0, "ok": 0, "failed": 0, "bytes": 0, "part": "",
+             "masks": 0,
              "shard_count": 0, "shard_error": "", "skipped_members": 0, "member_counts": "",
              "shard_unavailable": "", "piece": 0}
     rows = [{**blank, **t} for t in tallies]

@@ -230,8 +230,11 @@ def write_batch(batch: dict[str, np.ndarray], root: str, storage_options: dict |
             name = part_name(shard, part["key"].tolist())
             path = f"{base}/{shard}/{name}"
             n_ok = int((part["status"] == "ok").sum())
+            masks = (sum(0 if a is None else len(a) for a in part["annotations"])
+                     if "annotations" in part else 0)
             tally = {"shard": shard, "rows": len(images), "ok": n_ok,
-                     "failed": len(images) - n_ok, "bytes": len(data), "part": name}
+                     "failed": len(images) - n_ok, "bytes": len(data), "part": name,
+                     "masks": masks}
             try:
                 write_file(fs, path, data, storage)
             except StorageUnavailable as e:

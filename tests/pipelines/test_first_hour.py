@@ -221,3 +221,13 @@ def test_submit_keeps_urls_and_local_absolute_paths_for_a_local_cluster():
     assert "output.path" in local_paths_problem(cfg, "http://ray-head:8265")
     cfg["labels"] = {"a": "labels"}
     assert "labels.a" in local_paths_problem(cfg, "http://127.0.0.1:8265")
+
+
+def test_the_autolabel_summary_counts_masks(ray_local, corpus, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "labels"
+    assert _job("autolabel", corpus, out, "generator.points_per_side=4",
+                "generator.pred_iou_thresh=0", "generator.stability_score_thresh=0") == 0
+    masks = sum(len(a) for a in pq.read_table(out).column("annotations").to_pylist())
+    assert masks > 0 and f"{masks} masks in the 4 images of this run" in capsys.readouterr().out
