@@ -11,7 +11,8 @@ shard in pieces of --per-task images, (c) the 8 shards in pieces; and a run of o
 whose time is the fixed start-up of a run (Ray Data planning, the actor's start): "steady"
 rates take it off, as a corpus of SA-1B's size never notices it. Also times the CPU decode
 of one image alone (PIL, one thread), full size and with JPEG draft at 1024 and at 128 (the
-figures the sizing rule of infra/README.md uses). Prints one JSON object.
+figures the sizing rule of infra/README.md uses), and the read step alone (no actor, no
+writer) for (a)-(c). Prints one JSON object.
 
 Ray is told --ray-cpus CPUs: the model actor takes one CPU slot while sam_tiny (~3 ms an image
 at 128 px) leaves its core almost idle, so on 2 cores 3 slots let two read tasks run beside
@@ -111,6 +112,27 @@ def run(corpus: Path, out: Path, per_task: int, model: str) -> dict:
             "images_per_s": round(summary.images_ok / summary.seconds, 2)}
 
 
+def read_only(corpus: Path, per_task: int, model: str) -> dict:
+    """Seconds of the read step alone (plan + read_and_prepare on Ray tasks, rows counted on
+    the driver; no actor, no writer): what pieces change, without the model's share of CPU."""
+    import ray
+
+    from operators.config import InputConfig
+    from operators.shards.listing import list_shards
+    from operators.shards.pieces import plan_pieces
+    from operators.shards.prepare import read_and_prepare
+    from operators.shards.schema import shard_item
+
+    start = time.perf_counter()
+    cfg = InputConfig(urls=[str(corpus)], images_per_task=per_task)
+    items = [p for s in list_shards(cfg.urls) for p in plan_pieces(shard_item(s), cfg)]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    rows = ds.flat_map(read_and_prepare, fn_kwargs=dict(model_name=model,
+                                                        input_cfg=cfg)).count()
+    seconds = time.perf_counter() - start
+    return {"tasks": len(items), "rows": rows, "seconds": round(seconds, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,6 +168,11 @@ def main() -> None:
                 print(json.dumps({name: got}), file=sys.stderr, flush=True)
                 if name not in results or got["seconds"] < results[name]["seconds"]:
                     results[name] = got
+        reads = {}
+        for name, (corpus, per_task) in cases.items():
+            reads[name] = min((read_only(root / corpus, per_task, args.model)
+                               for _ in range(args.repeats)), key=lambda r: r["seconds"])
+            print(json.dumps({f"read_only {name}": reads[name]}), file=sys.stderr, flush=True)
     for got in results.values():
         got["steady_images_per_s"] = round((got["images"] - 1) / (got["seconds"] - fixed), 2)
     one, cut, many = (results[n]["images_per_s"] for n in cases)
@@ -161,6 +188,9 @@ def main() -> None:
         "many_shards_to_one_shard_pieces": round(many / cut, 3),
         "steady_pieces_to_one_task": round(steady[1] / steady[0], 3),
         "steady_many_shards_to_one_shard_pieces": round(steady[2] / steady[1], 3),
+        "read_only": reads,
+        "read_only_pieces_to_one_task": round(
+            reads["one_shard_one_task"]["seconds"] / reads["one_shard_pieces"]["seconds"], 3),
     }, indent=1))
 
 
