@@ -134,3 +134,39 @@ def test_sa1b_shard_count_each_shard_listed_and_committed_once(ray_local, s3_buc
         assert len(per_shard) == shards and set(per_shard.values()) == {2}
         again = run(cfg)
         assert again.shards_skipped == shards and again.images_processed == 0
+
+
+def test_each_piece_is_one_ranged_get_on_s3(s3_bucket, s3_endpoint):
+    """With storage.block_size unset, a piece's bytes come in one ranged GET (its header pass
+    apart), and its rows are those of the whole shard's read."""
+    from operators.config import InputConfig, StorageConfig
+    from operators.shards.pieces import plan_pieces
+    from operators.shards.prepare import read_and_prepare
+    from tests.s3_proxy import FaultProxy
+
+    fs, bucket = s3_bucket
+    write_sample_corpus(f"s3://{bucket}/corpus", shards=1, images_per_shard=12, seed=8,
+                        min_side=300, max_side=400,
+                        storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}})
+    proxy = FaultProxy(s3_endpoint)
+    try:
+        storage = StorageConfig(endpoint_url=proxy.url)
+        url = f"s3://{bucket}/corpus/sa_000000.tar"
+        item = {"shard": "sa_000000", "url": url, "container": "tar"}
+        cfg = InputConfig(urls=["-"], images_per_task=3)
+        pieces = plan_pieces(item, cfg, storage.options(), storage)
+        assert len(pieces) == 4
+        path = next(iter(proxy.gets))
+        header_gets = proxy.gets[path]
+        rows = []
+        for piece in pieces:
+            before = proxy.gets[path]
+            rows += [r["key"] for r in read_and_prepare(piece, "sam_tiny", cfg,
+                                                        storage.options(), storage=storage)
+                     if not r["is_end"]]
+            assert proxy.gets[path] - before == 1  # one ranged GET for the piece
+        whole = [r["key"] for r in read_and_prepare(item, "sam_tiny", cfg, storage.options(),
+                                                    storage=storage) if not r["is_end"]]
+        assert rows == whole and len(rows) == 12 and header_gets >= 1
+    finally:
+        proxy.stop()
