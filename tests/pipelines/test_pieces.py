@@ -170,3 +170,29 @@ def test_each_piece_is_one_ranged_get_on_s3(s3_bucket, s3_endpoint):
         assert rows == whole and len(rows) == 12 and header_gets >= 1
     finally:
         proxy.stop()
+
+
+def test_autolabel_in_pieces_gives_the_masks_of_one_task(ray_local, tmp_path):
+    from pipelines.autolabel import run_autolabel
+    from pipelines.config import AutolabelConfig
+
+    write_sample_corpus(str(tmp_path / "in"), shards=1, images_per_shard=6, seed=9,
+                        min_side=64, max_side=96)
+
+    def run(out, per_task=None):
+        data = {"input": {"urls": [str(tmp_path / "in")]}, "output": {"path": str(out)},
+                "model": {"name": "sam_tiny", "precision": "fp32", "batch_size": 1},
+                "compute": {"ray_batch_size": 2},
+                "generator": {"points_per_side": 4, "pred_iou_thresh": 0.0,  # filters off:
+                              "stability_score_thresh": 0.0}}  # masks are kept
+        if per_task:
+            data["input"]["images_per_task"] = per_task
+        summary = run_autolabel(parse_config(data, AutolabelConfig))
+        assert summary.complete and summary.images_ok == 6
+        table = pq.read_table(out).sort_by("key")
+        return {c: table.column(c).to_pylist() for c in table.column_names}
+
+    one = run(tmp_path / "one")
+    assert one == run(tmp_path / "cut", per_task=2)
+    assert sum(len(a) for a in one["annotations"]) > 0
+    assert _stats(tmp_path / "cut", "sa_000000")["pieces"] == 3
