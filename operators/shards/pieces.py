@@ -17,6 +17,7 @@ the object), the same break of a cut or corrupt tar.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ from .resumable import StorageUnavailable
 from .schema import item_shard, shard_item
 
 HEADER = 512  # bytes of a tar header: no sample takes fewer
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -188,6 +190,11 @@ def plan_pieces(item: dict[str, Any], input_cfg: InputConfig,
             pieces = cut_tar(index.members, per_task, skip)
     except StorageUnavailable as e:
         return [{**item, "piece": Piece(unavailable=str(e)).as_item()}]
+    except Exception as e:  # noqa: BLE001 - a shard the pass cannot cut is read whole, where
+        #   the reader isolates its trouble as it does for any shard (one shard never stops a job)
+        log.warning("shard %s: cannot cut it into pieces (%s: %s); reading it in one task",
+                    shard.name, type(e).__name__, e)
+        return [item]
     if len(pieces) == 1:
         return [item]
     return [shard_item(shard, skip_keys=keys, piece=piece.as_item()) for piece, keys in pieces]

@@ -206,3 +206,17 @@ def test_a_large_tar_walked_in_regions_gives_the_one_walk(tmp_path):
     for regions in (3, 7):
         got = scan_tar(str(cut), regions=regions)
         assert (got.members, got.error) == (whole.members, whole.error), regions
+
+
+def test_a_shard_the_pass_cannot_cut_is_read_whole(tmp_path, monkeypatch):
+    from operators.shards import pieces
+
+    shard = _odd_tar(tmp_path / "odd.tar")
+    item = {"shard": shard.name, "url": shard.url, "container": "tar"}
+
+    def broken(*args, **kwargs):
+        raise ValueError("an unforeseen header")
+
+    monkeypatch.setattr(pieces, "scan_tar", broken)
+    monkeypatch.setattr(pieces, "HEADER", 1)  # small as the tar is, it would be cut
+    assert plan_pieces(item, InputConfig(urls=["-"], images_per_task=1)) == [item]
