@@ -363,8 +363,11 @@ def plan(items: list[dict], cfg: JobConfig, opts: dict, progress: dict[str, Shar
     task = ray.remote(num_cpus=PLAN_CPUS)(plan_pieces)
     refs = [task.remote(item, cfg.input, opts, cfg.storage) for item in items]
     out: list[dict] = []
-    for ref in refs:
-        pieces = ray.get(ref)
+    for item, ref in zip(items, refs, strict=True):
+        try:
+            pieces = ray.get(ref)
+        except Exception:  # noqa: BLE001 - the planning task died: read the shard in one task
+            pieces = [item]
         progress[pieces[0]["shard"]].pieces = len(pieces)
         out += pieces
     return out
