@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import HighResPromptableModel, build_model
+from models import build_model
 from models.export import heads_model, transplant_heads
 
 from .config import DistillSections
@@ -210,12 +210,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def validation() -> dict[str, float]:
         if not val_batches:
             return {}
-        # A SAM 2 student's decoder needs high-res maps that the saved corpus gives for the
-        # teacher only with output.high_res: it is validated on its features, not its masks
         return validate(model, teacher if sections.uses_teacher else None, val_batches, device,
                         autocast, grid=sections.validation.grid,
-                        max_instances=sections.validation.max_instances,
-                        decode=not isinstance(model, HighResPromptableModel))
+                        max_instances=sections.validation.max_instances)
 
     def report(final: bool, force_val: bool = False) -> None:
         nonlocal window_images, attempt_images, attempt_seconds

@@ -75,3 +75,41 @@ def test_mobile_sam2_encoder_keys_are_mobile_sams_plus_two_projections():
     teacher = model_skeleton("sam2_1_hiera_l").state_dict()
     assert {k: tuple(v.shape) for k, v in ours.items() if not k.startswith("image_encoder.")} \
         == {k: tuple(v.shape) for k, v in teacher.items() if not k.startswith("image_encoder.")}
+
+
+@pytest.mark.parametrize("high_res", [True, False])
+def test_validation_of_a_sam2_pair_decodes_with_the_maps_it_has(tmp_path, high_res):
+    """The teacher as its own student: with the corpus's high-res maps the agreement is that
+    of fp16-stored features with fp32 ones (near 100); without them no agreement is made (the
+    teacher's reference would lack its maps), box mIoU vs the annotations still is."""
+    from contextlib import nullcontext
+
+    from operators.training.ingest import (
+        IngestSpec,
+        attach_sources,
+        embedding_shards,
+        read_training_rows,
+    )
+    from operators.training.loop import stack_rows
+    from operators.training.validate import validate
+    from tests.operators.training.corpus import make_corpus
+
+    _, emb = make_corpus(tmp_path, shards=1, per_shard=2, teacher="sam2_tiny_test",
+                         high_res=high_res)
+    shards = attach_sources(embedding_shards(emb), None)
+    spec = IngestSpec(student="sam2_tiny_test", teacher="sam2_tiny_test",
+                      teacher_embedding=True, instances=8, ground_truth_rles=True,
+                      render_masks=False, random_instances=False, high_res=high_res)
+    rows = list(read_training_rows(shards[0].item(), spec))
+    assert len(rows) == 2
+    teacher = build_model("sam2_tiny_test", seed=0)
+    heads = heads_model("sam2_tiny_test", head_state_dict(teacher))
+    out = validate(teacher, heads, [stack_rows(rows)], torch.device("cpu"), nullcontext(),
+                   grid=3)
+    assert out["val_images"] == 2 and out["val_cosine"] > 0.999 and "val_box_miou" in out
+    if high_res:
+        assert out["val_high_res_mse"] < 1e-4
+        assert out["val_agreement_miou"] > 95 and out["val_agreement_box_miou"] > 95
+    else:
+        assert not {"val_high_res_mse", "val_agreement_miou",
+                    "val_agreement_box_miou"} & out.keys()
