@@ -67,7 +67,8 @@ class Embedder:
             shapes += [tuple(s) for s in self.model.high_res_shapes]
         outs = [np.zeros((n, *s), dtype=self.out_dtype) for s in shapes]
         todo = usable_images(batch)
-        status, error = batch["status"].copy(), batch["error"].copy()
+        status = batch["status"].copy()
+        error = batch["error"].copy() if "error" in batch else np.full(n, "", dtype=object)
         # input.decode device: rows carry their image's bytes, decoded here on the device
         encoded = "encoded" in batch and any(len(batch["encoded"][i]) for i in todo)
         # Each model batch's embeddings are copied back while the next batch runs: at most one
