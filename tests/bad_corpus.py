@@ -47,6 +47,27 @@ def meta(image_id: int) -> bytes:
                        "annotations": []}).encode()
 
 
+def member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE,
+           linkname: str = "") -> tuple[tarfile.TarInfo, bytes]:
+    """A tar member of any kind (regular file, link, fifo, device, directory) and its bytes."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, data
+
+
+def write_members(path: Path, members: list[tuple[tarfile.TarInfo, bytes]],
+                  encoding: str = "utf-8") -> Path:
+    """Write `members` (see `member`) as a GNU tar at `path`; names that are not UTF-8 keep
+    their bytes (surrogate escapes). Returns `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT, encoding=encoding,
+                      errors="surrogateescape") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    return path
+
+
 def write_tar(path: Path, members: list[tuple[str, bytes]], truncate_to: int | None = None) -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:

@@ -17,23 +17,12 @@ from operators.shards.listing import Shard, list_shards
 from operators.shards.piece import Piece
 from operators.shards.pieces import cut_tar, plan_pieces
 from operators.shards.read import Sample, ShardEnd, iter_shard
-from tests.bad_corpus import jpeg, meta, write_bad_corpus
-
-
-def _member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE,
-            linkname: str = "") -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, linkname
-    info.size = len(data) if kind == tarfile.REGTYPE else 0
-    return info, data
+from tests.bad_corpus import jpeg, meta, write_bad_corpus, write_members
+from tests.bad_corpus import member as _member
 
 
 def _tar(path: Path, members, encoding: str = "utf-8") -> Shard:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT, encoding=encoding,
-                      errors="surrogateescape") as tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    write_members(path, members, encoding)
     return Shard(path.stem, str(path), "tar")
 
 

@@ -23,23 +23,8 @@ from pipelines.autolabel import run_autolabel
 from pipelines.config import AutolabelConfig, parse_config
 from pipelines.embed import run_embed
 from tests.bad_corpus import jpeg
-
-
-def _member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE,
-            linkname: str = "") -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, linkname
-    info.size = len(data) if kind == tarfile.REGTYPE else 0
-    return info, data
-
-
-def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes]],
-         encoding: str = "utf-8") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT, encoding=encoding,
-                      errors="surrogateescape") as tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+from tests.bad_corpus import member as _member
+from tests.bad_corpus import write_members as _tar
 
 
 def _embed_cfg(inp, out, **extra):
