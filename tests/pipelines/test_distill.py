@@ -219,6 +219,8 @@ def test_stage1_from_s3_embeddings_with_checkpoints_on_s3(ray_local, corpus, s3_
     """RunConfig(storage_path=s3://...) through the S3 test server, the corpus read from S3."""
     fs, bucket = s3_bucket
     fs.put(corpus[1], f"{bucket}/emb", recursive=True)
+    # an output moves with its bookkeeping folder beside it (commit markers, identity)
+    fs.put(corpus[1] + ".samdata", f"{bucket}/emb.samdata", recursive=True)
     data = _stage1(corpus, "unused", data={"embeddings": f"s3://{bucket}/emb"},
                    stage1={"steps": 20}, validation={"every": 20},
                    output={"path": f"s3://{bucket}/runs", "checkpoint_every": 10},
