@@ -20,29 +20,14 @@ from models.export import head_state_dict
 from pipelines.cli import main
 from pipelines.config import ConfigError, DistillConfig, load_config, parse_config
 from pipelines.distill import run_distill
-from tests.operators.training.corpus import make_corpus
+from tests.operators.training.corpus import make_corpus, stage1_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _stage1(corpus: tuple[str, str], out: Path, **sections) -> dict:
     """A stage-1 config for the tiny pair: sam_tiny's embeddings -> mobile_sam_tiny."""
-    data = {
-        "stage": 1,
-        "data": {"embeddings": corpus[1], "val_shards": 1, "rows_per_pass": 64},
-        "student": {"name": "mobile_sam_tiny"},
-        "stage1": {"batch_size": 4, "steps": 60, "lr": 3e-3, "warmup_epochs": 0.5},
-        "validation": {"every": 60, "images": 6},
-        "compute": {"log_every": 20, "cpus_per_worker": 1.0},
-        "output": {"path": str(out), "name": "tiny", "checkpoint_every": 60},
-        "ray": {"num_cpus": 2},
-    }
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            data.setdefault(section, {}).update(values)
-        else:
-            data[section] = values
-    return data
+    return stage1_config(corpus[1], out, "mobile_sam_tiny", 60, 6, "tiny", **sections)
 
 
 @pytest.fixture(scope="module")

@@ -13,26 +13,12 @@ from models import HighResPromptableModel, build_model
 from models.export import head_state_dict
 from pipelines.config import ConfigError, DistillConfig, parse_config
 from pipelines.distill import run_distill
-from tests.operators.training.corpus import make_corpus
+from tests.operators.training.corpus import make_corpus, stage1_config
 
 
 def _stage1(corpus: tuple[str, str], out: Path, **sections) -> dict:
-    data = {
-        "stage": 1,
-        "data": {"embeddings": corpus[1], "val_shards": 1, "rows_per_pass": 64},
-        "student": {"name": "mobile_sam2_tiny_test"},
-        "stage1": {"batch_size": 4, "steps": 40, "lr": 3e-3, "warmup_epochs": 0.5},
-        "validation": {"every": 40, "images": 4},
-        "compute": {"log_every": 20, "cpus_per_worker": 1.0},
-        "output": {"path": str(out), "name": "sam2", "checkpoint_every": 40},
-        "ray": {"num_cpus": 2},
-    }
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            data.setdefault(section, {}).update(values)
-        else:
-            data[section] = values
-    return data
+    """A stage-1 config: sam2_tiny_test's embeddings -> mobile_sam2_tiny_test."""
+    return stage1_config(corpus[1], out, "mobile_sam2_tiny_test", 40, 4, "sam2", **sections)
 
 
 @pytest.fixture(scope="module")

@@ -39,3 +39,26 @@ def make_corpus(root: Path, shards: int = 3, per_shard: int = 6, seed: int = 0,
         commit_shard(emb, shard.name, {"shard": shard.name, "ok": ok, "images": ok,
                                        "parts": existing_parts(emb, shard.name).parts})
     return corpus, emb
+
+
+def stage1_config(embeddings: str, out, student_name: str, steps: int, images: int, name: str,
+                  **sections) -> dict:
+    """A tiny stage-1 distill config (a dict for parse_config): `student_name` learns the corpus at
+    `embeddings` for `steps` steps of 4, validated at the end on `images` held-out images;
+    `sections` override or add sections (dicts are merged into the defaults)."""
+    data = {
+        "stage": 1,
+        "data": {"embeddings": embeddings, "val_shards": 1, "rows_per_pass": 64},
+        "student": {"name": student_name},
+        "stage1": {"batch_size": 4, "steps": steps, "lr": 3e-3, "warmup_epochs": 0.5},
+        "validation": {"every": steps, "images": images},
+        "compute": {"log_every": 20, "cpus_per_worker": 1.0},
+        "output": {"path": str(out), "name": name, "checkpoint_every": steps},
+        "ray": {"num_cpus": 2},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
+    return data
