@@ -13,6 +13,8 @@ STAMP := $(VENV)/.samdata-installed
 # The last install is the official SAM 2 (facebookresearch/sam2's code, PyPI sam2 1.1.0) for the
 # SAM 2 parity tests, without its requirements (a CUDA torchvision, hydra: the tests stand in
 # for what they use), hence not in the test extra; no CUDA extension, no build isolation.
+# Then the official SAM 3 (PyPI sam3 0.1.4) for the SAM 3 parity tests, also --no-deps (timm,
+# torchvision, triton, huggingface_hub...: tests/golden/make_sam3_official.py stands in).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
@@ -20,6 +22,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --disable-pip-version-check --no-deps \
 		--no-build-isolation 'sam2==1.1.0'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps 'sam3==0.1.4'
 	touch $(STAMP)
 
 demo: $(STAMP)

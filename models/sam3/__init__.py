@@ -1,0 +1,13 @@
+"""SAM 3 (facebookresearch/sam3): the image model that segments every instance of a concept
+named in text, written for samdata from the official code's structure and numbers.
+
+State-dict keys equal the `detector.*` part of the official `sam3.pt` (without the prefix), so
+that the official file loads unchanged. Modules, one job each:
+- `vit`: the ViT vision trunk (1008 px, patch 14, RoPE, windowed with 4 global blocks);
+  `position`: the sine position encoding (maps, boxes, points); `neck`: the dual ViTDet neck.
+- `tokenizer`: the BPE tokenizer (CLIP's, vocabulary file beside the checkpoint); `text`: the
+  text encoder.
+- `fusion`: the encoder that fuses image tokens with the prompt; `decoder`: the DETR-style
+  decoder with the presence token; `scoring`: dot-product scoring of queries against the prompt.
+- `geometry`: the box / point exemplar encoder; `segmentation`: the pixel decoder and mask head.
+"""

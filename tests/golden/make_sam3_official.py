@@ -1,0 +1,355 @@
+"""The official SAM 3 (facebookresearch/sam3, PyPI `sam3==0.1.4`), importable on this CPU-only
+machine without its heavy dependencies, for the SAM 3 manifest script and parity tests.
+
+The Makefile installs `sam3==0.1.4` with `--no-deps` (the test extra). What its image-model
+modules import outside torch, numpy, PIL, `regex` and `ftfy` (samdata dependencies), and how it is
+met here:
+- timm (`vitdet.py`, `memory.py`): `DropPath` (identity in eval mode, as timm's), `Mlp` (timm's
+  fc1 -> act -> fc2 with the same parameter names) and `trunc_normal_` (torch's).
+- einops (`sam/rope.py`): the real package, in the test extra.
+- iopath (`g_pathmgr.open`): the builtin `open`. huggingface_hub: a stand-in that fails if
+  called (nothing is downloaded). pkg_resources (gone from setuptools >= 81): `resource_filename`
+  joins the package folder and the resource name.
+- torchvision: `ops.roi_align` (geometry encoder box pooling) and `ops.roi_align.RoIAlign`
+  (imported by the decoder, built only with an interaction layer, which SAM 3 has not): a
+  plain-loop reference written for the tests from torchvision's definition (bilinear samples
+  per bin, `sampling_ratio=-1` -> ceil(roi size / bins), `aligned` shifts by half a pixel),
+  independent of models/sam3; `transforms.v2` for `Sam3Processor`: uint8 CxHxW -> bilinear
+  antialiased resize -> float / 255 -> (x - mean) / std.
+- triton (the video model's kernels, imported by `model_builder`): decorators that return the
+  function (never run).
+- CUDA: the official decoder and position encoding build caches with `device="cuda"` and the
+  geometry encoder calls `pin_memory()`; `cpu_only()` maps both to the CPU while the official
+  code is built or run.
+The model code itself is the official one, untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import math
+import os
+import sys
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _stub(name: str, **attrs: Any) -> types.ModuleType:
+    module = sys.modules.get(name) or _AutoModule(name)
+    module.__path__ = getattr(module, "__path__", [])
+    module.__dict__.update(attrs)
+    if getattr(module, "__spec__", None) is None:
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    sys.modules[name] = module
+    parent, _, child = name.rpartition(".")
+    if parent and parent in sys.modules:
+        setattr(sys.modules[parent], child, module)
+    return module
+
+
+class _Placeholder:
+    """What an absent package's unknown name stands for: a class that can be subclassed or
+    named in a signature, and fails when built or called."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise RuntimeError(f"{type(self).__qualname__} is a stand-in in the SAM 3 parity tests")
+
+
+class _AutoModule(types.ModuleType):
+    """A stand-in module whose unknown attributes are placeholders (the training and video
+    code that `import sam3` pulls in names torchvision datasets and triton kernels at import
+    time; the image model never runs them)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        value = type(name, (_Placeholder,), {"__qualname__": f"{self.__name__}.{name}"})
+        setattr(self, name, value)
+        return value
+
+
+class _AutoFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports any submodule of the absent packages in `roots` as an `_AutoModule`."""
+
+    def __init__(self, roots: set[str]) -> None:
+        self.roots = roots
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname.split(".")[0] in self.roots:
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        return _AutoModule(spec.name)
+
+    def exec_module(self, module) -> None:
+        module.__path__ = []
+
+
+def _unavailable(what: str):
+    def call(*args, **kwargs):
+        raise RuntimeError(f"{what} is a stand-in in the SAM 3 parity tests, never called")
+
+    return call
+
+
+class _DropPath(nn.Module):
+    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class _Mlp(nn.Module):
+    def __init__(self, in_features: int, hidden_features: int | None = None,
+                 out_features: int | None = None, act_layer: type[nn.Module] = nn.GELU,
+                 norm_layer=None, bias: bool = True, drop: float = 0.0, **_: Any) -> None:
+        super().__init__()
+        out_features = out_features or in_features
+        hidden_features = hidden_features or in_features
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.act = act_layer()
+        drop1, drop2 = drop if isinstance(drop, tuple) else (drop, drop)  # timm's to_2tuple
+        self.drop1 = nn.Dropout(drop1)
+        self.norm = norm_layer(hidden_features) if norm_layer is not None else nn.Identity()
+        self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
+        self.drop2 = nn.Dropout(drop2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
+
+
+def _bilinear(feat: torch.Tensor, y: float, x: float) -> torch.Tensor:
+    """torchvision's roi_align bilinear sample of CxHxW `feat` at (y, x) (zero outside)."""
+    c, h, w = feat.shape
+    if y < -1.0 or y > h or x < -1.0 or x > w:
+        return feat.new_zeros(c)
+    y, x = max(y, 0.0), max(x, 0.0)
+    y0, x0 = int(y), int(x)
+    if y0 >= h - 1:
+        y0 = y1 = h - 1
+        y = float(y0)
+    else:
+        y1 = y0 + 1
+    if x0 >= w - 1:
+        x0 = x1 = w - 1
+        x = float(x0)
+    else:
+        x1 = x0 + 1
+    ly, lx = y - y0, x - x0
+    hy, hx = 1 - ly, 1 - lx
+    return (hy * hx * feat[:, y0, x0] + hy * lx * feat[:, y0, x1]
+            + ly * hx * feat[:, y1, x0] + ly * lx * feat[:, y1, x1])
+
+
+def roi_align(input: torch.Tensor, boxes, output_size, spatial_scale: float = 1.0,
+              sampling_ratio: int = -1, aligned: bool = False) -> torch.Tensor:
+    """Reference RoIAlign, a loop per box, bin and sample. input NxCxHxW; boxes a list of
+    Kix4 XYXY (one per image) or Kx5 (batch index first) -> (sum K)xCxPhxPw."""
+    ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
+    if isinstance(boxes, (list, tuple)):
+        rows = [torch.cat([torch.full((len(b), 1), float(i), dtype=b.dtype), b], 1)
+                for i, b in enumerate(boxes)]
+        boxes = torch.cat(rows, 0) if rows else input.new_zeros(0, 5)
+    out = input.new_zeros(len(boxes), input.shape[1], ph, pw)
+    offset = 0.5 if aligned else 0.0
+    for k, (b, x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        feat = input[int(b)]
+        x1, y1 = x1 * spatial_scale - offset, y1 * spatial_scale - offset
+        x2, y2 = x2 * spatial_scale - offset, y2 * spatial_scale - offset
+        rw, rh = x2 - x1, y2 - y1
+        if not aligned:
+            rw, rh = max(rw, 1.0), max(rh, 1.0)
+        bh, bw = rh / ph, rw / pw
+        gh = sampling_ratio if sampling_ratio > 0 else math.ceil(rh / ph)
+        gw = sampling_ratio if sampling_ratio > 0 else math.ceil(rw / pw)
+        count = max(gh * gw, 1)
+        for i in range(ph):
+            for j in range(pw):
+                acc = feat.new_zeros(feat.shape[0])
+                for iy in range(gh):
+                    y = y1 + i * bh + (iy + 0.5) * bh / gh
+                    for ix in range(gw):
+                        x = x1 + j * bw + (ix + 0.5) * bw / gw
+                        acc = acc + _bilinear(feat, y, x)
+                out[k, :, i, j] = acc / count
+    return out
+
+
+class _RoIAlign(nn.Module):
+    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int,
+                 aligned: bool = False) -> None:
+        super().__init__()
+        self.args = (output_size, spatial_scale, sampling_ratio, aligned)
+
+    def forward(self, input: torch.Tensor, rois) -> torch.Tensor:
+        return roi_align(input, rois, *self.args)
+
+
+class _Compose:
+    def __init__(self, steps: list) -> None:
+        self.steps = steps
+
+    def __call__(self, x):
+        for step in self.steps:
+            x = step(x)
+        return x
+
+
+class _ToDtype:
+    def __init__(self, dtype: torch.dtype, scale: bool = False) -> None:
+        self.dtype, self.scale = dtype, scale
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.dtype:
+            return x
+        if self.scale and x.dtype == torch.uint8 and self.dtype.is_floating_point:
+            return x.to(self.dtype) / 255.0
+        if self.scale and x.dtype.is_floating_point and self.dtype == torch.uint8:
+            return (x * 255.0).round().clamp(0, 255).to(torch.uint8)
+        return x.to(self.dtype)
+
+
+class _Resize:
+    def __init__(self, size) -> None:
+        self.size = [size, size] if isinstance(size, int) else list(size)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if list(x.shape[-2:]) == self.size:
+            return x
+        dtype = x.dtype
+        out = F.interpolate(x[None].float(), size=self.size, mode="bilinear",
+                            align_corners=False, antialias=True)[0]
+        return out.round().clamp(0, 255).to(dtype) if dtype == torch.uint8 else out
+
+
+class _Normalize:
+    def __init__(self, mean, std) -> None:
+        self.mean, self.std = mean, std
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)[:, None, None]
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)[:, None, None]
+        return (x - mean) / std
+
+
+def _to_image(image) -> torch.Tensor:
+    """PIL or HxWxC array -> CxHxW tensor (torchvision's v2.functional.to_image)."""
+    import numpy as np
+
+    if isinstance(image, torch.Tensor):
+        return image
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def _is_absent(root: str) -> bool:
+    """Not installed, or only a stand-in (bench/official.py's torchvision has no __file__)."""
+    if root in sys.modules:
+        return getattr(sys.modules[root], "__file__", None) is None
+    return importlib.util.find_spec(root) is None
+
+
+def _shim() -> None:
+    absent = {root for root in ("torchvision", "triton", "timm", "decord", "psutil")
+              if _is_absent(root)}
+    if absent and not any(isinstance(f, _AutoFinder) for f in sys.meta_path):
+        sys.meta_path.append(_AutoFinder(absent))
+    if "timm" in absent:
+        _stub("timm")
+        _stub("timm.layers", DropPath=_DropPath, Mlp=_Mlp, trunc_normal_=nn.init.trunc_normal_)
+    try:
+        import iopath  # noqa: F401
+    except ImportError:
+        _stub("iopath")
+        _stub("iopath.common")
+        _stub("iopath.common.file_io", g_pathmgr=types.SimpleNamespace(open=open))
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError:
+        _stub("huggingface_hub", hf_hub_download=_unavailable("hf_hub_download"))
+    try:
+        import pkg_resources  # noqa: F401
+    except ImportError:
+        def resource_filename(package: str, resource: str) -> str:
+            spec = importlib.util.find_spec(package)
+            return os.path.join(os.path.dirname(spec.origin), resource)
+
+        _stub("pkg_resources", resource_filename=resource_filename)
+    if "triton" in absent:  # the video model's kernels (edt, connected components, nms)
+        _stub("triton", jit=lambda fn=None, **k: fn if fn else (lambda f: f),
+              autotune=lambda *a, **k: (lambda f: f), Config=lambda *a, **k: None,
+              cdiv=lambda a, b: -(-a // b))
+        _stub("triton.language", constexpr=int)
+    if "torchvision" in absent:
+        from bench.official import _shim_torchvision
+
+        _shim_torchvision()  # the SAM 1 stand-in (box ops, PIL resize), where it is missing
+        _stub("torchvision.ops", roi_align=roi_align)
+        _stub("torchvision.ops.roi_align", RoIAlign=_RoIAlign, roi_align=roi_align)
+        _stub("torchvision.transforms.v2", Compose=_Compose, ToDtype=_ToDtype, Resize=_Resize,
+              Normalize=_Normalize)
+        _stub("torchvision.transforms.v2.functional", to_image=_to_image)
+        transforms = sys.modules["torchvision.transforms"]
+        for name in ("ToTensor", "Resize", "Normalize"):  # sam1_utils imports them
+            if not hasattr(transforms, name):
+                setattr(transforms, name, _unavailable(f"torchvision.transforms.{name}"))
+
+
+@contextlib.contextmanager
+def cpu_only() -> Iterator[None]:
+    """While the official code is built or run: tensors it asks for on "cuda" are made on the
+    CPU, and `pin_memory()` returns the tensor itself (no CUDA here)."""
+    patched = {}
+
+    def on_cpu(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            if str(kwargs.get("device", "")).startswith("cuda"):
+                kwargs["device"] = "cpu"
+            return fn(*args, **kwargs)
+
+        return call
+
+    for name in ("arange", "zeros", "ones", "empty", "full", "tensor", "linspace"):
+        patched[name] = getattr(torch, name)
+        setattr(torch, name, on_cpu(patched[name]))
+    pin = torch.Tensor.pin_memory
+    torch.Tensor.pin_memory = lambda self, *a, **k: self
+    try:
+        yield
+    finally:
+        for name, fn in patched.items():
+            setattr(torch, name, fn)
+        torch.Tensor.pin_memory = pin
+
+
+def official_sam3_package() -> types.ModuleType:
+    """`import sam3` with the stand-ins above. Raises ImportError without the package."""
+    _shim()
+    return importlib.import_module("sam3")
+
+
+def official(module: str) -> types.ModuleType:
+    """An official submodule, e.g. official("sam3.model.vitdet"), with the stand-ins."""
+    official_sam3_package()
+    with cpu_only():
+        return importlib.import_module(module)
