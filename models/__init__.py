@@ -2,8 +2,9 @@
 
 from .checkpoint import CheckpointError
 from .predictor import Predictor
-from .protocols import HighResPromptableModel, OnePassModel, PromptableModel
+from .protocols import ConceptModel, HighResPromptableModel, OnePassModel, PromptableModel
 from .registry import MODEL_REGISTRY, build_model, model_kind, models_of_kind
 
-__all__ = ["MODEL_REGISTRY", "CheckpointError", "HighResPromptableModel", "OnePassModel",
-           "Predictor", "PromptableModel", "build_model", "model_kind", "models_of_kind"]
+__all__ = ["MODEL_REGISTRY", "CheckpointError", "ConceptModel", "HighResPromptableModel",
+           "OnePassModel", "Predictor", "PromptableModel", "build_model", "model_kind",
+           "models_of_kind"]

@@ -173,6 +173,9 @@ def seeded_state_dict(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor
     out: dict[str, torch.Tensor] = {}
     for name, ref in model.state_dict().items():
         shape = tuple(ref.shape)
+        if ref.is_complex():  # a computed table (SAM 3's RoPE frequencies): kept as built
+            out[name] = ref.detach().clone()
+            continue
         noise = torch.randn(shape, generator=gen, dtype=torch.float64)
         leaf = name.rsplit(".", 1)[-1]
         if name.endswith("positional_encoding_gaussian_matrix"):

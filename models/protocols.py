@@ -1,6 +1,6 @@
 """What a registry model can do, as typing Protocols; the registry records one per entry.
 
-Two kinds exist today:
+Three kinds exist today:
 - `PromptableModel`: an image encoder whose embedding a prompt encoder + mask decoder turn
   into masks (SAM, MobileSAM, EfficientViT-SAM, EfficientSAM). Embeddings, prompted masks and
   the point-grid everything mode all run on it.
@@ -10,6 +10,8 @@ Two kinds exist today:
 - `OnePassModel`: a network that segments every instance of an image in one pass (FastSAM's
   YOLOv8-seg). It has no image embedding; everything mode runs its detections, and prompted
   masks select among them.
+- `ConceptModel`: text prompts -> every instance of each named concept, with scores, boxes
+  and masks (SAM 3). Concept labeling runs on it.
 """
 
 from __future__ import annotations
@@ -100,4 +102,41 @@ class OnePassModel(Protocol):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-ModelKind = type[PromptableModel] | type[OnePassModel]
+@runtime_checkable
+class ConceptModel(Protocol):
+    """A model that finds every instance of a concept named in text (SAM 3). The text side is
+    encoded once per job (`encode_concepts`), the image side once per image (`embed_images`);
+    `detect` runs (image, concept) pairs of the two; `instances` is the official processor's
+    selection and resize for one pair. S = `image_size` (every image stretched to SxS)."""
+
+    image_size: int
+    mask_threshold: float
+    score_threshold: float
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def use_vocabulary(self, path) -> None:
+        """Read the tokenizer's vocabulary file (given by the user beside the checkpoint)."""
+
+    def prepare_image(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """uint8 HxWx3 RGB -> (uint8 SxSx3, (S, S)). CPU work."""
+
+    def embed_images(self, images: torch.Tensor) -> dict:
+        """uint8 Bx3xSxS prepared images -> vision features (model-specific dict)."""
+
+    def encode_concepts(self, names: list[str]) -> dict:
+        """N concept names -> text features (model-specific dict)."""
+
+    def detect(self, vision: dict, text: dict, image_ids: torch.Tensor, text_ids: torch.Tensor,
+               prompt=None):
+        """P (image, concept) pairs (long P indices into both) -> detections of Q queries each
+        (scores PxQ, boxes PxQx4, mask_logits PxQxhxw)."""
+
+    def instances(self, found, pair: int, orig_hw: tuple[int, int],
+                  score_threshold: float | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scores K, boxes Kx4 XYXY original pixels, mask logits KxHxW) of one pair."""
+
+
+ModelKind = type[PromptableModel] | type[OnePassModel] | type[ConceptModel]

@@ -236,7 +236,9 @@ def build_model(
         loaded, digest = read_checkpoint(checkpoint, sha256=sha256, loader=loader)
         wrappers = getattr(model, "checkpoint_wrappers", ())
         ignored = getattr(model, "checkpoint_ignored_prefixes", ())  # e.g. SAM 2's video keys
-        load_state_dict_strict(model, unwrap_state_dict(loaded, wrappers), ignored)
+        state = unwrap_state_dict(loaded, wrappers)
+        rename = getattr(model, "strip_checkpoint", None)  # e.g. SAM 3: keys under `detector.`
+        load_state_dict_strict(model, rename(state) if rename is not None else state, ignored)
     elif seed is not None:
         load_state_dict_strict(model, seeded_state_dict(model, seed))
     # Some modules cache derived tensors in eval(); refresh them after the weights changed.

@@ -130,6 +130,22 @@ class ModelConfig(Strict):
     batch_size: int | Literal["auto"] = 8
     compile: bool = False  # torch.compile the image encoder (GPU runs; first batch compiles)
     channels_last: bool = False  # NHWC encoder weights: conv encoders (mobile_sam, efficientvit)
+    # SAM 3's tokenizer vocabulary (the official bpe_simple_vocab_16e6.txt.gz, or a file of its
+    # format): local path or fsspec URL; None: that file name beside the checkpoint
+    vocabulary: str | None = None
+
+    VOCABULARY_FILE: ClassVar[str] = "bpe_simple_vocab_16e6.txt.gz"
+
+    def vocabulary_path(self) -> str | None:
+        """Where a concept model reads its vocabulary: `vocabulary`, else the official file
+        name in the checkpoint's folder; None when neither is known (random weights and no
+        vocabulary given)."""
+        if self.vocabulary:
+            return self.vocabulary
+        if self.checkpoint:
+            return f"{self.checkpoint.rsplit('/', 1)[0]}/{self.VOCABULARY_FILE}" \
+                if "/" in self.checkpoint else self.VOCABULARY_FILE
+        return None
 
     @field_validator("batch_size")
     @classmethod
@@ -246,6 +262,52 @@ class PromptsConfig(Strict):
         if v is not None and not v.strip():
             raise ValueError("expected a path or URL, got an empty string")
         return v
+
+
+class ConceptPromptsConfig(Strict):
+    """`samdata autolabel` with a concept model (SAM 3): the concepts to label, each instance
+    above the score threshold becomes an annotation with the concept as its category."""
+
+    # the names, in order (category ids 1..N), or a text file (local path or fsspec URL) with
+    # one name a line (blank lines and lines starting with # skipped)
+    concepts: list[str] | str | None = None
+    score_threshold: float = Field(default=0.5, ge=0, le=1)  # the official processor's default
+    pairs_per_batch: int = Field(default=16, ge=1)  # (image, concept) pairs per detector call
+    upscale_batch_size: int = Field(default=64, ge=1)  # masks made at full size at once, at
+    #   most: fewer on large images (runtime.batch_size.MASK_PIXEL_BUDGET pixels a chunk)
+
+    @field_validator("concepts")
+    @classmethod
+    def _names(cls, v):
+        if isinstance(v, str):
+            if not v.strip():
+                raise ValueError("expected a list of names or a file of them, got ''")
+            return v
+        if v is not None:
+            return check_concepts(v)
+        return v
+
+
+def check_concepts(names: list[str]) -> list[str]:
+    """Concept names stripped; ValueError for an empty list, an empty name or a repeated one
+    (compared case-insensitively: the same category twice would split its instances)."""
+    out = [n.strip() for n in names]
+    if not out:
+        raise ValueError("expected at least one concept name, got an empty list")
+    if any(not n for n in out):
+        raise ValueError(f"expected non-empty names, got {names!r:.120}")
+    seen: dict[str, str] = {}
+    for n in out:
+        if n.lower() in seen:
+            raise ValueError(f"expected distinct names, got '{seen[n.lower()]}' and '{n}'")
+        seen[n.lower()] = n
+    return out
+
+
+def parse_concepts_file(text: str) -> list[str]:
+    """A concepts file's text -> its names (one a line; blank lines and # comments skipped)."""
+    return check_concepts([line for line in (raw.strip() for raw in text.splitlines())
+                           if line and not line.startswith("#")])
 
 
 class EvaluatedModel(ModelConfig):

@@ -13,10 +13,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ValidationError, ValidationInfo, field_validator, model_validator
 
-from models import OnePassModel, PromptableModel, model_kind, models_of_kind
+from models import ConceptModel, OnePassModel, PromptableModel, model_kind, models_of_kind
 from models.registry import has_high_res, high_res_models
 from operators.config import (
     ComputeConfig,
+    ConceptPromptsConfig,
     EmbedOutputConfig,
     EvaluatedModel,
     EvaluationConfig,
@@ -86,8 +87,26 @@ class EmbedConfig(JobConfig):
 
 
 class AutolabelConfig(JobConfig):
+    """`samdata autolabel`: everything mode (class-agnostic masks, `generator`), or with a
+    concept model (SAM 3) every instance of each of `prompts.concepts`, with its category."""
+
     output: MaskOutputConfig
     generator: GeneratorConfig = GeneratorConfig()
+    prompts: ConceptPromptsConfig = ConceptPromptsConfig()
+
+    @model_validator(mode="after")
+    def _concepts_fit_the_model(self) -> AutolabelConfig:
+        concept_model = model_kind(self.model.name) is ConceptModel
+        if concept_model and self.prompts.concepts is None:
+            raise ValueError(f"prompts.concepts: expected the concept names to label with "
+                             f"{self.model.name} (a list, or a file of one name a line), got "
+                             f"none")
+        if not concept_model and self.prompts.concepts is not None:
+            raise ValueError(f"prompts.concepts: expected a concept model "
+                             f"({', '.join(models_of_kind(ConceptModel))}) to label concepts, "
+                             f"got '{self.model.name}' (everything mode: class-agnostic masks;"
+                             f" leave prompts.concepts out)")
+        return self
 
 
 class SegmentConfig(JobConfig):

@@ -73,6 +73,8 @@ def check_checkpoint(name: str, checkpoint: str | None, sha256: str | None, fiel
         raise PreflightError(f"{field}.checkpoint: {e}") from e
     try:
         state = unwrap_state_dict(loaded, getattr(skeleton, "checkpoint_wrappers", ()))
+        rename = getattr(skeleton, "strip_checkpoint", None)  # e.g. SAM 3's `detector.` part
+        state = rename(state) if rename is not None else state
     except (CheckpointError, ValueError, TypeError) as e:
         raise PreflightError(f"{field}.checkpoint: '{checkpoint}' is not a {name} "
                              f"checkpoint: {e}") from e
