@@ -134,19 +134,32 @@ class TextEncoder(nn.Module):
     `forward_text`. The tokenizer is the caller's (build it once, share it).
     """
 
-    def __init__(self, tokenizer: Tokenizer, d_model: int, width: int, heads: int, layers: int,
-                 context_length: int = CONTEXT_LENGTH, vocab_size: int = VOCAB_SIZE) -> None:
+    def __init__(self, tokenizer: Tokenizer | None, d_model: int, width: int, heads: int,
+                 layers: int, context_length: int = CONTEXT_LENGTH,
+                 vocab_size: int = VOCAB_SIZE) -> None:
         super().__init__()
-        if tokenizer.vocab_size > vocab_size:
-            raise ValueError(f"expected a tokenizer of at most {vocab_size} ids (the embedding "
-                             f"table), got {tokenizer.vocab_size} from '{tokenizer.bpe_path}'")
-        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.tokenizer: Tokenizer | None = None
+        if tokenizer is not None:
+            self.use_tokenizer(tokenizer)
         self.context_length = context_length
         self.encoder = TextTransformer(context_length, vocab_size, width, heads, layers)
         self.resizer = nn.Linear(width, d_model)
 
+    def use_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Tokenize with `tokenizer` from now on (a model is built before its vocabulary file
+        is known: the registry builds it without one)."""
+        if tokenizer.vocab_size > self.vocab_size:
+            raise ValueError(f"expected a tokenizer of at most {self.vocab_size} ids (the "
+                             f"embedding table), got {tokenizer.vocab_size} from "
+                             f"'{tokenizer.bpe_path}'")
+        self.tokenizer = tokenizer
+
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Texts -> Bxcontext_length int64 ids (CPU)."""
+        if self.tokenizer is None:
+            raise RuntimeError("expected a tokenizer (use_tokenizer, or the model's "
+                               "use_vocabulary(path)) before encoding text, got none")
         return self.tokenizer(texts, context_length=self.context_length)
 
     def forward_tokens(
@@ -193,7 +206,7 @@ class TextEncoder(nn.Module):
         return out
 
 
-def build_text_encoder(tokenizer: Tokenizer) -> TextEncoder:
+def build_text_encoder(tokenizer: Tokenizer | None = None) -> TextEncoder:
     """SAM 3's text encoder at full size: width 1024, 16 heads, 24 blocks, 32 tokens,
     features of width 256."""
     return TextEncoder(tokenizer, d_model=256, width=1024, heads=16, layers=24,

@@ -8,12 +8,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import OnePassModel, model_kind
+from models import ConceptModel, OnePassModel, model_kind
 
-from ..config import ComputeConfig, GeneratorConfig, ModelConfig
+from ..config import ComputeConfig, ConceptPromptsConfig, GeneratorConfig, ModelConfig
 from ..runtime.batch_size import load_sized_model
 from ..runtime.device import autocast
-from ..shards.schema import usable_images
+from ..shards.schema import CONCEPTS_SETTING, usable_images
+from .concepts import ConceptGenerator
 from .grid import MaskGenerator
 from .one_pass import OnePassGenerator
 
@@ -29,7 +30,9 @@ class AutoLabeler:
     the actor's thread does no per-mask string work while the device waits.
 
     model, generator, compute: the job's config sections. Promptable models (SAM family) run the
-    point-grid generator; one-pass models (FastSAM) run theirs (the registry records which).
+    point-grid generator; one-pass models (FastSAM) run theirs (the registry records which);
+    concept models (SAM 3) label `concepts` (prompts.concepts resolved to names, in order) with
+    the `prompts` section's settings, and their settings JSON names the concept list.
     model.batch_size "auto" fits the device and is capped by compute.ray_batch_size, as for
     embed."""
 
@@ -42,19 +45,33 @@ class AutoLabeler:
         num_threads: int | None = None,
         device: str = "auto",
         gpu_share: float = 1.0,
+        prompts: ConceptPromptsConfig | None = None,
+        concepts: list[str] | None = None,
     ) -> None:
         compute = compute or ComputeConfig()
         self.model, self.device, self.precision, self.batch_size = load_sized_model(
             model, compute, storage_options, num_threads, device, gpu_share)
-        one_pass = model_kind(model.name) is OnePassModel
-        if one_pass:
+        kind = model_kind(model.name)
+        one_pass = kind is OnePassModel
+        if kind is ConceptModel:
+            prompts = prompts or ConceptPromptsConfig()
+            with autocast(self.device, self.precision):
+                self.generator = ConceptGenerator(
+                    self.model, concepts or [], score_threshold=prompts.score_threshold,
+                    batch_size=self.batch_size, pairs_per_batch=prompts.pairs_per_batch,
+                    upscale_batch_size=prompts.upscale_batch_size,
+                    stability_score_offset=generator.stability_score_offset)
+            self.settings_json = json.dumps(concept_settings(prompts, concepts or []),
+                                            sort_keys=True)
+        elif one_pass:
             self.generator = OnePassGenerator(self.model, generator, batch_size=self.batch_size)
         else:
             self.generator = MaskGenerator(self.model, generator, batch_size=self.batch_size,
                                            compile=model.compile)
         self.model_name = model.name
         self.sha256 = self.model.checkpoint_sha256 or ""
-        self.settings_json = json.dumps(generator.settings(one_pass), sort_keys=True)
+        if kind is not ConceptModel:
+            self.settings_json = json.dumps(generator.settings(one_pass), sort_keys=True)
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -92,6 +109,12 @@ class AutoLabeler:
                         f"generator.upscale_batch_size, or give the actor more memory"]
         _release(self.device)
         return [found for image in images for found in self._generate([image])]
+
+
+def concept_settings(prompts: ConceptPromptsConfig, concepts: list[str]) -> dict:
+    """The parameters that decide concept labels (stored with them): the concept list in
+    order (schema.CONCEPTS_SETTING: category_id = position + 1) and the score threshold."""
+    return {CONCEPTS_SETTING: list(concepts), "score_threshold": prompts.score_threshold}
 
 
 # What running out of memory raises (host allocations, CUDA), caught per image

@@ -8,7 +8,7 @@ from contextlib import nullcontext
 
 import torch
 
-from models import build_model
+from models import ConceptModel, build_model
 from models.predictor import AUTOCAST_DTYPES
 
 from ..config import ModelConfig
@@ -58,6 +58,8 @@ def load_model(model: ModelConfig, storage_options: dict | None = None,
             os.environ.setdefault("AWS_ENDPOINT_URL_S3", endpoint)
     net = build_model(model.name, checkpoint=model.checkpoint, sha256=model.sha256,
                       seed=None if model.checkpoint else model.seed).to(dev)
+    if isinstance(net, ConceptModel):  # SAM 3: its tokenizer reads the vocabulary file
+        net.use_vocabulary(local_copy(vocabulary_of(model), storage_options))
     encoder = getattr(net, "image_encoder", None)  # one-pass models: the whole network
     if model.channels_last:
         (encoder or net).to(memory_format=torch.channels_last)
@@ -66,6 +68,35 @@ def load_model(model: ModelConfig, storage_options: dict | None = None,
     elif model.compile:
         net.forward = torch.compile(net.forward)  # shapes vary with the aspect ratio
     return net, dev, resolve_precision(model.precision, dev)
+
+
+def vocabulary_of(model: ModelConfig) -> str:
+    """A concept model's vocabulary file (model.vocabulary, else the official file name beside
+    the checkpoint); ValueError naming model.vocabulary when neither is known."""
+    path = model.vocabulary_path()
+    if path is None:
+        raise ValueError(f"model.vocabulary: expected the tokenizer's vocabulary file of "
+                         f"{model.name} ({ModelConfig.VOCABULARY_FILE}, given beside the "
+                         f"checkpoint or named here), got none")
+    return path
+
+
+def local_copy(url: str, storage_options: dict | None = None) -> str:
+    """A local path holding the file at `url`: the path itself, or for an fsspec URL a copy
+    in a temporary folder (small files: a vocabulary, a concepts list)."""
+    if "://" not in url or url.startswith("file://"):
+        return url.removeprefix("file://")
+    import tempfile
+
+    import fsspec
+
+    with fsspec.open(url, "rb", **(storage_options or {})) as f:
+        data = f.read()
+    folder = tempfile.mkdtemp(prefix="samdata-")
+    path = os.path.join(folder, url.rsplit("/", 1)[-1] or "file")
+    with open(path, "wb") as out:
+        out.write(data)
+    return path
 
 
 def autocast(device: torch.device, precision: str):
