@@ -13,6 +13,7 @@ why (`shard_error`: the shard is committed with it) or why it could not be read
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -208,3 +209,48 @@ SEGMENT_SCHEMA = pa.schema([
                                                        pa.list_(SEGMENT_ANNOTATION_TYPE))
     for field in MASK_SCHEMA
 ])
+
+# Concept labels (SAM 3: text prompts -> every instance of each concept): the SA-1B fields
+# followed by the instance's category. Everything-mode labels keep MASK_SCHEMA, whose structs
+# hold exactly the SA-1B fields: a reader of either takes `ann.get("category")` (None there:
+# class-agnostic), so a dataset written before these columns reads as it always did.
+CONCEPT_ANNOTATION_TYPE = pa.struct([
+    *ANNOTATION_TYPE,
+    ("category_id", pa.int64()),  # 1-based position of the concept in the job's list (stable)
+    ("category", pa.string()),  # the concept name as the job was given it
+    ("score", pa.float64()),  # the instance's score (what AP ranks by); null: predicted_iou
+])
+
+CONCEPT_SCHEMA = pa.schema([
+    field if field.name != "annotations" else pa.field("annotations",
+                                                       pa.list_(CONCEPT_ANNOTATION_TYPE))
+    for field in MASK_SCHEMA
+])
+
+# A concept-label row's `settings` JSON names the job's whole concept list under this key, in
+# order (category_id = position + 1), so that exports list every concept, also one no image
+# has an instance of, under the same ids in every shard and rerun
+CONCEPTS_SETTING = "concepts"
+
+
+def settings_concepts(settings: str | None) -> list[str] | None:
+    """The concept list a row's `settings` JSON declares (CONCEPTS_SETTING), or None when it
+    declares none (everything mode, segment, a row without settings). ValueError when it is
+    not a list of distinct non-empty strings."""
+    if not settings:
+        return None
+    try:
+        value = json.loads(settings)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"expected a JSON object in `settings`, got {settings!r:.60}") from e
+    if not isinstance(value, dict) or value.get(CONCEPTS_SETTING) is None:
+        return None
+    concepts = value[CONCEPTS_SETTING]
+    if not isinstance(concepts, list) or not all(isinstance(c, str) and c.strip()
+                                                 for c in concepts):
+        raise ValueError(f"expected `settings.{CONCEPTS_SETTING}` as a list of non-empty "
+                         f"names, got {concepts!r:.80}")
+    if len(set(concepts)) != len(concepts):
+        raise ValueError(f"expected distinct names in `settings.{CONCEPTS_SETTING}`, got "
+                         f"{concepts!r:.80}")
+    return list(concepts)

@@ -38,6 +38,7 @@ from ..everything.coco_rle import finish_annotations
 from .layout import LEGACY_MARKER, commit_marker, legacy_marker, meta_root
 from .resumable import StorageUnavailable, with_retries
 from .schema import (
+    CONCEPT_SCHEMA,
     HIGH_RES_COLUMNS,
     MASK_SCHEMA,
     SEGMENT_SCHEMA,
@@ -123,6 +124,7 @@ def masks_table(batch: dict[str, Any], include_image: bool = False,
     ok = batch["status"] == "ok"
     hw = np.asarray(batch["orig_hw"], dtype=np.int32).reshape(-1, 2)
     ann_type = schema.field("annotations").type
+    _check_annotation_fields(batch["annotations"], ann_type.value_type)
     cols = [
         image_id_array(batch["image_id"]),
         pa.array(batch["key"].tolist(), pa.string()),
@@ -144,12 +146,34 @@ def masks_table(batch: dict[str, Any], include_image: bool = False,
     return pa.Table.from_arrays(cols, schema=schema)
 
 
+def _check_annotation_fields(rows, struct: pa.StructType) -> None:
+    """ValueError when the first annotation of a row has a field the table's struct lacks
+    (Arrow would drop it without a word: a concept label's category written as a
+    class-agnostic one)."""
+    names = {struct.field(i).name for i in range(struct.num_fields)}
+    for anns in rows:
+        if anns is None or len(anns) == 0:
+            continue
+        extra = set(anns[0]) - names
+        if extra:
+            raise ValueError(f"expected annotation fields {sorted(names)}, got also "
+                             f"{sorted(extra)}: write them with the table that declares "
+                             f"them (concept labels: concepts_table)")
+
+
 def segments_table(batch: dict[str, Any], include_image: bool = False) -> pa.Table:
     """Sample rows of one shard -> the segment table (schema.SEGMENT_SCHEMA)."""
     return masks_table(batch, include_image, SEGMENT_SCHEMA)
 
 
-TABLES = {"embeddings": embedding_table, "masks": masks_table, "segments": segments_table}
+def concepts_table(batch: dict[str, Any], include_image: bool = False) -> pa.Table:
+    """Sample rows of one shard -> the concept-label table (schema.CONCEPT_SCHEMA: the
+    annotation structs also hold category_id, category and score)."""
+    return masks_table(batch, include_image, CONCEPT_SCHEMA)
+
+
+TABLES = {"embeddings": embedding_table, "masks": masks_table, "segments": segments_table,
+          "concepts": concepts_table}
 
 
 def _safe(name: str) -> str:
