@@ -144,7 +144,7 @@ class SequenceGeometryEncoder(nn.Module):
     the image.
 
     d_model: C. pos_enc: the sine encoding of normalised coordinates (C/2 channels per axis),
-    with `_encode_xy(x N, y N) -> (NxC/2, NxC/2)` and `encode_boxes(cx, cy, w, h each N) ->
+    with `encode_xy(x N, y N) -> (NxC/2, NxC/2)` and `encode_boxes(cx, cy, w, h each N) ->
     Nx(C+2)`. layer: one transformer layer, copied `num_layers` times, called as
     (tgt=, memory=, tgt_key_padding_mask=, pos=). roi_size: RoIAlign bins per box side.
 
@@ -187,8 +187,7 @@ class SequenceGeometryEncoder(nn.Module):
         grid = points.transpose(0, 1)[:, :, None] * 2 - 1  # B x N x 1 x 2 in [-1, 1]
         sampled = F.grid_sample(feat_map, grid, align_corners=False)  # B x C x N x 1
         embed = embed + self.points_pool_project(sampled[..., 0].permute(2, 0, 1))
-        enc_x, enc_y = self.pos_enc._encode_xy(points[..., 0].flatten(),
-                                               points[..., 1].flatten())
+        enc_x, enc_y = self.pos_enc.encode_xy(points[..., 0].flatten(), points[..., 1].flatten())
         enc = torch.cat([enc_x.view(n, b, enc_x.shape[-1]), enc_y.view(n, b, enc_y.shape[-1])], -1)
         embed = embed + self.points_pos_enc_project(enc)
         return self.label_embed(labels.long()) + embed

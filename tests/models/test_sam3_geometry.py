@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from models.sam3.geometry import Prompt, SequenceGeometryEncoder, concat_padded
+from models.sam3.position import PositionEmbeddingSine
 from models.sam3.roi_align import roi_align
 from tests.models.common import manifest
 
@@ -75,7 +76,7 @@ def _official(off, cfg: dict) -> torch.nn.Module:
 
 
 def _ours(off, cfg: dict) -> SequenceGeometryEncoder:
-    return SequenceGeometryEncoder(cfg["d_model"], off.pe.PositionEmbeddingSine(cfg["d_model"]),
+    return SequenceGeometryEncoder(cfg["d_model"], PositionEmbeddingSine(cfg["d_model"]),
                                    _layer(off, **cfg), cfg["num_layers"]).eval()
 
 
