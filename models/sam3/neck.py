@@ -46,7 +46,7 @@ def pyramid_level(dim: int, d_model: int, scale: float) -> nn.Sequential:
 class Sam3DualViTDetNeck(nn.Module):
     """Trunk + pyramid: normalised Bx3xSxS float32 image -> (sam3_out, sam3_pos, sam2_out,
     sam2_pos). sam3_out: one Bxd_modelx(s*S/p)x(s*S/p) float32 map per scale factor s, in the
-    order of `scale_factors` (SAM 3 at 1008 px: 252^2, 126^2, 72^2, 36^2); sam3_pos: their
+    order of `scale_factors` (SAM 3 at 1008 px: 288^2, 144^2, 72^2, 36^2); sam3_pos: their
     Bxd_modelxhxw position encodings in the maps' dtype; sam2_out / sam2_pos: the same from
     `sam2_convs`, or None without `add_sam2_neck`."""
 

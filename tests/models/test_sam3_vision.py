@@ -250,7 +250,7 @@ def test_full_size_vision_matches_official():
         got = ours(x)
         with _cpu_only():
             expected = ref(x)
-    for i, side in enumerate([252, 126, 72, 36]):
+    for i, side in enumerate([288, 144, 72, 36]):
         assert got[0][i].shape == (1, 256, side, side)
         for j, what in enumerate(["sam3 level", "sam3 pos", "sam2 level", "sam2 pos"]):
             _assert_close(got[j][i], expected[j][i], f"{what} {i}")
