@@ -440,25 +440,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
-        help="the published protocols (box, points, agreement, proposals) on a corpus",
+        help="the published protocols (box, points, agreement, proposals) on a corpus, and "
+        "AP of concept labels (concepts)",
         description="Evaluate on a seeded sample of a corpus (evaluation.sample images, 1000 "
         "by default; --all for every image) against its ground truth (the shards' SA-1B json, "
         "or a COCO instances JSON): box = GT-box-prompted mIoU, all/small/medium/large "
         "(EfficientViT-SAM); points = mIoU after 1/3/5 RITM clicks; agreement = student vs "
         "--reference mIoU on GT boxes and seeded points (MobileSAM); proposals = class-"
         "agnostic AR@10/100/1000 and AR S/M/L of `samdata autolabel` datasets with "
-        "pycocotools' COCOeval (SAM's ranking). Several --model (or --labels) give one row "
+        "pycocotools' COCOeval (SAM's ranking); concepts = box and mask AP, AP50, AP75, "
+        "AP S/M/L and AP per category (COCOeval, maxDets 1/10/100) of concept-label datasets "
+        "(--labels) against a COCO instances JSON with categories (ground_truth.source coco, "
+        "ground_truth.path), categories matched by name (stripped, case-insensitive; no name "
+        "in common is refused). Several --model (or --labels) give one row "
         "each. Writes results.json, results.md and results.png to output.path and prints the "
         "table and one JSON line. See configs/evaluate_sa1b.yaml for every field.",
     )
-    p.add_argument("protocol", choices=["box", "points", "agreement", "proposals"])
+    p.add_argument("protocol", choices=["box", "points", "agreement", "proposals",
+                                        "concepts"])
     _config_arguments(p, "evaluate", "evaluation.sample=200")
     p.add_argument("--model", action="append", metavar="NAME[=CHECKPOINT]",
                    help="a model to evaluate (repeatable; replaces the config's models)")
     p.add_argument("--reference", metavar="NAME[=CHECKPOINT]",
                    help="agreement: the teacher the models are compared with")
     p.add_argument("--labels", action="append", metavar="NAME=DATASET",
-                   help="proposals: an autolabel dataset and its row name (repeatable)")
+                   help="proposals, concepts: an autolabel dataset and its row name "
+                   "(repeatable)")
     p.add_argument("--sample", type=int, help="images in the sample (default 1000)")
     p.add_argument("--all", action="store_true", help="every image instead of a sample")
     p.add_argument("--seed", type=int, help="the sample's seed (default 0)")

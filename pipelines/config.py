@@ -136,13 +136,18 @@ class ReportOutputConfig(Strict):
     path: str  # folder (local or s3://) for results.json, results.md and results.png
 
 
+LABEL_PROTOCOLS = ("proposals", "concepts")  # evaluate label datasets, no model and no input
+
+
 class EvaluateConfig(Strict):
     """`samdata evaluate`: the published protocols on a sample of a corpus.
 
     box / points / agreement read `input` and run `models` (and the `reference` of agreement);
-    proposals reads the everything-mode `labels` datasets (row name -> dataset root)."""
+    proposals reads the everything-mode `labels` datasets (row name -> dataset root); concepts
+    reads concept-label datasets (`labels`, annotations with a category) against a COCO
+    ground truth with categories (ground_truth.source coco)."""
 
-    protocol: Literal["box", "points", "agreement", "proposals"]
+    protocol: Literal["box", "points", "agreement", "proposals", "concepts"]
     input: InputConfig | None = None
     models: list[EvaluatedModel] = []
     reference: ModelConfig | None = None
@@ -160,10 +165,15 @@ class EvaluateConfig(Strict):
         if self.ground_truth.source == "coco" and self.ground_truth.path is None:
             raise ValueError("ground_truth.path: expected a COCO instances JSON for "
                              "ground_truth.source coco, got none")
-        if self.protocol == "proposals":
+        if self.protocol in LABEL_PROTOCOLS:
             if not self.labels:
-                raise ValueError("labels: expected at least one label dataset (name: path, "
-                                 "the output of `samdata autolabel`) for proposals, got none")
+                raise ValueError(f"labels: expected at least one label dataset (name: path, "
+                                 f"the output of `samdata autolabel`) for {self.protocol}, "
+                                 f"got none")
+            if self.protocol == "concepts" and self.ground_truth.source != "coco":
+                raise ValueError(f"ground_truth.source: expected 'coco' for concepts (a COCO "
+                                 f"instances JSON with categories at ground_truth.path), got "
+                                 f"'{self.ground_truth.source}'")
             return self
         if self.input is None:
             raise ValueError(f"input: expected the corpus to evaluate on ({self.protocol}), "

@@ -5,6 +5,8 @@ report printed as text and as one JSON line.
 box / points / agreement: shards -> sample scores -> the chosen images, decoded with their json
 -> every model on the actor pool (per-instance IoUs) -> mIoU per model and size bucket.
 proposals: label datasets -> the chosen images -> their ground truth -> COCOeval per dataset.
+concepts: concept-label datasets -> the chosen images -> their COCO ground truth (bound by
+sha256 and size) -> categories matched by name -> box and mask COCOeval AP per dataset.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import fsspec
 
+from operators.dataset.export import ConceptList
 from operators.dataset.maskset import iter_rows
 from operators.evaluation.binding import (
     GroundTruthMismatch,
@@ -27,6 +30,14 @@ from operators.evaluation.binding import (
     refuse,
     sa1b_problem,
 )
+from operators.evaluation.concepts import (
+    average_precision,
+    concept_detections,
+    concept_instances,
+    ground_truth_categories,
+    match_categories,
+    refuse_without_match,
+)
 from operators.evaluation.ground_truth import (
     CocoGroundTruth,
     coco_annotations,
@@ -35,7 +46,7 @@ from operators.evaluation.ground_truth import (
 from operators.evaluation.metrics import MiouAccumulator
 from operators.evaluation.prompted import PromptedEvaluator
 from operators.evaluation.proposals import average_recall, coco_ground_truth, rank_proposals
-from operators.evaluation.report import markdown_table, render_chart
+from operators.evaluation.report import category_table, markdown_table, render_chart
 from operators.evaluation.sampling import (
     census,
     choose_sample,
@@ -79,6 +90,10 @@ class EvaluationReport:
     labels_failed: dict[str, int] = field(default_factory=dict)  # proposals: error rows by
     #   dataset among the evaluated images (counted with recall 0, or excluded: `failed_labels`)
     failed_labels: str = "zero"
+    categories: dict[str, dict] = field(default_factory=dict)  # concepts: per dataset, the
+    #   ground-truth names matched, the label names the ground truth lacks ("labels_only")
+    #   and the ground-truth names no label matched ("ground_truth_only"), see
+    #   operators/evaluation/concepts.py
     instances: int = 0  # ground-truth instances evaluated (area >= 1)
     random_weights: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -103,10 +118,19 @@ class EvaluationReport:
             lines.append(f"  {self.images_without_ground_truth} chosen images have no ground "
                          f"truth on record and are not evaluated")
         for name, count in self.labels_failed.items():
-            how = ("counted with recall 0" if self.failed_labels == "zero"
-                   else "left out of every row")
+            how = ("left out of every row" if self.failed_labels == "exclude"
+                   else "counted with recall 0" if self.protocol == "proposals"
+                   else "counted as an image without labels (its instances missed)")
             lines.append(f"  ** {name}: its labeller failed on {count} image(s), {how} "
                          f"(evaluation.failed_labels) **")
+        for name, cats in self.categories.items():
+            lines.append(f"  {name}: categories evaluated {cats['matched']}")
+            if cats["labels_only"]:
+                lines.append(f"  ** {name}: label categories not in the ground truth, left "
+                             f"out: {cats['labels_only']} **")
+            if cats["ground_truth_only"]:
+                lines.append(f"  {name}: ground-truth categories never labelled, not "
+                             f"evaluated: {cats['ground_truth_only']}")
         if self.random_weights:
             lines.append(f"  ** RANDOM WEIGHTS: {', '.join(self.random_weights)}: their numbers "
                          f"are meaningless **")
@@ -114,7 +138,10 @@ class EvaluationReport:
                   self.images_failed[:5]]
         if self.protocol == "agreement":
             lines.append(f"  {AGREEMENT_EMPTY}")
-        lines += ["", self.table().rstrip() if self.results else "no results", "",
+        lines += ["", self.table().rstrip() if self.results else "no results"]
+        if (per_category := category_table(self.results)):
+            lines += ["", per_category.rstrip()]
+        lines += ["",
                   f"  report: {self.output}/results.json, "
                   f"results.md, results.png"]
         return "\n".join(lines)
@@ -130,6 +157,8 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluationReport:
                               ground_truth=cfg.ground_truth.source, sample=sample)
     if cfg.protocol == "proposals":
         _proposals(cfg, report)
+    elif cfg.protocol == "concepts":
+        _concepts(cfg, report)
     else:
         _prompted(cfg, report)
     report.seconds = time.perf_counter() - start
@@ -243,8 +272,13 @@ def _add(acc: MiouAccumulator, pairs: list[list[float]]) -> None:
         acc.add(iou, area)
 
 
-def _proposals(cfg: EvaluateConfig, report: EvaluationReport) -> None:
-    """proposals (see the module docstring) into `report`."""
+def _sampled_labels(cfg: EvaluateConfig, report: EvaluationReport
+                    ) -> tuple[dict[str, dict[tuple[str, str], dict]], list[tuple[str, str]],
+                               dict[tuple[str, str], dict]]:
+    """The label datasets' rows by (shard, key), the sampled (shard, key)s that every dataset
+    has a row for (evaluation.sample / all, failed_labels) and one row per sampled image (an
+    ok one where a dataset has it); counts failed label rows and random weights into
+    `report`."""
     opts = cfg.storage.options()
     report.failed_labels = cfg.evaluation.failed_labels
     # The images every label dataset has a row for (ok, or an error row: its labeller failed)
@@ -284,6 +318,13 @@ def _proposals(cfg: EvaluateConfig, report: EvaluationReport) -> None:
     # One row per image (an ok one where a dataset has it: failed rows have no size)
     first = {k: next((rows[k] for rows in rows_of.values() if rows[k]["status"] == "ok"),
                      next(iter(rows_of.values()))[k]) for k in keys}
+    return rows_of, keys, first
+
+
+def _proposals(cfg: EvaluateConfig, report: EvaluationReport) -> None:
+    """proposals (see the module docstring) into `report`."""
+    opts = cfg.storage.options()
+    rows_of, keys, first = _sampled_labels(cfg, report)
     # Ground truth of the chosen images, bound to the label rows: the shards' json (Ray
     # tasks, with the images' bytes hashed), or a COCO JSON
     instances, sizes = _ground_truth(cfg, [first[k] for k in keys], rows_of, opts)
@@ -329,21 +370,7 @@ def _ground_truth(cfg: EvaluateConfig, rows: list[dict],
     source = load_ground_truth(cfg.ground_truth, opts)
     problems = []
     if not source.needs_annotations:  # a COCO JSON: its entries against the label rows
-        for r in rows:
-            entry = source.index.find(r["key"])
-            if entry is None:
-                continue
-            facts = ImageFacts(r["shard"], r["key"], (r["height"], r["width"]) if r["height"]
-                               else None, r["image_sha256"] or "")
-            if (p := coco_problem(source.images[entry], facts)) is not None:
-                problems.append((facts.where, p))
-        refuse(problems, "the COCO ground truth and the labelled images")
-        sizes = {}
-        for r in rows:
-            entry = source.index.find(r["key"])
-            if entry is not None:
-                image = source.images[entry]
-                sizes[(r["shard"], r["key"])] = (int(image["height"]), int(image["width"]))
+        sizes = _bind_coco(source, rows)
         return {(r["shard"], r["key"]): source(r["key"]) for r in rows}, sizes
     import ray
 
@@ -376,6 +403,97 @@ def _ground_truth(cfg: EvaluateConfig, rows: list[dict],
     return {(r["shard"], r["key"]): found.get((r["shard"], r["key"])) for r in rows}, sizes
 
 
+def _bind_coco(source: CocoGroundTruth, rows: list[dict]) -> dict[tuple[str, str],
+                                                                    tuple[int, int]]:
+    """Refuse (GroundTruthMismatch) when a COCO file's entry of a label row's image is of
+    other bytes (samdata_sha256) or another size; return (shard, key) -> (h, w) as the COCO
+    file says, for the rows it has an entry for."""
+    problems, sizes = [], {}
+    for r in rows:
+        entry = source.index.find(r["key"])
+        if entry is None:
+            continue
+        facts = ImageFacts(r["shard"], r["key"], (r["height"], r["width"]) if r["height"]
+                           else None, r["image_sha256"] or "")
+        if (p := coco_problem(source.images[entry], facts)) is not None:
+            problems.append((facts.where, p))
+        image = source.images[entry]
+        sizes[(r["shard"], r["key"])] = (int(image["height"]), int(image["width"]))
+    refuse(problems, "the COCO ground truth and the labelled images")
+    return sizes
+
+
+def _concepts(cfg: EvaluateConfig, report: EvaluationReport) -> None:
+    """concepts (see the module docstring) into `report`."""
+    opts = cfg.storage.options()
+    rows_of, keys, first = _sampled_labels(cfg, report)
+    # The COCO ground truth, bound to the label rows' images, and its categories by name
+    source = CocoGroundTruth(cfg.ground_truth.path, opts)
+    gt_cats = ground_truth_categories(source.categories, f"'{cfg.ground_truth.path}'")
+    sizes = _bind_coco(source, [first[k] for k in keys])
+    images, annotations, image_hw = [], [], {}
+    for n, k in enumerate(keys, start=1):
+        entry = source.index.find(k[1])
+        if entry is None:
+            report.images_without_ground_truth += 1
+            continue
+        h, w = sizes[k]
+        image_hw[k] = (n, h, w)
+        images.append({"id": n, "height": h, "width": w, "file_name": k[1]})
+        annotations += concept_instances(
+            source.annotations[entry], n, len(annotations) + 1, h, w,
+            f"'{cfg.ground_truth.path}' image {source.images[entry]['id']}")
+    if not images:
+        raise GroundTruthMismatch(f"no ground truth found for any of the {len(keys)} chosen "
+                                  f"images of the labels in '{cfg.ground_truth.path}'")
+    gt = {"images": images, "annotations": annotations,
+          "categories": [dict(c) for c in gt_cats.values()]}
+    # Each dataset's instances of the chosen images and its category names (the concept
+    # list its rows declare, then any other name its annotations carry)
+    labelled: dict[str, tuple[list[dict], list[str]]] = {}
+    for name, path in cfg.labels.items():
+        declared, found, kept = ConceptList(), {}, []
+        for row in iter_rows(path, opts, columns=("key", "shard", "status", "settings",
+                                                  "annotations")):
+            declared.add(row)
+            k = (row["shard"], row["key"])
+            if k in image_hw and row["status"] == "ok":
+                for ann in row["annotations"] or []:
+                    if ann.get("category") is not None:
+                        found.setdefault(ann["category"], None)
+                kept.append((k, row["annotations"] or []))
+        names = list(declared.concepts or []) + [c for c in found
+                                                 if c not in (declared.concepts or [])]
+        if not names:
+            raise GroundTruthMismatch(
+                f"labels.{name}: expected concept labels (annotations with a category, from "
+                f"`samdata autolabel` with prompts.concepts), got class-agnostic ones under "
+                f"'{path}' (measure those with the proposals protocol)")
+        labelled[name] = (kept, names)
+    # Match the names, refusing a dataset that shares none with the ground truth, before
+    # anything is measured
+    matches = {}
+    for name, (_, names) in labelled.items():
+        matches[name] = match_categories(names, gt_cats)
+        refuse_without_match(name, names, gt_cats, matches[name])
+    report.images = len(images)
+    report.instances = sum(a["area"] >= 1 and not a["iscrowd"] for a in annotations
+                           if a["category_id"] in {c for m in matches.values()
+                                                   for c in m.gt_id_of.values()})
+    for name, (kept, _) in labelled.items():
+        match = matches[name]
+        boxes, masks = [], []
+        for k, anns in kept:
+            b, m = concept_detections(*image_hw[k], anns, match.gt_id_of)
+            boxes += b
+            masks += m
+        cat_ids = sorted(set(match.gt_id_of.values()))
+        report.categories[name] = match.as_dict()
+        report.results[name] = {"concepts": {
+            "box": average_precision(gt, boxes, "box", cat_ids),
+            "mask": average_precision(gt, masks, "mask", cat_ids)}}
+
+
 def write_report(report: EvaluationReport, storage_options: dict | None = None) -> None:
     """results.json, results.md and results.png under report.output (local or fsspec URL)."""
     fs, base = fsspec.core.url_to_fs(report.output, **(storage_options or {}))
@@ -389,7 +507,13 @@ def write_report(report: EvaluationReport, storage_options: dict | None = None) 
     if report.random_weights:
         notes.append(f"RANDOM WEIGHTS ({', '.join(report.random_weights)}): meaningless "
                      f"numbers.")
+    for name, cats in report.categories.items():
+        notes.append(f"{name}: categories evaluated {cats['matched']}; label categories not in "
+                     f"the ground truth (left out) {cats['labels_only']}; ground-truth "
+                     f"categories never labelled (not evaluated) {cats['ground_truth_only']}.")
     body = "\n".join(notes) + "\n\n" + (report.table() if report.results else "no results\n")
+    if (per_category := category_table(report.results)):
+        body += "\n" + per_category
     fs.pipe_file(f"{base}/results.md", body.encode())
     png = io.BytesIO()
     render_chart(report.results or {"(none)": {}}).save(png, format="PNG")

@@ -24,6 +24,8 @@ from operators.shards.layout import meta_root
 from operators.shards.listing import list_shards
 from operators.shards.prepare import model_skeleton
 
+from .config import LABEL_PROTOCOLS
+
 PROBE_TIMEOUT_S = 5.0  # seconds a preflight request may take before the store counts as down
 
 
@@ -130,13 +132,14 @@ def check_output(root: str, storage: StorageConfig, field: str = "output.path") 
 
 def preflight_evaluate(cfg: Any) -> None:
     """The checks of `samdata evaluate` before Ray starts: every model's and the reference's
-    checkpoint, the corpus (box, points, agreement), the report folder."""
+    checkpoint, the corpus (box, points, agreement; not proposals and concepts), the report
+    folder."""
     for n, m in enumerate(cfg.models):
         check_checkpoint(m.name, m.checkpoint, m.sha256, field=f"models[{n}]")
     if cfg.reference is not None:
         check_checkpoint(cfg.reference.name, cfg.reference.checkpoint, cfg.reference.sha256,
                          field="reference")
-    if cfg.protocol != "proposals":
+    if cfg.protocol not in LABEL_PROTOCOLS:  # those read label datasets, not a corpus
         check_input(cfg.input.urls, cfg.input.shards, cfg.input.limit, cfg.storage)
 
 

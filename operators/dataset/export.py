@@ -6,10 +6,14 @@ SA-1B: `{out}/{shard}/{key}.json` = {"image": {image_id, width, height, file_nam
 COCO: one instances file that `pycocotools.coco.COCO` loads and `COCOeval` accepts as ground
 truth (or, via `COCO.loadRes(data["annotations"])`, as results: every annotation has a
 `score`: the score its prompt carried (`samdata segment`, e.g. a detector's), else its
-predicted IoU). Categories: those the prompts of a `samdata segment` dataset carried
-(`category_id` as it is, with its `category` name; a name alone gets the lowest free id);
-masks without one, as every auto-label, are in the category "object" (class-agnostic: an
-auto-label dataset has that one category, id 1). Annotation ids run from 1 (COCOeval reads id 0
+predicted IoU). Categories: those the annotations carry (`category_id` as it is, with its
+`category` name; a name alone gets the lowest free id): a concept-label dataset's
+(schema.CONCEPT_SCHEMA) under the ids of its job's concept list, every concept of that list
+listed, also one without an instance (the rows' `settings` declare it, `dataset_concepts`), so
+the ids are the same in every shard and rerun; a `samdata segment` dataset's those its prompts
+carried. One id named two ways is refused. Masks without one, as every everything-mode
+auto-label, are in the category "object" (class-agnostic: such a dataset has that one
+category, id 1). Annotation ids run from 1 (COCOeval reads id 0
 as "unmatched"); image ids are the SA-1B image ids when every row has a distinct one, else 1..N
 in dataset order. Each image entry also names its sample (`samdata_key`, `samdata_shard`,
 `samdata_source_uri`) and the sha256 of its bytes (`samdata_sha256`), so that `samdata
@@ -46,6 +50,7 @@ from collections.abc import Iterator
 
 import fsspec
 
+from ..shards.schema import settings_concepts
 from .export_filter import NO_FILTER, AnnotationFilter
 from .export_images import copy_dataset_images, copy_images
 from .maskset import iter_rows
@@ -135,21 +140,63 @@ def export_sa1b(root: str, out: str, storage_options: dict | None = None,
     return summary
 
 
+class ConceptList:
+    """The one concept list of a dataset, collected from its rows' `settings` (each distinct
+    settings text parsed once)."""
+
+    def __init__(self) -> None:
+        self.concepts: list[str] | None = None
+        self._where = ""
+        self._seen: set[str] = set()
+
+    def add(self, row: dict) -> None:
+        """Take the concepts row {shard, key, settings} declares; ValueError when they differ
+        from another row's (its category ids would mean other names)."""
+        settings = row.get("settings")
+        if not settings or settings in self._seen:
+            return
+        self._seen.add(settings)
+        concepts = settings_concepts(settings)
+        if concepts is None:
+            return
+        if self.concepts is None:
+            self.concepts, self._where = concepts, f"{row['shard']}/{row['key']}"
+        elif concepts != self.concepts:
+            raise ValueError(f"expected one concept list in the dataset (category ids are "
+                             f"positions in it), got {self.concepts} at {self._where} and "
+                             f"{concepts} at {row['shard']}/{row['key']}")
+
+
+def dataset_concepts(root: str, storage_options: dict | None = None, shards: str | None = None
+                     ) -> list[str] | None:
+    """The concept list the rows of a concept-label dataset declare in `settings`
+    (schema.CONCEPTS_SETTING; category_id = position + 1), or None when no row declares one
+    (everything mode, segment). ValueError when two rows declare different lists."""
+    found = ConceptList()
+    for row in iter_rows(root, storage_options, shards, columns=("shard", "key", "settings")):
+        found.add(row)
+    return found.concepts
+
+
 def _image_ids(root: str, storage_options: dict | None, shards: str | None
-               ) -> tuple[list[dict], list[dict], bool]:
-    """First pass: the ok rows' (shard, key, image_id, width, height), the failed rows, and
-    whether the SA-1B image ids can serve as COCO ids (all present and distinct)."""
+               ) -> tuple[list[dict], list[dict], bool, list[str] | None]:
+    """First pass: the ok rows' (shard, key, image_id, width, height), the failed rows,
+    whether the SA-1B image ids can serve as COCO ids (all present and distinct), and the
+    dataset's concept list (dataset_concepts)."""
     images, failed = [], []
+    concepts = ConceptList()
     cols = ("image_id", "key", "shard", "source_uri", "width", "height", "status", "error",
-            "image_sha256")
+            "image_sha256", "settings")
     for row in iter_rows(root, storage_options, shards, columns=cols):
+        concepts.add(row)
+        del row["settings"]  # the same text on every row: not kept per image
         if row["status"] == "ok":
             images.append(row)
         else:
             failed.append({k: row[k] for k in ("shard", "key", "error")})
     ids = [r["image_id"] for r in images]
     usable = all(i is not None for i in ids) and len(set(ids)) == len(ids)
-    return images, failed, usable
+    return images, failed, usable, concepts.concepts
 
 
 class Categories:
@@ -158,6 +205,12 @@ class Categories:
     def __init__(self) -> None:
         self.names: dict[int, str] = {}  # id -> name
         self.by_name: dict[str, int] = {}  # ids given to names without an id
+
+    def declare(self, concepts: list[str]) -> None:
+        """Name the ids 1..N after a concept list (a concept-label dataset's), so that every
+        concept is listed, also one without an annotation."""
+        for cid, name in enumerate(concepts, start=1):
+            self.id_of({"category_id": cid, "category": name})
 
     def id_of(self, ann: dict) -> int:
         """The category id of an annotation (see the module docstring)."""
@@ -176,6 +229,9 @@ class Categories:
         if known is not None and cid in self.by_name.values() and known != name:
             raise ValueError(f"expected category id {cid} for one category, got it for "
                              f"'{known}' (a name without an id) and for '{name}'")
+        if known is not None and name is not None and known != name:
+            raise ValueError(f"expected one name per category id, got '{known}' and "
+                             f"'{name}' for id {cid} (labels of two concept lists?)")
         self.names[cid] = name or known or str(cid)
         return cid
 
@@ -220,7 +276,7 @@ def export_coco(root: str, out: str, storage_options: dict | None = None,
     returns {"images", "annotations", "filtered", "failed"} (+ "image_files" with
     `images`)."""
     summary = {"filtered": 0}
-    rows, failed, sa1b_ids = _image_ids(root, storage_options, shards)
+    rows, failed, sa1b_ids, concepts = _image_ids(root, storage_options, shards)
     names = {} if images is None else copy_images(rows, images, storage_options,
                                                   out_storage_options)
     if images is not None:
@@ -231,6 +287,8 @@ def export_coco(root: str, out: str, storage_options: dict | None = None,
             "failed_images": failed}
     count = 0
     categories = Categories()
+    if concepts is not None:  # every concept of the job, under its stable id
+        categories.declare(concepts)
     with fsspec.open(out, "w", **(out_storage_options or {})) as f:
         f.write('{"info": ' + json.dumps(info) + ', "licenses": [], "images": [')
         for n, r in enumerate(rows):

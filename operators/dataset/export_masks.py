@@ -12,10 +12,13 @@ i counts the masks an image keeps (after the export filters) from 0, in dataset 
 without a prompt point (FastSAM's, a box prompt's) has empty point_input_x/y. The shard folder
 keeps keys of different shards apart (amg.py has one input folder); shard and key are made
 safe file names (`export.safe_relpath`) and two images that would share a folder are refused.
+A concept-label dataset (export.dataset_concepts) has two more columns at the end,
+`category_id,category` (the name quoted as CSV quotes it when it needs to be).
 """
 
 from __future__ import annotations
 
+import csv
 import io
 
 import fsspec
@@ -23,13 +26,14 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from .export import safe_relpath
+from .export import dataset_concepts, safe_relpath
 from .export_filter import NO_FILTER, AnnotationFilter
 from .export_images import copy_dataset_images
 from .maskset import iter_rows
 
 METADATA_HEADER = ("id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,"
                    "predicted_iou,stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h")
+CATEGORY_COLUMNS = ",category_id,category"  # concept labels: appended to the header and rows
 
 
 def mask_png(segmentation: dict) -> bytes:
@@ -49,6 +53,15 @@ def metadata_row(i: int, ann: dict) -> str:
     return ",".join(str(v) for v in values)
 
 
+def category_cells(ann: dict) -> str:
+    """`,category_id,category` of a concept label's metadata row (empty cells where none)."""
+    buf = io.StringIO()
+    cid = ann.get("category_id")
+    csv.writer(buf, lineterminator="").writerow(["" if cid is None else cid,
+                                                 ann.get("category") or ""])
+    return "," + buf.getvalue()
+
+
 def export_masks(root: str, out: str, storage_options: dict | None = None,
                  out_storage_options: dict | None = None, shards: str | None = None,
                  keep: AnnotationFilter = NO_FILTER, images: str | None = None) -> dict:
@@ -61,6 +74,7 @@ def export_masks(root: str, out: str, storage_options: dict | None = None,
         summary["image_files"] = len(copy_dataset_images(root, images, storage_options,
                                                          out_storage_options, shards))
     written: dict[str, tuple[str, str]] = {}  # relative folder -> (shard, key)
+    with_category = dataset_concepts(root, storage_options, shards) is not None
     for row in iter_rows(root, storage_options, shards):
         if row["status"] != "ok":
             summary["failed"].append({k: row[k] for k in ("shard", "key", "error")})
@@ -74,10 +88,10 @@ def export_masks(root: str, out: str, storage_options: dict | None = None,
         folder = f"{base}/{rel}"
         fs.makedirs(folder, exist_ok=True)
         anns = keep.apply(row["annotations"], row["width"], row["height"])
-        lines = [METADATA_HEADER]
+        lines = [METADATA_HEADER + (CATEGORY_COLUMNS if with_category else "")]
         for i, ann in enumerate(anns):
             fs.pipe_file(f"{folder}/{i}.png", mask_png(ann["segmentation"]))
-            lines.append(metadata_row(i, ann))
+            lines.append(metadata_row(i, ann) + (category_cells(ann) if with_category else ""))
         fs.pipe_file(f"{folder}/metadata.csv", "\n".join(lines).encode())
         summary["images"] += 1
         summary["annotations"] += len(anns)

@@ -14,7 +14,10 @@ its area is the piece's pixel count, holes filled), its vertices divided by the 
 and height (0..1, 6 decimals). Classes: the categories the labels carry (`category_id`,
 `category`, as a `samdata segment` dataset has them; COCO export's ids) numbered 0.. in order
 of first appearance; masks without one are the class "object" (an auto-label dataset has that
-one class, 0). An image without masks gets an empty label file (a background image).
+one class, 0). A concept-label dataset (its rows declare the job's concept list,
+export.dataset_concepts) has class = category_id - 1 and `names` the whole list, the same
+classes in every export of the job. An image without masks gets an empty label file (a
+background image).
 
 The summary counts `skipped` masks (no pixels: no polygon) and `multi_part` masks (more than
 one piece: only the largest is written), beside images, annotations (lines), filtered and
@@ -29,7 +32,7 @@ import fsspec
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .export import Categories, safe_relpath
+from .export import Categories, dataset_concepts, safe_relpath
 from .export_filter import NO_FILTER, AnnotationFilter
 from .export_images import copy_dataset_images
 from .export_polygon import mask_polygon
@@ -92,6 +95,10 @@ def export_yolo(root: str, out: str, storage_options: dict | None = None,
     summary = {"images": 0, "annotations": 0, "skipped": 0, "multi_part": 0, "filtered": 0,
                "failed": [], "image_files": len(names)}
     categories, index_of = Categories(), {}  # category id -> class index
+    concepts = dataset_concepts(root, storage_options, shards)
+    if concepts is not None:  # concept labels: class = category_id - 1, every concept named
+        categories.declare(concepts)
+        index_of = {cid: cid - 1 for cid in range(1, len(concepts) + 1)}
     made: set[str] = set()
     # Labels: one text file per image, one polygon line per mask
     for row in iter_rows(root, storage_options, shards):
@@ -102,7 +109,11 @@ def export_yolo(root: str, out: str, storage_options: dict | None = None,
         summary["filtered"] += len(row["annotations"] or []) - len(anns)
         lines = []
         for ann in anns:
-            cls = index_of.setdefault(categories.id_of(ann), len(index_of))
+            cid = categories.id_of(ann)
+            if concepts is not None and cid not in index_of:
+                raise ValueError(f"expected category ids 1..{len(concepts)} (the dataset's "
+                                 f"concepts), got {cid} in {row['shard']}/{row['key']}")
+            cls = index_of.setdefault(cid, len(index_of))
             line, pieces = polygon_line(ann["segmentation"], cls)
             if line is None:
                 summary["skipped"] += 1
@@ -119,7 +130,9 @@ def export_yolo(root: str, out: str, storage_options: dict | None = None,
         summary["images"] += 1
         summary["annotations"] += len(lines)
     # data.yaml: the dataset root, its image folder as train and val, the classes
-    classes = {i: categories.names[cid] for cid, i in index_of.items()} or {0: "object"}
+    classes = {i: categories.names[cid] for cid, i in sorted(index_of.items(),
+                                                              key=lambda kv: kv[1])} or \
+        {0: "object"}
     data = {"path": _root_for_yaml(out, fs, base), "train": "images", "val": "images",
             "nc": len(classes), "names": classes}
     fs.pipe_file(f"{base}/data.yaml", yaml.safe_dump(data, sort_keys=False).encode())

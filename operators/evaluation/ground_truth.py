@@ -78,13 +78,15 @@ def parse_instances(annotations: Sequence[Mapping], what: str) -> list[dict]:
 
 
 class CocoGroundTruth:
-    """ground_truth.source coco: the instances of a COCO JSON, by sample key."""
+    """ground_truth.source coco: the instances of a COCO JSON, by sample key; `annotations`:
+    the file's raw annotations per image (row of `images`), `categories` its categories."""
 
     needs_annotations = False
 
     def __init__(self, path: str, storage_options: dict | None = None) -> None:
         coco = CocoInstances(path, storage_options)
         self.images, self.index, self.path = coco.images, coco.index, path
+        self.categories: list[dict] = list(coco.data.get("categories") or [])
         self.annotations: list[list[dict]] = [[] for _ in self.images]
         for ann in coco.data["annotations"]:
             if ann.get("image_id") in coco.row_of:

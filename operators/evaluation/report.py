@@ -8,8 +8,10 @@ Pillow; matplotlib is not a dependency).
   boxes (buckets by ground-truth area); "agreement_points": on the seeded points (buckets by
   the reference mask's area).
 - "proposals": `average_recall(...)` (AR@10, AR@100, AR@1000, AR_small/medium/large@1000).
-mIoU summaries are already x100; AR values are COCOeval's [0, 1] and are shown x100, so that
-every number reads like the papers' tables.
+- "concepts": {"box": ..., "mask": ...}, each `concepts.average_precision(...)` (AP, AP50,
+  AP75, AP_small/medium/large and "per_category": {name: AP}).
+mIoU summaries are already x100; AR and AP values are COCOeval's [0, 1] and are shown x100,
+so that every number reads like the papers' tables.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .concepts import AP_KEYS
 from .metrics import BUCKETS
 from .proposals import AR_KEYS, MAX_DETS
 
@@ -30,6 +33,9 @@ CHART_SIZE_LABELS = {"all": "all", "small": "small\n<=1024", "medium": "medium",
                      "large": "large\n>=9216"}  # lines of the chart's x tick labels
 AR_LABELS = {"AR@10": "AR@10", "AR@100": "AR@100", "AR@1000": "AR@1000",
              "AR_small@1000": "AR S", "AR_medium@1000": "AR M", "AR_large@1000": "AR L"}
+AP_LABELS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "AP_small": "AP S",
+             "AP_medium": "AP M", "AP_large": "AP L"}
+CONCEPT_KINDS = {"box": "Box", "mask": "Mask"}  # concepts: result key -> header word
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")
 CHART_SIZE = (1500, 560)  # width, height in pixels
@@ -67,7 +73,36 @@ def table_columns(results: Results) -> list[Column]:
         columns.append(("Agreement mIoU (points)", _get("agreement_points", "miou_all")))
     if any("proposals" in m for m in results.values()):
         columns += [(AR_LABELS[k], _get("proposals", k, scale=100.0)) for k in AR_KEYS]
+    if any("concepts" in m for m in results.values()):
+        columns += [(f"{word} {AP_LABELS[k]}", _get("concepts", kind, k, scale=100.0))
+                    for kind, word in CONCEPT_KINDS.items() for k in AP_KEYS]
     return columns
+
+
+def category_table(results: Results, digits: int = 1) -> str:
+    """The concepts protocol's AP per category as a Markdown table: one row per ground-truth
+    category any model row evaluated (in order of first appearance), a box and a mask AP
+    column (x100) per model row; "-" where a row did not evaluate the category or it has no
+    ground truth. "" when no row has concepts results."""
+    rows = {name: m["concepts"] for name, m in results.items() if "concepts" in m}
+    if not rows:
+        return ""
+    categories: dict[str, None] = {}
+    for parts in rows.values():
+        for kind in CONCEPT_KINDS:
+            categories.update(dict.fromkeys(parts.get(kind, {}).get("per_category", {})))
+    header = ["Category"] + [f"{name} {word} AP" for name in rows
+                             for word in CONCEPT_KINDS.values()]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
+    for cat in categories:
+        cells = [cat]
+        for parts in rows.values():
+            for kind in CONCEPT_KINDS:
+                value = parts.get(kind, {}).get("per_category", {}).get(cat)
+                cells.append("-" if value is None else f"{100.0 * value:.{digits}f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(results: Results, digits: int = 1) -> str:
@@ -193,11 +228,14 @@ def _legend(draw: ImageDraw.ImageDraw, names: Sequence[str], y: int, width: int)
 
 def chart_panels(results: Results) -> list[str]:
     """The panels of a chart, a panel per protocol that ran (a box report has no empty click
-    and AR panels): "sized" (box or agreement mIoU by size), "clicks", "proposals"."""
+    and AR panels): "sized" (box or agreement mIoU by size), "clicks", "proposals", and
+    "concepts_box" / "concepts_mask" (AP of concept labels)."""
     ran = {part for m in results.values() for part in m}
     panels = [name for name, parts in (("sized", {"box", "agreement", "agreement_points"}),
                                         ("clicks", {"clicks"}),
                                         ("proposals", {"proposals"})) if ran & parts]
+    if "concepts" in ran:
+        panels += ["concepts_box", "concepts_mask"]
     return panels or ["sized"]
 
 
@@ -248,6 +286,15 @@ def render_chart(results: Results, size: tuple[int, int] = CHART_SIZE) -> Image.
         series = [(c, [_get("proposals", k, scale=100.0)(m) for k in AR_KEYS[:3]])
                   for c, m in zip(colours, models, strict=True)]
         _draw_or_say(panel, series, panel.lines)
+
+    for kind, word in CONCEPT_KINDS.items():
+        if f"concepts_{kind}" in boxes:
+            panel = _Panel(draw, boxes[f"concepts_{kind}"], f"Concept labels: {word.lower()} AP",
+                           [AP_LABELS[k] for k in AP_KEYS], "COCOeval, by category", "AP")
+            panel.axes()
+            series = [(c, [_get("concepts", kind, k, scale=100.0)(m) for k in AP_KEYS])
+                      for c, m in zip(colours, models, strict=True)]
+            _draw_or_say(panel, series, panel.bars)
     return image
 
 
