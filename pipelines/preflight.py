@@ -7,7 +7,9 @@ in one line within seconds instead of a traceback minutes later (`PreflightError
   the output's identity;
 - the input: reachable and listing at least one shard (S3: credentials and endpoint answer,
   probed with short timeouts and one attempt);
-- the output: writable (a probe file written and removed).
+- the output: writable (a probe file written and removed);
+- a concept model's (SAM 3) vocabulary file: there and of the official format, of the size of
+  the checkpoint's token table when a checkpoint is given; its concept list, when a file.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Any
 
 import fsspec
 
+from models import ConceptModel, model_kind
 from models.checkpoint import CheckpointError, read_checkpoint, unwrap_state_dict
 from models.registry import OFFICIAL_CHECKPOINTS
-from operators.config import StorageConfig
+from operators.config import ModelConfig, StorageConfig, parse_concepts_file
 from operators.shards.layout import meta_root
 from operators.shards.listing import list_shards
 from operators.shards.prepare import model_skeleton
@@ -143,10 +146,48 @@ def preflight_evaluate(cfg: Any) -> None:
         check_input(cfg.input.urls, cfg.input.shards, cfg.input.limit, cfg.storage)
 
 
+def check_vocabulary(model: ModelConfig, storage: StorageConfig) -> None:
+    """A concept model's vocabulary: readable, of the official format, and (with a checkpoint)
+    holding exactly as many tokens as the model's token table: another vocabulary would map
+    the concepts to other tokens and label the wrong thing without a sign."""
+    from models.sam3.tokenizer import Tokenizer
+    from operators.runtime.device import local_copy, vocabulary_of
+
+    try:
+        path = vocabulary_of(model)
+        tokenizer = Tokenizer(local_copy(path, probe_options(storage)))
+    except (OSError, ValueError) as e:
+        msg = str(e).removeprefix("model.vocabulary: ")
+        raise PreflightError(f"model.vocabulary: {msg}") from e
+    rows = model_skeleton(model.name).vocab_size
+    if model.checkpoint and tokenizer.vocab_size != rows:
+        raise PreflightError(f"model.vocabulary: expected the official vocabulary of "
+                             f"{model.name} ({rows} tokens, {ModelConfig.VOCABULARY_FILE}), "
+                             f"got {tokenizer.vocab_size} tokens in '{path}'")
+
+
+def resolve_concepts(concepts: list[str] | str, storage: StorageConfig) -> list[str]:
+    """prompts.concepts -> the names: the list itself, or the lines of the file it names."""
+    if isinstance(concepts, list):
+        return concepts
+    try:
+        with fsspec.open(concepts, "rt", encoding="utf-8", **probe_options(storage)) as f:
+            text = f.read()
+    except Exception as e:  # noqa: BLE001 - one line, naming the field
+        raise PreflightError(f"prompts.concepts: cannot read the concepts file '{concepts}': "
+                             f"{e}") from e
+    try:
+        return parse_concepts_file(text)
+    except ValueError as e:
+        raise PreflightError(f"prompts.concepts: '{concepts}': {e}") from e
+
+
 def preflight_job(cfg: Any) -> str | None:
     """Every check of a sharded job (embed, autolabel, segment) before Ray starts; returns the
     checkpoint's sha256 (None for random weights)."""
     digest = check_checkpoint(cfg.model.name, cfg.model.checkpoint, cfg.model.sha256)
+    if model_kind(cfg.model.name) is ConceptModel:
+        check_vocabulary(cfg.model, cfg.storage)
     check_input(cfg.input.urls, cfg.input.shards, cfg.input.limit, cfg.storage)
     check_output(cfg.output.path, cfg.storage)
     return digest

@@ -68,13 +68,15 @@ class Sam3DualViTDetNeck(nn.Module):
         maps = [level(x) for level in convs]
         return maps, [self.position_encoding(m).to(m.dtype) for m in maps]
 
-    def forward(self, tensor_list: torch.Tensor) -> tuple[
+    def forward(self, tensor_list: torch.Tensor, with_sam2: bool = True) -> tuple[
             list[torch.Tensor], list[torch.Tensor],
             list[torch.Tensor] | None, list[torch.Tensor] | None]:
+        """with_sam2 False: the SAM 2 branch is not computed (None, None), as without it:
+        concept detection never reads it, and its 4x level costs as much as the main one's."""
         x = self.trunk(tensor_list)[-1]  # (B, C, S/p, S/p)
         sam3_out, sam3_pos = self._pyramid(self.convs, x)
         sam2_out = sam2_pos = None
-        if self.sam2_convs is not None:
+        if self.sam2_convs is not None and with_sam2:
             sam2_out, sam2_pos = self._pyramid(self.sam2_convs, x)
         return sam3_out, sam3_pos, sam2_out, sam2_pos
 
