@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .boxes import box_cxcywh_to_xyxy
 from .roi_align import roi_align
 
 NUM_LABELS = 2  # negative (0) and positive (1)
@@ -133,12 +134,6 @@ class Prompt:
             self.point_embeddings, self.point_mask, points, mask)
 
 
-def _cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    """...x4 (cx, cy, w, h) -> ...x4 (x0, y0, x1, y1)."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
-
-
 class SequenceGeometryEncoder(nn.Module):
     """Boxes and points of B prompts -> prompt tokens (with a CLS token) that have attended to
     the image.
@@ -199,7 +194,7 @@ class SequenceGeometryEncoder(nn.Module):
         h, w = feat_map.shape[-2:]
         embed = self.boxes_direct_project(boxes)
         scale = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
-        xyxy = (_cxcywh_to_xyxy(boxes) * scale).float()  # in map cells
+        xyxy = (box_cxcywh_to_xyxy(boxes) * scale).float()  # in map cells
         pooled = roi_align(feat_map, list(xyxy.transpose(0, 1).unbind(0)), self.roi_size)
         pooled = self.boxes_pool_project(pooled).view(b, n, self.d_model).transpose(0, 1)
         embed = embed + pooled

@@ -6,8 +6,8 @@ Reduced width (C 32) on the image model's three maps (4x, 2x, 1x a 4x3 token gri
 two images (in swapped order) and two prompts of one image (its maps broadcast), padded
 prompts; the pixel decoder alone on four maps (all three stages). The full size (C 256, maps
 288, 144 and 72 of a 1008 input, 200 queries) once, slow. Mask and semantic logits to 1e-4
-relative (max abs difference over max abs value). The attention and query MLP are the
-official modules in both (ours are injected)."""
+relative (max abs difference over max abs value). Ours is built of our attention and MLP
+(models/sam3/attention.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import types
 import pytest
 import torch
 
+from models.sam3.attention import MLP, MultiheadAttention
 from models.sam3.segmentation import MaskPredictor, PixelDecoder, UniversalSegmentationHead
 from tests.models.common import manifest
 
@@ -60,12 +61,11 @@ def _official(off, hidden_dim: int, num_heads: int) -> torch.nn.Module:
             pixel_decoder=decoder).eval()
 
 
-def _ours(off, hidden_dim: int, num_heads: int) -> UniversalSegmentationHead:
-    attn = off.misc.MultiheadAttentionWrapper(num_heads=num_heads, dropout=0,
-                                              embed_dim=hidden_dim)
-    mlp = off.misc.MLP(hidden_dim, hidden_dim, hidden_dim, 3)
-    return UniversalSegmentationHead(hidden_dim, PixelDecoder(hidden_dim, 3),
-                                     MaskPredictor(mlp), attn).eval()
+def _ours(hidden_dim: int, num_heads: int) -> UniversalSegmentationHead:
+    return UniversalSegmentationHead(
+        hidden_dim, PixelDecoder(hidden_dim, 3),
+        MaskPredictor(MLP(hidden_dim, hidden_dim, hidden_dim, 3)),
+        MultiheadAttention(hidden_dim, num_heads)).eval()
 
 
 def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
@@ -78,7 +78,7 @@ def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
 def _pair(off, cfg: dict) -> tuple[torch.nn.Module, UniversalSegmentationHead]:
     official = _official(off, **cfg)
     _randomise(official)
-    ours = _ours(off, **cfg)
+    ours = _ours(**cfg)
     ours.load_state_dict(official.state_dict(), strict=True)
     return official, ours
 
@@ -156,8 +156,8 @@ def test_pixel_decoder_on_four_maps_matches_official(off):
         ours(feats + feats[-1:])
 
 
-def test_errors_say_what_was_expected(off):
-    predictor = MaskPredictor(off.misc.MLP(8, 8, 8, 3))
+def test_errors_say_what_was_expected():
+    predictor = MaskPredictor(MLP(8, 8, 8, 3))
     with pytest.raises(ValueError, match=r"expected queries BxQxC .* got \[2, 3, 5, 8\]"):
         predictor(torch.zeros(2, 3, 5, 8), torch.zeros(3, 8, 4, 4))
 
@@ -166,7 +166,7 @@ def test_full_size_keys_equal_official(off):
     """Our full-size head's state dict: the keys, shapes and dtypes of the official builder's
     and of `detector.segmentation_head.*` in the sam3.pt manifest, in order."""
     with torch.device("meta"):
-        ours = _ours(off, **FULL)
+        ours = _ours(**FULL)
     with off.cpu_only():
         official = off.builder._create_segmentation_head()
     entries = [(k, list(v.shape), v.dtype) for k, v in ours.state_dict().items()]
@@ -184,7 +184,7 @@ def test_full_size_matches_official(off):
     with off.cpu_only():
         official = off.builder._create_segmentation_head().eval()
     _randomise(official)
-    ours = _ours(off, **FULL)
+    ours = _ours(**FULL)
     ours.load_state_dict(official.state_dict(), strict=True)
     x = _inputs(1, 1, 256, 72, 72, queries=200, prompt_len=33)
     image_ids = torch.tensor([0])
