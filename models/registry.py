@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import efficient_sam, efficientvit, sam2, tiny_vit, yolov8_seg
+from . import efficient_sam, efficientvit, sam2, sam3, tiny_vit, yolov8_seg
 from .checkpoint import (
     load_state_dict_strict,
     read_checkpoint,
@@ -21,7 +21,13 @@ from .checkpoint import (
     unwrap_state_dict,
 )
 from .image_encoder import ImageEncoderViT
-from .protocols import HighResPromptableModel, ModelKind, OnePassModel, PromptableModel
+from .protocols import (
+    ConceptModel,
+    HighResPromptableModel,
+    ModelKind,
+    OnePassModel,
+    PromptableModel,
+)
 from .sam import Sam, build_sam
 
 
@@ -175,6 +181,9 @@ MODEL_REGISTRY: dict[str, ModelEntry] = {
     # SAM 2.1's {"model": sd} format; models/sam2/student.py)
     **_entries(sam2.STUDENT_BUILDERS, PromptableModel, {}),
     **_entries(yolov8_seg.BUILDERS, OnePassModel, yolov8_seg.OFFICIAL_FILES),
+    # SAM 3: concept prompts (text) -> every instance; the official file's tracker.* part is
+    # declared unused (models/sam3 TRACKER_PREFIXES)
+    **_entries(sam3.BUILDERS, ConceptModel, sam3.OFFICIAL_FILES),
 }
 
 # Official checkpoint file names, for messages and docs.

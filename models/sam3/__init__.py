@@ -11,3 +11,8 @@ that the official file loads unchanged. Modules, one job each:
   decoder with the presence token; `scoring`: dot-product scoring of queries against the prompt.
 - `geometry`: the box / point exemplar encoder; `segmentation`: the pixel decoder and mask head.
 """
+
+from .builders import BUILDERS, OFFICIAL_FILES
+from .model import TRACKER_PREFIXES, Detections, Sam3
+
+__all__ = ["BUILDERS", "OFFICIAL_FILES", "TRACKER_PREFIXES", "Detections", "Sam3"]

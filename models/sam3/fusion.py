@@ -49,15 +49,17 @@ class FusionEncoderLayer(nn.Module):
     forward(tgt BxNxC image tokens, memory BxSxC prompt tokens, tgt_key_padding_mask BxN or
     None, memory_key_padding_mask BxS bool or None (True: padding), query_pos BxNxC position
     of the image tokens, pos BxSxC or None position of the prompt) -> BxNxC, float32.
+    batch_first False: the same with every tensor sequence first (NxBxC, SxBxC), as the
+    geometry encoder calls its copies of this layer.
     """
 
     def __init__(self, d_model: int, num_heads: int, dim_feedforward: int,
                  activation: str = "relu", pos_enc_at_attn: bool = True,
                  pos_enc_at_cross_attn_queries: bool = False,
-                 pos_enc_at_cross_attn_keys: bool = False) -> None:
+                 pos_enc_at_cross_attn_keys: bool = False, batch_first: bool = True) -> None:
         super().__init__()
-        self.self_attn = MultiheadAttention(d_model, num_heads, batch_first=True)
-        self.cross_attn_image = MultiheadAttention(d_model, num_heads, batch_first=True)
+        self.self_attn = MultiheadAttention(d_model, num_heads, batch_first=batch_first)
+        self.cross_attn_image = MultiheadAttention(d_model, num_heads, batch_first=batch_first)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)

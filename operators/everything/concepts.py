@@ -100,7 +100,7 @@ class ConceptGenerator:
         """One pair's instances -> annotations; full-size masks a chunk at a time on the
         device, run-length encoded there (only change points, areas and boxes come back)."""
         h, w = image.shape[:2]
-        keep = torch.flatnonzero(found.scores[pair] > self.score_threshold)  # query order
+        keep = torch.nonzero(found.scores[pair] > self.score_threshold).flatten()  # query order
         if not len(keep):
             return []
         scores = found.scores[pair][keep]

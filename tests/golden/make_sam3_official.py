@@ -15,7 +15,10 @@ met here:
   plain-loop reference written for the tests from torchvision's definition (bilinear samples
   per bin, `sampling_ratio=-1` -> ceil(roi size / bins), `aligned` shifts by half a pixel),
   independent of models/sam3; `transforms.v2` for `Sam3Processor`: uint8 CxHxW -> bilinear
-  antialiased resize -> float / 255 -> (x - mean) / std.
+  antialiased resize in float, rounded back to uint8 (what torchvision does on a GPU, where the
+  official processor runs, and on CPUs whose capability string lacks "AVX2", AVX512 ones
+  included; only AVX2 CPUs take its native uint8 kernel, at most one level apart) -> float /
+  255 -> (x - mean) / std.
 - triton (the video model's kernels, imported by `model_builder`): decorators that return the
   function (never run).
 - CUDA: the official decoder and position encoding build caches with `device="cuda"` and the
@@ -305,6 +308,7 @@ def _shim() -> None:
         _shim_torchvision()  # the SAM 1 stand-in (box ops, PIL resize), where it is missing
         _stub("torchvision.ops", roi_align=roi_align)
         _stub("torchvision.ops.roi_align", RoIAlign=_RoIAlign, roi_align=roi_align)
+        sys.modules["torchvision.ops"].roi_align = roi_align  # the function, as torchvision's
         _stub("torchvision.transforms.v2", Compose=_Compose, ToDtype=_ToDtype, Resize=_Resize,
               Normalize=_Normalize)
         _stub("torchvision.transforms.v2.functional", to_image=_to_image)
@@ -353,3 +357,94 @@ def official(module: str) -> types.ModuleType:
     official_sam3_package()
     with cpu_only():
         return importlib.import_module(module)
+
+
+def official_sam3(bpe_path: str, tiny: bool = False) -> torch.nn.Module:
+    """The official `Sam3Image` composed as `build_sam3_image_model` does (vision neck with its
+    SAM 2 branch, as the released file's detector part), random init, eval mode; tiny: the
+    sizes of registry model `sam3_tiny_test` (models/sam3/builders.py), else full size."""
+    mb = official("sam3.model_builder")
+    if not tiny:
+        from tests.golden.make_sam3_manifest import official_detector
+
+        return official_detector(bpe_path)
+    vitdet, necks, pe = (official(f"sam3.model.{m}") for m in ("vitdet", "necks",
+                                                                 "position_encoding"))
+    text_ve, tok, enc, dec = (official(f"sam3.model.{m}") for m in (
+        "text_encoder_ve", "tokenizer_ve", "encoder", "decoder"))
+    geo, seg, misc, vl = (official(f"sam3.model.{m}") for m in (
+        "geometry_encoders", "maskformer_segmentation", "model_misc", "vl_combiner"))
+    d, heads, ffn = 32, 4, 64
+
+    def attention(batch_first: bool = False, dropout: float = 0.1):
+        return misc.MultiheadAttentionWrapper(num_heads=heads, dropout=dropout, embed_dim=d,
+                                              batch_first=batch_first)
+
+    with cpu_only():
+        trunk = vitdet.ViT(
+            img_size=168, pretrain_img_size=112, patch_size=14, embed_dim=64, depth=4,
+            num_heads=4, mlp_ratio=4.625, norm_layer="LayerNorm", drop_path_rate=0.1,
+            qkv_bias=True, use_abs_pos=True, tile_abs_pos=True, global_att_blocks=(1, 3),
+            rel_pos_blocks=(), use_rope=True, use_interp_rope=True, window_size=8,
+            pretrain_use_cls_token=True, retain_cls_token=False, ln_pre=True, ln_post=False,
+            return_interm_layers=False, bias_patch_embed=False)
+        position = pe.PositionEmbeddingSine(num_pos_feats=d, normalize=True, scale=None,
+                                            temperature=10000)
+        neck = necks.Sam3DualViTDetNeck(position_encoding=position, d_model=d,
+                                        scale_factors=[4.0, 2.0, 1.0, 0.5], trunk=trunk,
+                                        add_sam2_neck=True)
+        text = text_ve.VETextEncoder(tokenizer=tok.SimpleTokenizer(bpe_path=bpe_path),
+                                     d_model=d, width=64, heads=4, layers=2,
+                                     vocab_size=1024)
+        backbone = vl.SAM3VLBackbone(visual=neck, text=text, scalp=1)
+        enc_layer = enc.TransformerEncoderLayer(
+            activation="relu", d_model=d, dim_feedforward=ffn, dropout=0.1,
+            pos_enc_at_attn=True, pos_enc_at_cross_attn_keys=False,
+            pos_enc_at_cross_attn_queries=False, pre_norm=True,
+            self_attention=attention(batch_first=True),
+            cross_attention=attention(batch_first=True))
+        encoder = enc.TransformerEncoderFusion(
+            layer=enc_layer, num_layers=2, d_model=d, num_feature_levels=1, frozen=False,
+            use_act_checkpoint=False, add_pooled_text_to_img_feat=False,
+            pool_text_with_mask=True)
+        dec_layer = dec.TransformerDecoderLayer(
+            activation="relu", d_model=d, dim_feedforward=ffn, dropout=0.1,
+            cross_attention=attention(), n_heads=heads, use_text_cross_attention=True)
+        decoder = dec.TransformerDecoder(
+            layer=dec_layer, num_layers=2, num_queries=20, return_intermediate=True,
+            box_refine=True, num_o2m_queries=0, dac=True, boxRPB="log", d_model=d,
+            frozen=False, interaction_layer=None, dac_use_selfatt_ln=True, resolution=168,
+            stride=14, use_act_checkpoint=False, presence_token=True)
+        transformer = misc.TransformerWrapper(encoder=encoder, decoder=decoder, d_model=d)
+        scoring = misc.DotProductScoring(d_model=d, d_proj=d, prompt_mlp=misc.MLP(
+            input_dim=d, hidden_dim=ffn, output_dim=d, num_layers=2, dropout=0.1,
+            residual=True, out_norm=torch.nn.LayerNorm(d)))
+        head = seg.UniversalSegmentationHead(
+            hidden_dim=d, upsampling_stages=3, aux_masks=False, presence_head=False,
+            dot_product_scorer=None, act_ckpt=False,
+            cross_attend_prompt=attention(dropout=0.0),
+            pixel_decoder=seg.PixelDecoder(num_upsampling_stages=3,
+                                           interpolation_mode="nearest", hidden_dim=d))
+        geo_layer = enc.TransformerEncoderLayer(
+            activation="relu", d_model=d, dim_feedforward=ffn, dropout=0.1,
+            pos_enc_at_attn=False, pre_norm=True, self_attention=attention(),
+            pos_enc_at_cross_attn_queries=False, pos_enc_at_cross_attn_keys=True,
+            cross_attention=attention())
+        geometry = geo.SequenceGeometryEncoder(
+            pos_enc=pe.PositionEmbeddingSine(num_pos_feats=d, normalize=True, scale=None,
+                                             temperature=10000),
+            encode_boxes_as_points=False, points_direct_project=True, points_pool=True,
+            points_pos_enc=True, boxes_direct_project=True, boxes_pool=True,
+            boxes_pos_enc=True, d_model=d, num_layers=1, layer=geo_layer,
+            use_act_ckpt=False, add_cls=True, add_post_encode_proj=True)
+        model = mb._create_sam3_model(backbone, transformer, geometry, head, scoring, None,
+                                      True)
+    return model.eval()
+
+
+def official_processor(model: torch.nn.Module, resolution: int):
+    """The official `Sam3Processor` (set_image / set_text_prompt) on `model`, on the CPU."""
+    processor_module = official("sam3.model.sam3_image_processor")
+    with cpu_only():
+        return processor_module.Sam3Processor(model, resolution=resolution, device="cpu",
+                                              confidence_threshold=0.5)
