@@ -140,8 +140,10 @@ class SequenceGeometryEncoder(nn.Module):
 
     d_model: C. pos_enc: the sine encoding of normalised coordinates (C/2 channels per axis),
     with `encode_xy(x N, y N) -> (NxC/2, NxC/2)` and `encode_boxes(cx, cy, w, h each N) ->
-    Nx(C+2)`. layer: one transformer layer, copied `num_layers` times, called as
-    (tgt=, memory=, tgt_key_padding_mask=, pos=). roi_size: RoIAlign bins per box side.
+    Nx(C+2)`. layer: one sequence-first transformer layer (`fusion.FusionEncoderLayer` with
+    batch_first=False, no position at self-attention, position at the image keys), copied
+    `num_layers` times, called as (tgt=, memory=, tgt_key_padding_mask=, pos=).
+    roi_size: RoIAlign bins per box side.
 
     forward(geo_prompt, img_feats, img_sizes, img_pos_embeds=None):
     - geo_prompt: a `Prompt` of B prompts (Np points, Nb boxes, either may be 0).

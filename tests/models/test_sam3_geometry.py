@@ -4,8 +4,8 @@ official `SequenceGeometryEncoder` (PyPI sam3 0.1.4) on the same seeded random w
 Reduced width (C 32, a 6x5 map, batch 2) for the empty prompt (the text-only path: the CLS
 token alone, which still attends to the image), one box, and two boxes plus a point with
 padding and negative labels; the full-size encoder (C 256, 72x72 map) once, slow. Tokens and
-masks to 1e-4 relative (max abs difference over max abs value), padding rows included. The
-transformer layer is the official `TransformerEncoderLayer` in both (ours is injected).
+masks to 1e-4 relative (max abs difference over max abs value), padding rows included. Ours
+is built of our layer, attention and position encoding (fusion.py, attention.py, position.py).
 RoIAlign against the tests' plain-loop reference of torchvision's definition."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import types
 import pytest
 import torch
 
+from models.sam3.fusion import FusionEncoderLayer
 from models.sam3.geometry import Prompt, SequenceGeometryEncoder, concat_padded
 from models.sam3.position import PositionEmbeddingSine
 from models.sam3.roi_align import roi_align
@@ -75,9 +76,12 @@ def _official(off, cfg: dict) -> torch.nn.Module:
             add_cls=True, add_post_encode_proj=True).eval()
 
 
-def _ours(off, cfg: dict) -> SequenceGeometryEncoder:
-    return SequenceGeometryEncoder(cfg["d_model"], PositionEmbeddingSine(cfg["d_model"]),
-                                   _layer(off, **cfg), cfg["num_layers"]).eval()
+def _ours(cfg: dict) -> SequenceGeometryEncoder:
+    layer = FusionEncoderLayer(cfg["d_model"], cfg["num_heads"], cfg["dim_feedforward"],
+                               pos_enc_at_attn=False, pos_enc_at_cross_attn_keys=True,
+                               batch_first=False)
+    return SequenceGeometryEncoder(cfg["d_model"], PositionEmbeddingSine(cfg["d_model"]), layer,
+                                   cfg["num_layers"]).eval()
 
 
 def _pair(off, cfg: dict, seed: int = 0) -> tuple[torch.nn.Module, SequenceGeometryEncoder]:
@@ -87,7 +91,7 @@ def _pair(off, cfg: dict, seed: int = 0) -> tuple[torch.nn.Module, SequenceGeome
     with torch.no_grad():
         for p in official.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * _std(p))
-    ours = _ours(off, cfg)
+    ours = _ours(cfg)
     ours.load_state_dict(official.state_dict(), strict=True)
     return official, ours
 
@@ -203,7 +207,7 @@ def test_full_size_keys_equal_official(off):
     """Our full-size encoder's state dict: the keys, shapes and dtypes of the official builder's
     and of `detector.geometry_encoder.*` in the sam3.pt manifest, in order."""
     with torch.device("meta"):
-        ours = _ours(off, FULL)
+        ours = _ours(FULL)
     with off.cpu_only():
         official = off.builder._create_geometry_encoder()
     entries = [(k, list(v.shape), v.dtype) for k, v in ours.state_dict().items()]
@@ -223,7 +227,7 @@ def test_full_size_matches_official(off):
     with torch.no_grad():
         for p in official.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * _std(p))
-    ours = _ours(off, FULL)
+    ours = _ours(FULL)
     ours.load_state_dict(official.state_dict(), strict=True)
     feats, pos = _image(2, 72, 72, FULL["d_model"])
     for name, prompt in PROMPTS.items():
