@@ -1,16 +1,32 @@
-"""`samdata autolabel`: image shards -> everything-mode masks (SA-1B annotations) as Parquet."""
+"""`samdata autolabel`: image shards -> masks (SA-1B annotations) as Parquet: everything mode
+(class-agnostic), or with a concept model (SAM 3) every instance of each named concept."""
 
 from __future__ import annotations
 
-from models import OnePassModel, model_kind
-from operators.everything.labeler import AutoLabeler
+from models import ConceptModel, OnePassModel, model_kind
+from operators.everything.labeler import AutoLabeler, concept_settings
 
 from .config import AutolabelConfig
+from .preflight import resolve_concepts
 from .runner import Job, RunSummary, run_sharded
 
 
 def run_autolabel(cfg: AutolabelConfig, overwrite: bool = False) -> RunSummary:
     """Read shards (original images) -> generate masks on the actor pool -> write Parquet."""
+    if model_kind(cfg.model.name) is ConceptModel:
+        # The concept list, read before Ray starts when it is a file; the output's identity
+        # and every row's settings name it, so a rerun with other concepts is refused
+        concepts = resolve_concepts(cfg.prompts.concepts, cfg.storage)
+        job = Job(
+            name="autolabel",
+            actor=AutoLabeler,
+            actor_kwargs=dict(model=cfg.model, generator=cfg.generator, prompts=cfg.prompts,
+                              concepts=concepts),
+            read_mode="original",  # labels at the original size, as everything mode
+            table="concepts",
+            settings={"prompts": concept_settings(cfg.prompts, concepts)},
+        )
+        return run_sharded(cfg, job, overwrite)
     job = Job(
         name="autolabel",
         actor=AutoLabeler,
