@@ -58,6 +58,18 @@ class JobConfig(Strict):
     storage: StorageConfig = StorageConfig()
 
 
+def refuse_concept_model(model: ModelConfig, field: str, job: str) -> ModelConfig:
+    """`model` unless it is a concept model (SAM 3), which takes text, not one box or point
+    per mask: its SAM-1-style interactive head (the tracker part of sam3.pt) is not built."""
+    if model_kind(model.name) is ConceptModel:
+        usable = [n for n in models_of_kind(PromptableModel) + models_of_kind(OnePassModel)]
+        raise ValueError(
+            f"{field}: expected a model that takes box or point prompts for {job} "
+            f"({', '.join(usable[:6])}, ...), got '{model.name}', a concept model (use "
+            f"`samdata autolabel` with prompts.concepts; its interactive head is not built)")
+    return model
+
+
 def embedding_models() -> list[str]:
     """Registry models that have an image embedding (the promptable ones)."""
     return models_of_kind(PromptableModel)
@@ -115,6 +127,11 @@ class SegmentConfig(JobConfig):
     output: MaskOutputConfig
     prompts: PromptsConfig = PromptsConfig()
     generator: GeneratorConfig = GeneratorConfig()
+
+    @field_validator("model")
+    @classmethod
+    def _prompted_model(cls, v: ModelConfig) -> ModelConfig:
+        return refuse_concept_model(v, "name", "segment")
 
     @field_validator("prompts")
     @classmethod
@@ -178,6 +195,10 @@ class EvaluateConfig(Strict):
         if self.input is None:
             raise ValueError(f"input: expected the corpus to evaluate on ({self.protocol}), "
                              f"got none")
+        for n, m in enumerate(self.models):
+            refuse_concept_model(m, f"models[{n}].name", f"evaluate {self.protocol}")
+        if self.reference is not None:
+            refuse_concept_model(self.reference, "reference.name", f"evaluate {self.protocol}")
         if not self.models:
             raise ValueError(f"models: expected at least one model for {self.protocol}, got "
                              f"none")
