@@ -276,22 +276,19 @@ def _shim() -> None:
               if _is_absent(root)}
     if absent and not any(isinstance(f, _AutoFinder) for f in sys.meta_path):
         sys.meta_path.append(_AutoFinder(absent))
+    for name, module in list(sys.modules.items()):  # earlier stand-ins (bench/official.py's
+        if name.split(".")[0] in absent and not hasattr(module, "__path__"):  # torchvision)
+            module.__path__ = []  # are made packages, so that their submodules import
     if "timm" in absent:
         _stub("timm")
         _stub("timm.layers", DropPath=_DropPath, Mlp=_Mlp, trunc_normal_=nn.init.trunc_normal_)
-    try:
-        import iopath  # noqa: F401
-    except ImportError:
+    if _is_absent("iopath"):  # also over make_sam2_official.py's never-called stand-in
         _stub("iopath")
         _stub("iopath.common")
         _stub("iopath.common.file_io", g_pathmgr=types.SimpleNamespace(open=open))
-    try:
-        import huggingface_hub  # noqa: F401
-    except ImportError:
+    if _is_absent("huggingface_hub"):
         _stub("huggingface_hub", hf_hub_download=_unavailable("hf_hub_download"))
-    try:
-        import pkg_resources  # noqa: F401
-    except ImportError:
+    if _is_absent("pkg_resources"):
         def resource_filename(package: str, resource: str) -> str:
             spec = importlib.util.find_spec(package)
             return os.path.join(os.path.dirname(spec.origin), resource)
