@@ -320,11 +320,12 @@ class EfficientViTLargeBackbone(nn.Module):
 
 
 class SamNeck(nn.Module):
-    """Stage features -> Bx`out_dim`x64x64 (before the final LayerNorm).
+    """Stage features -> Bx`out_dim`x`grid`x`grid` (before the final LayerNorm; 64x64 in
+    every EfficientViT-SAM).
 
     Each stage in `stage_ids` goes through 1x1 conv + BatchNorm to `width` channels and a
-    bicubic resize to 64x64; the maps are summed, refined by `depth` residual FusedMBConv
-    blocks and projected by a 1x1 conv with bias.
+    bicubic resize to `grid` x `grid`; the maps are summed, refined by `depth` residual
+    FusedMBConv blocks and projected by a 1x1 conv with bias.
     """
 
     def __init__(
@@ -335,11 +336,12 @@ class SamNeck(nn.Module):
         depth: int,
         expand_ratio: float,
         out_dim: int = EMBED_DIM,
+        grid: int = EMBED_GRID,
     ) -> None:
         super().__init__()
         self.stage_ids = stage_ids
         self.input_ops = nn.ModuleList(
-            OpList([ConvNormAct(c, width, 1), ResizeTo(EMBED_GRID)]) for c in in_channels
+            OpList([ConvNormAct(c, width, 1), ResizeTo(grid)]) for c in in_channels
         )
         self.middle = OpList(
             [Residual(FusedMBConv(width, width, expand_ratio)) for _ in range(depth)]
@@ -408,9 +410,20 @@ def _build(
     return model
 
 
+def l_backbone_config(depths: tuple[int, ...],
+                      widths: tuple[int, ...] = (32, 64, 128, 256, 512),
+                      head_dim: int = 32) -> BackboneConfig:
+    """An EfficientViT-L backbone of these depths (and widths): the L models' block kinds,
+    expansions and norms per stage (res, fmb, fmb, mb, att)."""
+    return BackboneConfig(widths, depths, _L_BLOCKS, _L_EXPANDS, _L_LIGHT, head_dim)
+
+
+L_NECK_STAGES = (4, 3, 2)  # the stages the L models' neck fuses (strides 32, 16, 8)
+
+
 def _build_l(depths: tuple[int, ...], neck_depth: int) -> Sam:
-    cfg = BackboneConfig((32, 64, 128, 256, 512), depths, _L_BLOCKS, _L_EXPANDS, _L_LIGHT)
-    return _build(cfg, (4, 3, 2), neck_depth, neck_expand=1, image_size=512)
+    return _build(l_backbone_config(depths), L_NECK_STAGES, neck_depth, neck_expand=1,
+                  image_size=512)
 
 
 def _build_xl(depths: tuple[int, ...], neck_depth: int) -> Sam:

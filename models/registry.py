@@ -177,8 +177,8 @@ MODEL_REGISTRY: dict[str, ModelEntry] = {
     # SAM 2.1: PromptableModel, and its decoder needs the high-res features too
     # (models/protocols.py `HighResPromptableModel`)
     **_entries(sam2.BUILDERS, PromptableModel, sam2.OFFICIAL_FILES),
-    # students of SAM 2.1: TinyViT + SAM 2.1's heads (no official file: samdata's own, in
-    # SAM 2.1's {"model": sd} format; models/sam2/student.py)
+    # students of SAM 2.1: TinyViT or EfficientViT + SAM 2.1's heads (no official file: samdata's
+    # own, in SAM 2.1's {"model": sd} format; models/sam2/student.py)
     **_entries(sam2.STUDENT_BUILDERS, PromptableModel, {}),
     **_entries(yolov8_seg.BUILDERS, OnePassModel, yolov8_seg.OFFICIAL_FILES),
     # SAM 3: concept prompts (text) -> every instance; the official file's tracker.* part is

@@ -230,10 +230,6 @@ class DistillConfig(DistillSections):
             if name is not None and name not in usable:
                 raise ValueError(f"{field}: expected a model with an image encoder "
                                  f"({', '.join(usable)}), got '{name}'")
-        if self.stage == 2 and has_high_res(self.student.name):
-            raise ValueError(f"stage: expected 1 for a SAM 2 student ('{self.student.name}': "
-                             f"stage 2, its decoder in the loop with high-res features, is "
-                             f"not built), got 2")
         if self.uses_teacher and not self.data.embeddings:
             what = "stage 1" if self.stage == 1 else "stage2.targets teacher"
             raise ValueError(f"data.embeddings: expected the teacher's embeddings (a `samdata "

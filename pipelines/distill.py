@@ -169,15 +169,17 @@ def _teacher(cfg: DistillConfig, info: CorpusInfo | None) -> tuple[str | None, d
     if name != info.model:
         raise ConfigError(f"teacher.name: expected '{info.model}' (the model that wrote the "
                           f"embeddings), got '{name}'")
-    if cfg.stage == 2 and has_high_res(name):
-        raise ConfigError(f"stage: expected 1 with a SAM 2 teacher ('{name}': stage 2 would "
-                          f"decode its saved embeddings without the high-res maps its decoder "
-                          f"needs; not built), got 2")
     try:
         check_pair(name, model_skeleton(name), cfg.student.name,
                    model_skeleton(cfg.student.name), info.shape)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    if cfg.stage == 2 and has_high_res(name) and not info.has_high_res:
+        raise ConfigError(
+            f"data.embeddings: expected the SAM 2 teacher's high-res maps in the corpus for "
+            f"stage2.targets teacher (its decoder makes the target masks from the saved "
+            f"embedding and maps: embed with output.high_res: true), got a corpus of {name} "
+            f"without high_res_0/high_res_1 (or use stage2.targets: ground_truth)")
     heads, digest = load_heads(name, cfg.teacher.checkpoint, cfg.teacher.sha256,
                                cfg.teacher.seed)
     if digest != info.checkpoint_sha256:
@@ -235,9 +237,11 @@ def _specs(cfg: DistillConfig, plan: TrainPlan, info: CorpusInfo | None
                   teacher_embedding=cfg.uses_teacher, mask_size=plan.mask_size,
                   prefer_source_image=info is not None and not info.has_image,
                   fmt=cfg.data.format, max_image_pixels=cfg.data.max_image_pixels)
-    # A SAM 2 student learns the teacher's high-res maps too where the corpus holds them
-    high_res = (not stage2 and info is not None and info.has_high_res
-                and cfg.stage1.high_res_weight > 0 and has_high_res(cfg.student.name))
+    # Stage 1: a SAM 2 student learns the teacher's high-res maps too where the corpus holds
+    # them; stage 2: a SAM 2 teacher's masks are made with them (targets and validation)
+    with_maps = info is not None and info.has_high_res
+    high_res = with_maps and (cfg.uses_teacher if stage2 else
+                              cfg.stage1.high_res_weight > 0 and has_high_res(cfg.student.name))
     train = IngestSpec(**common, instances=cfg.stage2.instances_per_image if stage2 else 0,
                        max_mask_area=cfg.stage2.max_mask_area, high_res=high_res)
     val = IngestSpec(**common, instances=cfg.validation.max_instances,

@@ -6,7 +6,8 @@
     layers.py    the MLP the SAM 2 modules share
     model.py     `Sam2`: pre/post-processing, embeddings with high-res features, decode
     builders.py  the official sizes and a test configuration
-    student.py   students: MobileSAM's TinyViT behind SAM 2.1's heads (mobile_sam2)
+    student.py   students: TinyViT (mobile_sam2) or EfficientViT-L0 (efficientvit_sam2_l0)
+                 behind SAM 2.1's heads
 """
 
 from .builders import BUILDERS, OFFICIAL_FILES

@@ -71,7 +71,7 @@ def check_pair(teacher_name: str, teacher: nn.Module, student_name: str, student
             "a stretched square grid and a longest-side-plus-pad grid cover different parts "
             "of an image, and the student could not take the teacher's prompt encoder and "
             "mask decoder (pair EfficientSAM with EfficientSAM, SAM 2.1 with its students "
-            "mobile_sam2*, the others with each other)")
+            "mobile_sam2* and efficientvit_sam2*, the others with each other)")
     if teacher.prompt_size != student.prompt_size:
         raise ValueError(
             f"student.name: expected prompts in the teacher's {teacher.prompt_size} frame, "

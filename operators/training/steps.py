@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import HighResPromptableModel
+
 from .config import Stage2Config
 from .losses import hard_iou, mask_losses, masked_mse, region_mask
 from .pairing import embedding_frame
@@ -75,6 +77,11 @@ class PromptedStep(nn.Module):
     EdgeSAM's point in the disagreement region; the loss against the teacher's masks (its
     decoder on the saved embeddings, same prompts) or the ground truth, averaged over passes.
 
+    SAM 2 (a HighResPromptableModel) decodes with high-res maps beside the embedding: the
+    student with its own (`embed_images_with_features`, so the loss reaches its high-res
+    projections too), a SAM 2 teacher with the corpus's ("target_high_res_0/1": embed
+    output.high_res; the driver refuses teacher targets without them).
+
     forward(batch, use_boxes, gen) -> (scalar loss, {part: scalar})."""
 
     def __init__(self, model: nn.Module, teacher: nn.Module | None, cfg: Stage2Config,
@@ -86,17 +93,37 @@ class PromptedStep(nn.Module):
         self.mask_size = mask_size
         self.weights = cfg.weights()
 
-    def _teacher_targets(self, emb: torch.Tensor, coords, labels, boxes, multimask: bool
-                         ) -> torch.Tensor:
+    def _teacher_targets(self, emb: torch.Tensor, coords, labels, boxes, multimask: bool,
+                         high_res: list[torch.Tensor] | None) -> torch.Tensor:
+        extra = {} if high_res is None else {"high_res_features": high_res}
         with torch.no_grad():
-            logits, _ = self.teacher.decode(emb, coords, labels, boxes, None, multimask)
+            logits, _ = self.teacher.decode(emb, coords, labels, boxes, None, multimask,
+                                            **extra)
             return (_upsample(logits, self.mask_size) > self.teacher.mask_threshold).float()
+
+    def _teacher_maps(self, batch: dict[str, torch.Tensor], img: torch.Tensor
+                      ) -> list[torch.Tensor] | None:
+        """A SAM 2 teacher's high-res maps of each prompt's image (float PxCixHixWi), from
+        the batch; None for a SAM 1 design teacher."""
+        if not isinstance(self.teacher, HighResPromptableModel):
+            return None
+        if HIGH_RES_TARGETS[0] not in batch:
+            raise ValueError(
+                f"expected the SAM 2 teacher's high-res maps in the batch "
+                f"({', '.join(HIGH_RES_TARGETS)}: a corpus embedded with output.high_res) for "
+                f"its masks, got the fields {sorted(batch)}")
+        return [batch[k][img].float() for k in HIGH_RES_TARGETS]
 
     def forward(self, batch: dict[str, torch.Tensor], use_boxes: bool, gen: torch.Generator
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         model, cfg, t = self.model, self.cfg, self.mask_size
         frame = model.prompt_size
-        emb = model.embed_images(images_of(batch), batch["input_hw"])  # (B, C, H, W)
+        maps: list[torch.Tensor] | None = None  # the student's high-res maps (SAM 2)
+        if isinstance(model, HighResPromptableModel):
+            feats = model.embed_images_with_features(images_of(batch), batch["input_hw"])
+            emb, maps = feats["image_embed"], feats["high_res_feats"]  # (B, C, H, W), ...
+        else:
+            emb = model.embed_images(images_of(batch), batch["input_hw"])  # (B, C, H, W)
         n = batch["masks"].shape[1]
         present = torch.arange(n, device=emb.device)[None, :] < batch["count"][:, None]
         img, inst = present.nonzero(as_tuple=True)  # P prompts
@@ -104,7 +131,9 @@ class PromptedStep(nn.Module):
         boxes = batch["boxes"][img, inst].float()  # (P, 4)
         region = region_mask(frame_hw_t(model, batch["orig_hw"], t), t)[img]  # (P, T, T)
         emb_p = emb[img]  # (P, C, H, W)
+        extra = {} if maps is None else {"high_res_features": [m[img] for m in maps]}
         teacher_emb = batch["target"][img].float() if self.teacher is not None else None
+        teacher_maps = self._teacher_maps(batch, img) if self.teacher is not None else None
 
         # First pass: a box (with SAM's noise) or 1..max_points positive points
         if use_boxes:
@@ -117,10 +146,11 @@ class PromptedStep(nn.Module):
         passes = 1 + cfg.refine_iters
         multimask = cfg.multimask
         for i in range(passes):
-            logits, iou = model.decode(emb_p, coords, labels, box_in, None, multimask)
+            logits, iou = model.decode(emb_p, coords, labels, box_in, None, multimask, **extra)
             logits = _upsample(logits, t)  # (P, K, T, T)
             if teacher_emb is not None:
-                target = self._teacher_targets(teacher_emb, coords, labels, box_in, multimask)
+                target = self._teacher_targets(teacher_emb, coords, labels, box_in, multimask,
+                                               teacher_maps)
             else:
                 target = gt.float()[:, None]
             loss, parts = mask_losses(logits, iou, target, region, self.weights,
