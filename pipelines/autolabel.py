@@ -25,6 +25,7 @@ def run_autolabel(cfg: AutolabelConfig, overwrite: bool = False) -> RunSummary:
             read_mode="original",  # labels at the original size, as everything mode
             table="concepts",
             settings={"prompts": concept_settings(cfg.prompts, concepts)},
+            categories=concepts,
         )
         return run_sharded(cfg, job, overwrite)
     job = Job(

@@ -12,14 +12,17 @@ samdata: the data engine for the Segment Anything family.
 
 Reads image corpora (SA-1B tar shards, WebDataset tars, image folders; local or s3://)
 and writes Parquet datasets with Ray Data: SAM teacher image embeddings for distillation
-(`embed`), everything-mode auto-labels in the SA-1B annotation format (`autolabel`) and
-prompted masks (`segment`); trains students on Ray Train (`distill`) and measures models and
+(`embed`), auto-labels in the SA-1B annotation format (`autolabel`: everything mode, or
+with SAM 3 every instance of the concepts you name, with categories) and prompted masks
+(`segment`); trains students on Ray Train (`distill`) and measures models and
 labels with the published protocols (`evaluate`). `samdata demo` runs the whole loop.
 """
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    from models import ConceptModel, model_kind
     from models.registry import MODEL_REGISTRY, OFFICIAL_CHECKPOINTS, SHIPPED_CHECKPOINTS
+    from operators.config import ModelConfig
 
     for name in MODEL_REGISTRY:
         if name in SHIPPED_CHECKPOINTS:
@@ -30,6 +33,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
             what = "(toy size for tests, no official file)"
         else:  # a full-size student samdata defines (e.g. mobile_sam2): distill writes its file
             what = "(a samdata student: no official file, `samdata distill` writes one)"
+        if model_kind(name) is ConceptModel:  # text prompts: autolabel's concept labels only
+            what += (f" + {ModelConfig.VOCABULARY_FILE} beside it; concept labels: autolabel "
+                     f"with prompts.concepts" if name in OFFICIAL_CHECKPOINTS else
+                     "; concept labels: autolabel with prompts.concepts")
         print(f"{name:24s} {what}")
     return 0
 
@@ -37,8 +44,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_smoke(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from models import Predictor, build_model
+    from models import ConceptModel, OnePassModel, Predictor, build_model, model_kind
 
+    kind = model_kind(args.model)
+    if kind in (ConceptModel, OnePassModel):  # no point prompts to decode
+        what = ("a concept model: it takes text; label with `samdata autolabel` and "
+                "prompts.concepts" if kind is ConceptModel else
+                "a one-pass model: try `samdata autolabel`")
+        raise ValueError(f"--model: expected a model that takes point prompts, got "
+                         f"'{args.model}' ({what})")
     model = build_model(args.model, checkpoint=args.checkpoint, sha256=args.sha256,
                         seed=None if args.checkpoint else 0)
     if model.checkpoint_sha256 is None:
@@ -413,13 +427,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "autolabel",
-        help="everything-mode masks of a corpus into Parquet (SA-1B annotations)",
+        help="masks of a corpus into Parquet (SA-1B annotations): everything mode, or "
+        "concept labels with categories (SAM 3, prompts.concepts)",
         description="Read shards, generate masks for everything in each image on a Ray actor "
         "pool (SamAutomaticMaskGenerator semantics and defaults), write one Parquet row per "
         "image with its SA-1B annotations (COCO RLE). Same shard commits and resume as embed. "
         "FastSAM (model.name=fastsam_x|fastsam_s) runs its one-pass everything mode instead "
         "(generator.detection_*; predicted_iou is the detection confidence). "
-        "See configs/autolabel_sa1b.yaml for every field.",
+        "Concept labels: with a concept model (model.name=sam3, the official sam3.pt, its "
+        "vocabulary bpe_simple_vocab_16e6.txt.gz beside it or model.vocabulary) and "
+        "prompts.concepts (names, or a file of one name a line), every instance of each "
+        "concept scoring above prompts.score_threshold (0.5), with category, category_id "
+        "(its position in the list, from 1) and score; `samdata export --format coco` and "
+        "`samdata evaluate concepts` take the output. "
+        "See configs/autolabel_sa1b.yaml and configs/autolabel_concepts.yaml for every field.",
     )
     _job_arguments(p)
 

@@ -164,6 +164,11 @@ def check_vocabulary(model: ModelConfig, storage: StorageConfig) -> None:
         raise PreflightError(f"model.vocabulary: expected the official vocabulary of "
                              f"{model.name} ({rows} tokens, {ModelConfig.VOCABULARY_FILE}), "
                              f"got {tokenizer.vocab_size} tokens in '{path}'")
+    if tokenizer.vocab_size > rows:  # random weights: a smaller test vocabulary is fine, a
+        #   larger one has ids past the token table (the actors would fail on every image)
+        raise PreflightError(f"model.vocabulary: expected at most {rows} tokens (the token "
+                             f"table of {model.name}), got {tokenizer.vocab_size} tokens in "
+                             f"'{path}'")
 
 
 def resolve_concepts(concepts: list[str] | str, storage: StorageConfig) -> list[str]:
@@ -173,9 +178,11 @@ def resolve_concepts(concepts: list[str] | str, storage: StorageConfig) -> list[
     try:
         with fsspec.open(concepts, "rt", encoding="utf-8", **probe_options(storage)) as f:
             text = f.read()
-    except Exception as e:  # noqa: BLE001 - one line, naming the field
-        raise PreflightError(f"prompts.concepts: cannot read the concepts file '{concepts}': "
-                             f"{e}") from e
+    except FileNotFoundError as e:
+        raise PreflightError(f"prompts.concepts: expected a list of names or a file of them "
+                             f"(one a line), got '{concepts}', which is not there") from e
+    except Exception as e:  # noqa: BLE001 - credentials, endpoint, permissions: one line
+        raise storage_problem(e, concepts, "prompts.concepts") from e
     try:
         return parse_concepts_file(text)
     except ValueError as e:

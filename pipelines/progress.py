@@ -3,6 +3,7 @@
 rate, the ETA and the failures so far.
 
     samdata embed: 1,536 images (12/40 shards), 25.3 images/s, ETA 0:03:10, 2 failed
+    samdata autolabel: 96 images (2/40 shards), 1.5 images/s, 4,211 instances, ETA 0:41:20
 
 The ETA comes from the shards still to do at the rate shards were finished so far (a shard's
 image count is known only once it is read), so it settles after the first shards commit.
@@ -26,11 +27,13 @@ def _clock(seconds: float) -> str:
 
 class JobProgress:
     """The progress of one sharded job: call `update` as tallies arrive, `close` at the end.
-    stream: where it goes (stderr, so stdout keeps the summary and its JSON line)."""
+    stream: where it goes (stderr, so stdout keeps the summary and its JSON line); outputs:
+    what the job makes in its images ("masks", "instances"), counted on the line, or None."""
 
     def __init__(self, job: str, shards_total: int, stream: TextIO | None = None,
-                 unit: str = "images") -> None:
+                 unit: str = "images", outputs: str | None = None) -> None:
         self.job, self.shards_total, self.unit = job, shards_total, unit
+        self.outputs, self.made = outputs, 0
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.start = self._last = time.perf_counter()
@@ -47,13 +50,16 @@ class JobProgress:
             eta = "0:00:00"
         else:
             eta = "--:--:--"  # no shard finished yet
+        made = f", {self.made:,} {self.outputs}" if self.outputs else ""
         text = (f"samdata {self.job}: {self.images:,} {self.unit} ({self.shards}/"
-                f"{self.shards_total} shards), {rate:.1f} {self.unit}/s, ETA {eta}")
+                f"{self.shards_total} shards), {rate:.1f} {self.unit}/s{made}, ETA {eta}")
         return text + (f", {self.failed:,} failed" if self.failed else "")
 
-    def update(self, images: int = 0, failed: int = 0, shards: int = 0) -> None:
+    def update(self, images: int = 0, failed: int = 0, shards: int = 0, outputs: int = 0
+               ) -> None:
         """Add what was just done; redraw when it is time to."""
         self.images += images
+        self.made += outputs
         self.failed += failed
         self.shards += shards
         now = time.perf_counter()

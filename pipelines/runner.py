@@ -80,6 +80,8 @@ class RunSummary:
     images_resumed: int = 0  # rows of committed shards kept from an earlier run
     bytes_written: int = 0
     masks_processed: int = 0  # annotations in the rows this run wrote (autolabel, segment)
+    categories: list[str] | None = None  # a concept job's concept list (ids 1..N): its
+    #   annotations are instances of these
     seconds: float = 0.0
     # driver-side seconds of the control plane: listing, resume (committed shards and kept
     # parts), planning (pieces), commits (markers); the rest of `seconds` is the data plane
@@ -115,7 +117,10 @@ class RunSummary:
             f"over {self.seconds:.1f} s), {self.images_resumed} kept from an earlier run, "
             f"{self.bytes_written / 2**20:.1f} MiB written",
             *([f"  {self.masks_processed} masks in the {self.images_processed} images of this "
-               f"run"] if self.job in ("autolabel", "segment") else []),
+               f"run"] if self.job in ("autolabel", "segment") and not self.categories else []),
+            *([f"  {self.masks_processed} instances of {len(self.categories)} categories "
+               f"({_names(self.categories)}) in the {self.images_processed} images of this "
+               f"run"] if self.categories else []),
             f"  model {self.model}" + ("  ** RANDOM WEIGHTS: outputs are meaningless **"
                                       if self.random_weights else ""),
             f"  output: {self.output}",
@@ -143,6 +148,8 @@ class Job:
     decodes_on_device: bool = False  # its actor takes input.decode device rows ("encoded")
     settings: dict[str, Any] = field(default_factory=dict)  # the job's settings that change
     #   its rows (the output identity: shards.identity), beside the model's
+    categories: list[str] | None = None  # a concept job's concepts: the summary and the
+    #   progress line count instances of them instead of masks
 
 
 def output_identity(cfg: JobConfig, job: Job, checkpoint_sha256: str | None) -> dict:
@@ -183,7 +190,8 @@ def _run_leased(cfg: JobConfig, job: Job, root: str) -> RunSummary:
 
     opts = cfg.storage.options()
     summary = RunSummary(job=job.name, output=root, model=cfg.model.name,
-                         random_weights=cfg.model.checkpoint is None)
+                         random_weights=cfg.model.checkpoint is None,
+                         categories=job.categories)
 
     # Find the shards; skip committed ones, keep the complete parts of the others
     clock = summary.control_seconds
@@ -234,13 +242,16 @@ def _run_leased(cfg: JobConfig, job: Job, root: str) -> RunSummary:
 
     # Commit each shard once all its samples are written, each once
     stopped = ""
-    live = JobProgress(job.name, len(progress))
+    live = JobProgress(job.name, len(progress), outputs="instances" if job.categories else
+                       "masks" if job.name in ("autolabel", "segment") else None)
     try:
         for row in ds.iter_rows():
             p = progress[row["shard"]]
             rows, failed, committed = p.rows, p.failed, p.committed
+            masks = summary.masks_processed
             _tally(row, p, summary, cfg, job, root)
-            live.update(p.rows - rows, p.failed - failed, int(p.committed and not committed))
+            live.update(p.rows - rows, p.failed - failed, int(p.committed and not committed),
+                        outputs=summary.masks_processed - masks)
     except Exception as e:  # noqa: BLE001 - the job stopped (an actor past its restarts,
         #   the cluster gone): what was committed stays, the rest is named for the rerun
         stopped = f"the job stopped before this shard was written: {_cause(e)}"
@@ -252,6 +263,12 @@ def _run_leased(cfg: JobConfig, job: Job, root: str) -> RunSummary:
                 else "its end was never seen (the run stopped early)")
             summary.shards_unfinished.append({"shard": name, "reason": reason})
     return summary
+
+
+def _names(names: list[str], most: int = 5) -> str:
+    """A concept list for one line: the first `most` names, then how many more."""
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _cause(e: BaseException) -> str:

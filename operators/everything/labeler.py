@@ -63,6 +63,8 @@ class AutoLabeler:
                     stability_score_offset=generator.stability_score_offset)
             self.settings_json = json.dumps(concept_settings(prompts, concepts or []),
                                             sort_keys=True)
+            self.oom_hint = ("concept labeling", "prompts.upscale_batch_size or "
+                             "prompts.pairs_per_batch")
         elif one_pass:
             self.generator = OnePassGenerator(self.model, generator, batch_size=self.batch_size)
         else:
@@ -72,6 +74,7 @@ class AutoLabeler:
         self.sha256 = self.model.checkpoint_sha256 or ""
         if kind is not ConceptModel:
             self.settings_json = json.dumps(generator.settings(one_pass), sort_keys=True)
+            self.oom_hint = ("everything mode", "generator.upscale_batch_size")
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -104,9 +107,10 @@ class AutoLabeler:
         except OUT_OF_MEMORY:
             if len(images) == 1:
                 h, w = images[0].shape[:2]
-                return [f"out of memory in everything mode for an image of {w}x{h} "
-                        f"({w * h} pixels) on {self.device}: lower input.max_image_pixels or "
-                        f"generator.upscale_batch_size, or give the actor more memory"]
+                mode, knobs = self.oom_hint
+                return [f"out of memory in {mode} for an image of {w}x{h} ({w * h} pixels) "
+                        f"on {self.device}: lower input.max_image_pixels or {knobs}, or give "
+                        f"the actor more memory"]
         _release(self.device)
         return [found for image in images for found in self._generate([image])]
 
