@@ -94,6 +94,8 @@ def load_heads(name: str, checkpoint: str | os.PathLike | None = None,
     loader = getattr(skeleton, "checkpoint_loader", None)
     loaded, digest = read_checkpoint(checkpoint, sha256=sha256, loader=loader)
     state = unwrap_state_dict(loaded, getattr(skeleton, "checkpoint_wrappers", ()))
+    rename = getattr(skeleton, "strip_checkpoint", None)  # e.g. SAM 3: keys under `detector.`
+    state = rename(state) if rename is not None else state
     heads = {k: v for k, v in state.items() if k.startswith(head_prefixes(skeleton))}
     check_heads(skeleton, heads, f"'{checkpoint}'")
     return {k: v.detach().to("cpu", copy=True) for k, v in heads.items()}, digest

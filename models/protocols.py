@@ -12,6 +12,11 @@ Three kinds exist today:
   masks select among them.
 - `ConceptModel`: text prompts -> every instance of each named concept, with scores, boxes
   and masks (SAM 3). Concept labeling runs on it.
+  `TrunkConceptModel` (SAM 3 and its students) is a ConceptModel whose vision side starts
+  from one map of its trunk (`embed_trunk`): the map `samdata embed` stores for it and stage 1
+  of `samdata distill` trains a student trunk on.
+
+`image_embedding` is the map a model is embedded and distilled by, whatever its kind.
 """
 
 from __future__ import annotations
@@ -137,6 +142,32 @@ class ConceptModel(Protocol):
                   score_threshold: float | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(scores K, boxes Kx4 XYXY original pixels, mask logits KxHxW) of one pair."""
+
+
+@runtime_checkable
+class TrunkConceptModel(ConceptModel, Protocol):
+    """A ConceptModel whose neck makes every feature level from one trunk map (SAM 3: the
+    ViT's 1024x72x72 output at 1008 px, `embedding_shape`), so that a student trunk giving
+    that map takes the rest of the model unchanged."""
+
+    @property
+    def embedding_shape(self) -> tuple[int, int, int]: ...
+
+    def embed_trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 Bx3xSxS prepared images -> float BxCxHxW trunk map."""
+
+
+def image_embedding(model: PromptableModel | TrunkConceptModel, images: torch.Tensor,
+                    input_hws: torch.Tensor) -> torch.Tensor:
+    """The map `samdata embed` stores and stage 1 distills: Bx3xSxS prepared images, int Bx2
+    input_hws -> float BxCxHxW (`embedding_shape`): a PromptableModel's `embed_images`, a
+    TrunkConceptModel's `embed_trunk` (its images are stretched: input_hws are all SxS)."""
+    if isinstance(model, ConceptModel):
+        if not isinstance(model, TrunkConceptModel):
+            raise TypeError(f"expected a concept model with a trunk map (embed_trunk), got "
+                            f"{type(model).__name__}")
+        return model.embed_trunk(images)
+    return model.embed_images(images, input_hws)
 
 
 ModelKind = type[PromptableModel] | type[OnePassModel] | type[ConceptModel]

@@ -184,6 +184,9 @@ MODEL_REGISTRY: dict[str, ModelEntry] = {
     # SAM 3: concept prompts (text) -> every instance; the official file's tracker.* part is
     # declared unused (models/sam3 TRACKER_PREFIXES)
     **_entries(sam3.BUILDERS, ConceptModel, sam3.OFFICIAL_FILES),
+    # students of SAM 3: a TinyViT trunk + SAM 3's neck, text encoder and detector (no
+    # official file: samdata's own, in sam3.pt's {"model": sd} wrapping; models/sam3/student.py)
+    **_entries(sam3.STUDENT_BUILDERS, ConceptModel, {}),
 }
 
 # Official checkpoint file names, for messages and docs.

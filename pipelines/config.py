@@ -71,8 +71,9 @@ def refuse_concept_model(model: ModelConfig, field: str, job: str) -> ModelConfi
 
 
 def embedding_models() -> list[str]:
-    """Registry models that have an image embedding (the promptable ones)."""
-    return models_of_kind(PromptableModel)
+    """Registry models that have an image embedding (`models.image_embedding`): the promptable
+    ones, and the concept models (SAM 3 and its students: the vision trunk's map)."""
+    return models_of_kind(PromptableModel) + models_of_kind(ConceptModel)
 
 
 class EmbedConfig(JobConfig):
@@ -230,6 +231,18 @@ class DistillConfig(DistillSections):
             if name is not None and name not in usable:
                 raise ValueError(f"{field}: expected a model with an image encoder "
                                  f"({', '.join(usable)}), got '{name}'")
+            if name is not None and self.stage == 2 and model_kind(name) is ConceptModel:
+                raise ValueError(f"stage: expected 1 for a SAM 3 model ({field} '{name}': "
+                                 f"stage 2, its detector in the loop on concept prompts, is "
+                                 f"not built), got 2")
+        concept = any(n is not None and model_kind(n) is ConceptModel
+                      for n in (self.student.name, self.teacher.name))
+        masks_asked = sorted({"grid", "max_instances"} & self.validation.model_fields_set)
+        if concept and masks_asked:
+            raise ValueError(f"validation.{masks_asked[0]}: expected none for a SAM 3 pair "
+                             f"(it takes text, not point or box prompts: validated on the "
+                             f"trunk map's MSE and cosine only), got "
+                             f"{getattr(self.validation, masks_asked[0])}")
         if self.uses_teacher and not self.data.embeddings:
             what = "stage 1" if self.stage == 1 else "stage2.targets teacher"
             raise ValueError(f"data.embeddings: expected the teacher's embeddings (a `samdata "

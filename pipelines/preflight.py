@@ -193,8 +193,8 @@ def preflight_job(cfg: Any) -> str | None:
     """Every check of a sharded job (embed, autolabel, segment) before Ray starts; returns the
     checkpoint's sha256 (None for random weights)."""
     digest = check_checkpoint(cfg.model.name, cfg.model.checkpoint, cfg.model.sha256)
-    if model_kind(cfg.model.name) is ConceptModel:
-        check_vocabulary(cfg.model, cfg.storage)
+    if model_kind(cfg.model.name) is ConceptModel and hasattr(cfg, "prompts"):
+        check_vocabulary(cfg.model, cfg.storage)  # jobs that encode text (not embed)
     check_input(cfg.input.urls, cfg.input.shards, cfg.input.limit, cfg.storage)
     check_output(cfg.output.path, cfg.storage)
     return digest

@@ -10,9 +10,12 @@ that the official file loads unchanged. Modules, one job each:
 - `fusion`: the encoder that fuses image tokens with the prompt; `decoder`: the DETR-style
   decoder with the presence token; `scoring`: dot-product scoring of queries against the prompt.
 - `geometry`: the box / point exemplar encoder; `segmentation`: the pixel decoder and mask head.
+- `student`: students (a compact trunk in place of the ViT, the rest SAM 3's) for distillation.
 """
 
 from .builders import BUILDERS, OFFICIAL_FILES
 from .model import TRACKER_PREFIXES, Detections, Sam3
+from .student import STUDENT_BUILDERS
 
-__all__ = ["BUILDERS", "OFFICIAL_FILES", "TRACKER_PREFIXES", "Detections", "Sam3"]
+__all__ = ["BUILDERS", "OFFICIAL_FILES", "STUDENT_BUILDERS", "TRACKER_PREFIXES", "Detections",
+           "Sam3"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from torch import nn
+
 from .attention import MLP, MultiheadAttention
 from .decoder import build_detector_transformer
 from .fusion import FusionEncoderLayer
@@ -24,15 +26,21 @@ from .vit import ViT
 
 def _build_sam3(*, image_size: int, patch_size: int, vit_dim: int, vit_depth: int,
                 vit_heads: int, window_size: int, global_blocks: tuple[int, ...],
-                pretrain_size: int, text_width: int, text_heads: int, text_layers: int,
-                vocab_size: int, d_model: int, heads: int, ffn: int, encoder_layers: int,
-                decoder_layers: int, queries: int, geometry_layers: int,
-                scoring_hidden: int) -> Sam3:
+                pretrain_size: int, **parts: int) -> Sam3:
     trunk = ViT(img_size=image_size, patch_size=patch_size, embed_dim=vit_dim, depth=vit_depth,
                 num_heads=vit_heads, mlp_ratio=4.625, window_size=window_size,
                 global_att_blocks=global_blocks, pretrain_img_size=pretrain_size,
                 use_interp_rope=True, pretrain_use_cls_token=True, qkv_bias=True,
                 bias_patch_embed=False)
+    return sam3_with_trunk(trunk, image_size=image_size, **parts)
+
+
+def sam3_with_trunk(trunk: nn.Module, *, image_size: int, text_width: int, text_heads: int,
+                    text_layers: int, vocab_size: int, d_model: int, heads: int, ffn: int,
+                    encoder_layers: int, decoder_layers: int, queries: int,
+                    geometry_layers: int, scoring_hidden: int) -> Sam3:
+    """SAM 3's image model around a vision `trunk` (normalised Bx3xSxS -> [BxCxHxW], with
+    `channel_list` [C] and `grid` (H, W)): the ViT, or a student's (models/sam3/student.py)."""
     neck = Sam3DualViTDetNeck(trunk, PositionEmbeddingSine(d_model, normalize=True), d_model,
                               scale_factors=(4.0, 2.0, 1.0, 0.5), add_sam2_neck=True)
     text = TextEncoder(None, d_model=d_model, width=text_width, heads=text_heads,

@@ -91,6 +91,12 @@ class Sam3(nn.Module):
 
     checkpoint_wrappers = ("model",)
     checkpoint_ignored_prefixes = TRACKER_PREFIXES
+    # samdata distill: a student replaces the vision trunk (`part_modules`); every other part
+    # (the neck, text encoder, detector and heads: `head_prefixes`) is the teacher's, copied
+    part_modules = {"image_encoder": "backbone.vision_backbone.trunk"}
+    head_prefixes = ("backbone.vision_backbone.convs.", "backbone.vision_backbone.sam2_convs.",
+                     "backbone.language_backbone.", "transformer.", "geometry_encoder.",
+                     "segmentation_head.", "dot_prod_scoring.")
     mask_threshold = 0.0  # logits > 0, i.e. sigmoid > 0.5 as the official processor
     score_threshold = SCORE_THRESHOLD
 
@@ -166,6 +172,21 @@ class Sam3(nn.Module):
                              f"{tuple(images.shape)}")
         return self.backbone.forward_image(self.normalize(images.to(self.device)),
                                            with_sam2=with_sam2)
+
+    @property
+    def embedding_shape(self) -> tuple[int, int, int]:
+        """CxHxW of `embed_trunk` (1024x72x72 at full size)."""
+        trunk = self.backbone.vision_backbone.trunk
+        return (trunk.channel_list[-1], *trunk.grid)
+
+    def embed_trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 Bx3xSxS prepared images -> float32 BxCxHxW: the vision trunk's output, the one
+        map the neck makes every FPN level from (what `samdata embed` stores for SAM 3 and a
+        student's trunk learns; EfficientSAM3's stage-1 target)."""
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"expected Bx3x{self.image_size}x{self.image_size} images, got "
+                             f"{tuple(images.shape)}")
+        return self.backbone.vision_backbone.trunk(self.normalize(images.to(self.device)))[-1]
 
     # -- text --------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import HighResPromptableModel
+from models import HighResPromptableModel, image_embedding
 
 from ..config import ComputeConfig, EmbedOutputConfig, ModelConfig
 from ..runtime.batch_size import load_sized_model
@@ -27,7 +27,9 @@ class Embedder:
     """batch (prepared rows: "pixels" BxSxSx3, "input_hw" int32 Bx2, "status", "is_end", ...)
     -> the same batch without pixels, plus "embedding" (BxCxHxW `output.dtype`), "model",
     "checkpoint_sha256"; with output.high_res (a HighResPromptableModel) also "high_res_0"
-    and "high_res_1" (Bx32x256x256 and Bx64x128x128 `output.dtype` at full size).
+    and "high_res_1" (Bx32x256x256 and Bx64x128x128 `output.dtype` at full size). The
+    embedding is `models.image_embedding`: a promptable model's image embedding (256x64x64
+    for SAM), a SAM 3 model's vision trunk map (1024x72x72).
 
     model: the job's `model` section (model.batch_size images per encoder call, or "auto": the
     largest that fits the device's `gpu_share`, at most compute.ray_batch_size: the rows an
@@ -47,8 +49,9 @@ class Embedder:
         gpu_share: float = 1.0,
     ) -> None:
         compute = compute or ComputeConfig()
+        # no text is encoded here: a concept model (SAM 3) needs no vocabulary
         self.model, self.device, self.precision, self.batch_size = load_sized_model(
-            model, compute, storage_options, num_threads, device, gpu_share)
+            model, compute, storage_options, num_threads, device, gpu_share, vocabulary=False)
         self.compile = model.compile
         self.pad_to = min(self.batch_size, compute.ray_batch_size)  # no call brings more rows
         self.out_dtype = np.dtype(output.dtype)
@@ -107,7 +110,7 @@ class Embedder:
                 feats = self.model.embed_images_with_features(x, hws)
                 maps = [feats["image_embed"], *feats["high_res_feats"]]
             else:
-                maps = [self.model.embed_images(x, hws)]
+                maps = [image_embedding(self.model, x, hws)]
         return [m[:n].to(dtype) for m in maps]
 
     def _to_host(self, maps: list[torch.Tensor]) -> tuple[list[torch.Tensor], Any]:

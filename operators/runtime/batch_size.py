@@ -106,12 +106,13 @@ def probe_batch_size(model: torch.nn.Module, device: torch.device, precision: st
 
 def load_sized_model(model: ModelConfig, compute: ComputeConfig,
                      storage_options: dict | None = None, num_threads: int | None = None,
-                     device: str = "auto", gpu_share: float = 1.0
+                     device: str = "auto", gpu_share: float = 1.0, vocabulary: bool = True
                      ) -> tuple[torch.nn.Module, torch.device, str, int]:
-    """What every model actor does first: load the `model` section (device.load_model) and
-    choose its batch (choose_batch_size, capped by compute.ray_batch_size, sized to the
-    actor's `gpu_share`). Returns (module, device, precision, batch size)."""
-    net, dev, precision = load_model(model, storage_options, num_threads, device)
+    """What every model actor does first: load the `model` section (device.load_model; a
+    concept model's vocabulary unless `vocabulary` is False) and choose its batch
+    (choose_batch_size, capped by compute.ray_batch_size, sized to the actor's `gpu_share`).
+    Returns (module, device, precision, batch size)."""
+    net, dev, precision = load_model(model, storage_options, num_threads, device, vocabulary)
     batch = choose_batch_size(model.batch_size, net, dev, precision, compute.ray_batch_size,
                               gpu_share)
     return net, dev, precision, batch

@@ -36,11 +36,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def load_model(model: ModelConfig, storage_options: dict | None = None,
-               num_threads: int | None = None, device: str = "auto"
+               num_threads: int | None = None, device: str = "auto", vocabulary: bool = True
                ) -> tuple[torch.nn.Module, torch.device, str]:
     """Build the registry model of the `model` section on `device` (see pick_device; the
     pipelines say "cuda" for an actor Ray gave a GPU, else "cpu"). Returns (module, device,
-    resolved precision).
+    resolved precision). vocabulary: a concept model's tokenizer reads its vocabulary file
+    (False for jobs that encode no text: embed).
 
     model.channels_last: the image encoder's weights in NHWC (faster convolutions on GPUs for
     the conv encoders: MobileSAM, EfficientViT-SAM). model.compile: `torch.compile` the image
@@ -58,7 +59,7 @@ def load_model(model: ModelConfig, storage_options: dict | None = None,
             os.environ.setdefault("AWS_ENDPOINT_URL_S3", endpoint)
     net = build_model(model.name, checkpoint=model.checkpoint, sha256=model.sha256,
                       seed=None if model.checkpoint else model.seed).to(dev)
-    if isinstance(net, ConceptModel):  # SAM 3: its tokenizer reads the vocabulary file
+    if vocabulary and isinstance(net, ConceptModel):  # SAM 3: its tokenizer reads the file
         net.use_vocabulary(local_copy(vocabulary_of(model), storage_options))
     encoder = getattr(net, "image_encoder", None)  # one-pass models: the whole network
     if model.channels_last:

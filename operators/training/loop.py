@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import build_model
+from models import ConceptModel, build_model
 from models.export import heads_model, transplant_heads
 
 from .config import DistillSections
@@ -64,8 +64,8 @@ class TrainPlan:
     validate: bool = True
 
 
-# The trained parts by their module names; a model's `part_modules` overrides them (SAM 2:
-# sam_prompt_encoder, sam_mask_decoder)
+# The trained parts by their module paths; a model's `part_modules` overrides them (SAM 2:
+# sam_prompt_encoder, sam_mask_decoder; SAM 3: backbone.vision_backbone.trunk)
 PART_MODULES = {"image_encoder": "image_encoder", "prompt_encoder": "prompt_encoder",
                 "mask_decoder": "mask_decoder"}
 
@@ -77,7 +77,7 @@ def _trainable(model: torch.nn.Module, parts: list[str]) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     for part in parts:
-        for p in getattr(model, names[part]).parameters():
+        for p in model.get_submodule(names[part]).parameters():
             p.requires_grad_(True)
 
 
@@ -160,7 +160,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # The student (and the teacher's heads for stage-2 targets and validation)
     model = build_student(sections, heads)
-    teacher = heads_model(plan.teacher, heads) if heads is not None else None
+    # a SAM 3 pair is validated on the trunk map only: no teacher heads are run
+    teacher = (heads_model(plan.teacher, heads)
+               if heads is not None and not isinstance(model, ConceptModel) else None)
     parts = ["image_encoder"] if sections.stage == 1 else list(sections.stage2.trainable)
     _trainable(model, parts)
     model.train()

@@ -10,6 +10,10 @@ square ("stretch"), so its grid is not aligned with theirs; so does SAM 2.1, who
 refused: resampling the teacher's valid region to the stretched frame would give the student a
 target, but the result could not carry the teacher's prompt encoder and mask decoder (the
 EfficientSAM decoder is another network), which the output of stage 1 must.
+
+SAM 3 (a concept model) pairs only with SAM 3 students: the map is its vision trunk's, the
+"heads" are everything the trunk feeds (neck, text encoder, detector), and there are no
+prompt frames to match.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import math
 
 from torch import nn
 
+from models import ConceptModel
 from models.export import check_heads, head_prefixes
 
 FRAMES = ("pad", "stretch")
@@ -44,6 +49,9 @@ def valid_cells(input_hw: tuple[int, int], image_size: int, grid: tuple[int, int
 
 def describe(name: str, model: nn.Module) -> str:
     c, h, w = model.embedding_shape
+    if isinstance(model, ConceptModel):
+        return (f"{name} (a SAM 3 model: {c}x{h}x{w} trunk map, {embedding_frame(model)} frame "
+                f"at {model.image_size}, text prompts)")
     return (f"{name} ({c}x{h}x{w} embedding, {embedding_frame(model)} frame at "
             f"{model.image_size}, prompts at {model.prompt_size})")
 
@@ -54,6 +62,13 @@ def check_pair(teacher_name: str, teacher: nn.Module, student_name: str, student
     `teacher`'s embeddings: the same embedding shape (also the corpus's `corpus_shape`), the
     same frame, the same prompt frame, and, with `heads`, a prompt encoder and mask decoder
     with the teacher's keys and shapes (so the teacher's load into the student)."""
+    t_concept, s_concept = isinstance(teacher, ConceptModel), isinstance(student, ConceptModel)
+    if t_concept != s_concept:
+        want = ("a SAM 3 student (mobile_sam3*: a trunk for its neck, text encoder and "
+                "detector)" if t_concept else "a model with a prompt encoder and mask decoder")
+        raise ValueError(f"student.name: expected {want} for the teacher "
+                         f"{describe(teacher_name, teacher)}, got "
+                         f"{describe(student_name, student)}")
     t_shape, s_shape = tuple(teacher.embedding_shape), tuple(student.embedding_shape)
     if corpus_shape is not None and tuple(corpus_shape) != t_shape:
         raise ValueError(
@@ -72,7 +87,11 @@ def check_pair(teacher_name: str, teacher: nn.Module, student_name: str, student
             "of an image, and the student could not take the teacher's prompt encoder and "
             "mask decoder (pair EfficientSAM with EfficientSAM, SAM 2.1 with its students "
             "mobile_sam2* and efficientvit_sam2*, the others with each other)")
-    if teacher.prompt_size != student.prompt_size:
+    if t_concept and teacher.image_size != student.image_size:
+        raise ValueError(f"student.name: expected the teacher's {teacher.image_size} px input "
+                         f"({describe(teacher_name, teacher)}), got "
+                         f"{describe(student_name, student)}")
+    if not t_concept and teacher.prompt_size != student.prompt_size:
         raise ValueError(
             f"student.name: expected prompts in the teacher's {teacher.prompt_size} frame, "
             f"got {describe(student_name, student)}")

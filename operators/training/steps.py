@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import HighResPromptableModel
+from models import HighResPromptableModel, image_embedding
 
 from .config import Stage2Config
 from .losses import hard_iou, mask_losses, masked_mse, region_mask
@@ -42,7 +42,8 @@ class EncoderStep(nn.Module):
     embedding; with `high_res_weight` > 0 and batches carrying the teacher's high-res maps
     ("target_high_res_0" Bx32x256x256, "target_high_res_1" Bx64x128x128 for SAM 2), plus that
     weight times the MSE of each of the student's high-res maps (its encoder's stride-4 and
-    stride-8 maps through the teacher's conv_s0 / conv_s1) to them.
+    stride-8 maps through the teacher's conv_s0 / conv_s1) to them. A SAM 3 student's
+    embedding is its trunk map (`models.image_embedding`), all cells valid (stretched frame).
     forward(batch) -> (scalar loss, float BxCxHxW student embeddings, detached)."""
 
     def __init__(self, model: nn.Module, high_res_weight: float = 0.0) -> None:
@@ -61,7 +62,7 @@ class EncoderStep(nn.Module):
                 # the stretched frame of SAM 2: every cell holds image
                 loss = loss + self.high_res_weight * (got.float() - want.float()).pow(2).mean()
             return loss, emb.detach()
-        emb = self.model.embed_images(images, batch["input_hw"])  # (B, C, H, W)
+        emb = image_embedding(self.model, images, batch["input_hw"])  # (B, C, H, W)
         return masked_mse(emb, batch["target"], batch["valid"]), emb.detach()
 
 

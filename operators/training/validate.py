@@ -18,6 +18,9 @@ masks cannot be made: a SAM 2 pair then has no agreement mIoUs (box mIoU vs the 
 needs the student only), and `val_high_res_mse` (the student's maps vs the teacher's) is
 there only with them.
 
+A SAM 3 pair (concept models: text prompts, no point or box per mask) has the trunk map's MSE
+and cosine only.
+
 mIoUs are x100 with `MiouAccumulator` (buckets by the reference mask's area: the teacher's
 mask for agreement, the annotation's `area` for ground truth).
 """
@@ -32,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import HighResPromptableModel
+from models import ConceptModel, HighResPromptableModel, image_embedding
 
 from ..evaluation.metrics import MiouAccumulator, batched_mask_iou
 from .ingest import decode_rle
@@ -104,6 +107,7 @@ def validate(model: nn.Module, teacher: nn.Module | None, batches: Iterable[dict
     mse, cos, hr_mse, n = [], [], [], 0
     acc = {k: MiouAccumulator() for k in ("agreement", "agreement_box", "box")}
     used: set[str] = set()
+    concept = isinstance(model, ConceptModel)  # SAM 3: the trunk map only
     try:
         for batch in batches:
             t = _numpy_batch_to(batch, ("pixels", "input_hw", "target", "valid",
@@ -116,7 +120,7 @@ def validate(model: nn.Module, teacher: nn.Module | None, batches: Iterable[dict
                     emb, s_maps = feats["image_embed"], [m.float() for m in
                                                          feats["high_res_feats"]]
                 else:
-                    emb = model.embed_images(images, t["input_hw"])
+                    emb = image_embedding(model, images, t["input_hw"])
             if s_maps is not None and HIGH_RES_TARGETS[0] in t:
                 hr_mse.append(torch.stack([
                     (got - t[k].float()).pow(2).flatten(1).mean(1)
@@ -124,9 +128,11 @@ def validate(model: nn.Module, teacher: nn.Module | None, batches: Iterable[dict
             emb = emb.float()
             n += len(emb)
             with_teacher = teacher is not None and "target" in t
-            if with_teacher:
+            if with_teacher or (concept and "target" in t):
                 mse.append(per_image_mse(emb, t["target"], t["valid"]).cpu())
                 cos.append(masked_cosine(emb, t["target"], t["valid"]).cpu())
+            if concept:
+                continue
             # the teacher's reference masks need its high-res maps when it is a SAM 2
             t_needs_maps = isinstance(teacher, HighResPromptableModel)
             reference = with_teacher and (not t_needs_maps or HIGH_RES_TARGETS[0] in t)

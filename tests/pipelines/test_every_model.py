@@ -8,7 +8,7 @@ import pyarrow.dataset as pads
 import pytest
 from pycocotools import mask as mask_utils
 
-from models import MODEL_REGISTRY, OnePassModel, model_kind
+from models import MODEL_REGISTRY, ConceptModel, OnePassModel, model_kind
 from operators.config import (
     EmbedOutputConfig,
     GeneratorConfig,
@@ -30,8 +30,10 @@ from tests.support import as_batch
 SLOW_MODELS = ("efficientvit_sam_xl0", "efficientvit_sam_xl1")
 # The SAM 2.1 sizes share all code with sam2_tiny_test (built and loaded at full size in
 # tests/models/test_sam2_manifest.py).
+# SAM 3 and its student at full size share all code with sam3_tiny_test and
+# mobile_sam3_tiny_test.
 FULL_SIZE = ("sam_vit_h", "sam_vit_l", "sam_vit_b", "sam2_1_hiera_t", "sam2_1_hiera_s",
-             "sam2_1_hiera_b_plus", "sam2_1_hiera_l")
+             "sam2_1_hiera_b_plus", "sam2_1_hiera_l", "sam3", "mobile_sam3")
 MODELS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n
           for n in MODEL_REGISTRY if n not in FULL_SIZE]
 LOOSE = {"points_per_side": 2, "pred_iou_thresh": -1, "stability_score_thresh": 0.0,
@@ -67,6 +69,8 @@ def test_model_through_embed_and_autolabel_operators(name, shard):
         emb = out["embedding"]
         assert emb.shape[1:] == MODEL_REGISTRY[name]().embedding_shape
         assert np.isfinite(emb).all() and emb.std() > 0
+    if model_kind(name) is ConceptModel:  # labels concepts (test_autolabel_concepts.py)
+        return
     # Everything mode: original images -> SA-1B annotations whose masks have the image size
     rows = list(read_and_prepare(shard, name, INPUT, mode="original"))
     labels = AutoLabeler(ModelConfig(name=name, seed=0, batch_size=4),
