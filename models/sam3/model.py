@@ -154,6 +154,8 @@ class Sam3(nn.Module):
         s = self.image_size
         if image.shape[:2] == (s, s):
             return np.ascontiguousarray(image), (s, s)
+        if not image.flags.writeable:  # e.g. a view of an Arrow buffer: torch warns on those
+            image = image.copy()
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
         out = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
         out = out.round_().clamp_(0, 255).to(torch.uint8)
