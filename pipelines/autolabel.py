@@ -7,7 +7,7 @@ from models import ConceptModel, OnePassModel, model_kind
 from operators.everything.labeler import AutoLabeler, concept_settings
 
 from .config import AutolabelConfig
-from .preflight import resolve_concepts
+from .preflight import check_vocabulary, resolve_concepts
 from .runner import Job, RunSummary, run_sharded
 
 
@@ -15,8 +15,10 @@ def run_autolabel(cfg: AutolabelConfig, overwrite: bool = False) -> RunSummary:
     """Read shards (original images) -> generate masks on the actor pool -> write Parquet."""
     if model_kind(cfg.model.name) is ConceptModel:
         # The concept list, read before Ray starts when it is a file; the output's identity
-        # and every row's settings name it, so a rerun with other concepts is refused
+        # and every row's settings name it, and the identity the vocabulary's digest, so a
+        # rerun with other concepts or another vocabulary is refused
         concepts = resolve_concepts(cfg.prompts.concepts, cfg.storage)
+        vocabulary = check_vocabulary(cfg.model, cfg.storage)  # its sha256, for the identity
         job = Job(
             name="autolabel",
             actor=AutoLabeler,
@@ -24,7 +26,8 @@ def run_autolabel(cfg: AutolabelConfig, overwrite: bool = False) -> RunSummary:
                               concepts=concepts),
             read_mode="original",  # labels at the original size, as everything mode
             table="concepts",
-            settings={"prompts": concept_settings(cfg.prompts, concepts)},
+            settings={"prompts": concept_settings(cfg.prompts, concepts),
+                      "vocabulary_sha256": vocabulary},
             categories=concepts,
         )
         return run_sharded(cfg, job, overwrite)

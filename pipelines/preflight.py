@@ -146,16 +146,22 @@ def preflight_evaluate(cfg: Any) -> None:
         check_input(cfg.input.urls, cfg.input.shards, cfg.input.limit, cfg.storage)
 
 
-def check_vocabulary(model: ModelConfig, storage: StorageConfig) -> None:
+def check_vocabulary(model: ModelConfig, storage: StorageConfig) -> str:
     """A concept model's vocabulary: readable, of the official format, and (with a checkpoint)
     holding exactly as many tokens as the model's token table: another vocabulary would map
-    the concepts to other tokens and label the wrong thing without a sign."""
+    the concepts to other tokens and label the wrong thing without a sign. Returns the file's
+    sha256, for the output's identity (a rerun with another vocabulary is refused)."""
+    import hashlib
+
     from models.sam3.tokenizer import Tokenizer
     from operators.runtime.device import local_copy, vocabulary_of
 
     try:
         path = vocabulary_of(model)
-        tokenizer = Tokenizer(local_copy(path, probe_options(storage)))
+        local = local_copy(path, probe_options(storage))
+        tokenizer = Tokenizer(local)
+        with open(local, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
     except (OSError, ValueError) as e:
         msg = str(e).removeprefix("model.vocabulary: ")
         raise PreflightError(f"model.vocabulary: {msg}") from e
@@ -169,6 +175,7 @@ def check_vocabulary(model: ModelConfig, storage: StorageConfig) -> None:
         raise PreflightError(f"model.vocabulary: expected at most {rows} tokens (the token "
                              f"table of {model.name}), got {tokenizer.vocab_size} tokens in "
                              f"'{path}'")
+    return digest
 
 
 def resolve_concepts(concepts: list[str] | str, storage: StorageConfig) -> list[str]:

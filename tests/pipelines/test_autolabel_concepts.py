@@ -94,6 +94,13 @@ def test_s3_concepts_to_rows_coco_and_ap(ray_local, s3_bucket, s3_endpoint, corp
     assert _autolabel(*common, f"output.path={labels}", "prompts.concepts=[circle, square]") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "settings.prompts.concepts" in err
+    # Another vocabulary (other merges: other token ids) on this output: refused
+    fs.pipe_file(f"{bucket}/weights/other.txt.gz", write_vocab(
+        tmp_path / "other.txt.gz", phrases=PHRASES[:25]).read_bytes())
+    assert _autolabel(*common[:2], f"model.vocabulary=s3://{bucket}/weights/other.txt.gz",
+                      f"output.path={labels}", f"prompts.concepts={json.dumps(CONCEPTS)}") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "vocabulary_sha256" in err
 
     # A concepts file on S3 (comments and blank lines skipped): the file's names, in order
     fs.pipe_file(f"{bucket}/concepts.txt", b"# shapes\ntriangle\n\ncircle\n")
