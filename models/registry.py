@@ -187,6 +187,9 @@ MODEL_REGISTRY: dict[str, ModelEntry] = {
     # students of SAM 3: a TinyViT trunk + SAM 3's neck, text encoder and detector (no
     # official file: samdata's own, in sam3.pt's {"model": sd} wrapping; models/sam3/student.py)
     **_entries(sam3.STUDENT_BUILDERS, ConceptModel, {}),
+    # SAM 3's box and point prompts: a HighResPromptableModel on the same sam3.pt (the trunk,
+    # the neck's SAM 2 branch and the tracker's SAM heads; models/sam3/interactive.py)
+    **_entries(sam3.INTERACTIVE_BUILDERS, PromptableModel, sam3.INTERACTIVE_FILES),
 }
 
 # Official checkpoint file names, for messages and docs.

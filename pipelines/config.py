@@ -60,13 +60,14 @@ class JobConfig(Strict):
 
 def refuse_concept_model(model: ModelConfig, field: str, job: str) -> ModelConfig:
     """`model` unless it is a concept model (SAM 3), which takes text, not one box or point
-    per mask: its SAM-1-style interactive head (the tracker part of sam3.pt) is not built."""
+    per mask: SAM 3's box and point prompts are `sam3_interactive` (the same sam3.pt)."""
     if model_kind(model.name) is ConceptModel:
         usable = [n for n in models_of_kind(PromptableModel) + models_of_kind(OnePassModel)]
         raise ValueError(
             f"{field}: expected a model that takes box or point prompts for {job} "
             f"({', '.join(usable[:6])}, ...), got '{model.name}', a concept model (use "
-            f"`samdata autolabel` with prompts.concepts; its interactive head is not built)")
+            f"`samdata autolabel` with prompts.concepts, or sam3_interactive for box and point "
+            f"prompts: the same sam3.pt)")
     return model
 
 

@@ -11,11 +11,14 @@ that the official file loads unchanged. Modules, one job each:
   decoder with the presence token; `scoring`: dot-product scoring of queries against the prompt.
 - `geometry`: the box / point exemplar encoder; `segmentation`: the pixel decoder and mask head.
 - `student`: students (a compact trunk in place of the ViT, the rest SAM 3's) for distillation.
+- `interactive`: box and point prompts (`sam3_interactive`): the trunk, the neck's SAM 2 branch
+  and the tracker's SAM heads, a HighResPromptableModel loading the same `sam3.pt`.
 """
 
 from .builders import BUILDERS, OFFICIAL_FILES
+from .interactive import INTERACTIVE_BUILDERS, INTERACTIVE_FILES, Sam3Interactive
 from .model import TRACKER_PREFIXES, Detections, Sam3
 from .student import STUDENT_BUILDERS
 
-__all__ = ["BUILDERS", "OFFICIAL_FILES", "STUDENT_BUILDERS", "TRACKER_PREFIXES", "Detections",
-           "Sam3"]
+__all__ = ["BUILDERS", "INTERACTIVE_BUILDERS", "INTERACTIVE_FILES", "OFFICIAL_FILES",
+           "STUDENT_BUILDERS", "TRACKER_PREFIXES", "Detections", "Sam3", "Sam3Interactive"]

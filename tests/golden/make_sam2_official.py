@@ -102,6 +102,12 @@ def _shim_torchvision_transforms() -> None:
     from bench.official import official as segment_anything
 
     segment_anything()  # registers bench/official.py's torchvision stand-in where it is missing
+    install_transform_stand_ins(sys.modules["torchvision.transforms"])
+
+
+def install_transform_stand_ins(transforms: types.ModuleType) -> None:
+    """Set `ToTensor`, `Resize((S, S))` and `Normalize` of the torchvision stand-in module
+    `transforms` (what SAM2Transforms builds; also SAM 3's, tests/golden/make_sam3_official.py)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -124,15 +130,16 @@ def _shim_torchvision_transforms() -> None:
     class Normalize(nn.Module):
         def __init__(self, mean: list[float], std: list[float]) -> None:
             super().__init__()
-            self.mean = mean
-            self.std = std
+            # made here, not in forward: scripted under make_sam3_official's cpu_only(),
+            # torch.tensor is a Python wrapper that TorchScript cannot compile
+            self.mean = torch.tensor(mean)[:, None, None]  # plain attributes: no state
+            self.std = torch.tensor(std)[:, None, None]
 
         def forward(self, img: torch.Tensor) -> torch.Tensor:
-            mean = torch.tensor(self.mean, dtype=img.dtype, device=img.device)
-            std = torch.tensor(self.std, dtype=img.dtype, device=img.device)
-            return (img - mean[:, None, None]) / std[:, None, None]
+            mean = self.mean.to(dtype=img.dtype, device=img.device)
+            std = self.std.to(dtype=img.dtype, device=img.device)
+            return (img - mean) / std
 
-    transforms = sys.modules["torchvision.transforms"]
     transforms.ToTensor, transforms.Resize, transforms.Normalize = ToTensor, Resize, Normalize
 
 

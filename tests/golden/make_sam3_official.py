@@ -14,7 +14,10 @@ met here:
   (imported by the decoder, built only with an interaction layer, which SAM 3 has not): a
   plain-loop reference written for the tests from torchvision's definition (bilinear samples
   per bin, `sampling_ratio=-1` -> ceil(roi size / bins), `aligned` shifts by half a pixel),
-  independent of models/sam3; `transforms.v2` for `Sam3Processor`: uint8 CxHxW -> bilinear
+  independent of models/sam3; `transforms.ToTensor`, `Resize` and `Normalize` (the interactive
+  predictor's SAM2Transforms builds them; only its coordinate transform and mask
+  postprocessing run in `predict_inst`): the SAM 2 tests' stand-ins (make_sam2_official.py);
+  `transforms.v2` for `Sam3Processor`: uint8 CxHxW -> bilinear
   antialiased resize in float, rounded back to uint8 (what torchvision does on a GPU, where the
   official processor runs, and on CPUs whose capability string lacks "AVX2", AVX512 ones
   included; only AVX2 CPUs take its native uint8 kernel, at most one level apart) -> float /
@@ -24,7 +27,10 @@ met here:
 - CUDA: the official decoder and position encoding build caches with `device="cuda"` and the
   geometry encoder calls `pin_memory()`; `cpu_only()` maps both to the CPU while the official
   code is built or run.
-The model code itself is the official one, untouched.
+The model code itself is the official one, untouched. The interactive (SAM-1-task) parts:
+`official_interactive_predictor` builds `SAM3InteractiveImagePredictor` on a `Sam3TrackerBase` at
+reduced sizes, `official_sam3_interactive` the full model through `build_sam3_image_model`, and
+`load_interactive_weights` copies `models.sam3.interactive.Sam3Interactive`'s weights into them.
 """
 
 from __future__ import annotations
@@ -309,10 +315,15 @@ def _shim() -> None:
         _stub("torchvision.transforms.v2", Compose=_Compose, ToDtype=_ToDtype, Resize=_Resize,
               Normalize=_Normalize)
         _stub("torchvision.transforms.v2.functional", to_image=_to_image)
+        # sam1_utils imports ToTensor, Resize and Normalize (the interactive predictor's
+        # SAM2Transforms builds them): the SAM 2 tests' stand-ins, unless they are there
+        from tests.golden.make_sam2_official import install_transform_stand_ins
+
         transforms = sys.modules["torchvision.transforms"]
-        for name in ("ToTensor", "Resize", "Normalize"):  # sam1_utils imports them
-            if not hasattr(transforms, name):
-                setattr(transforms, name, _unavailable(f"torchvision.transforms.{name}"))
+        if not all(isinstance(vars(transforms).get(name), type)
+                   and not issubclass(vars(transforms)[name], _Placeholder)
+                   for name in ("ToTensor", "Resize", "Normalize")):
+            install_transform_stand_ins(transforms)
 
 
 @contextlib.contextmanager
@@ -356,15 +367,90 @@ def official(module: str) -> types.ModuleType:
         return importlib.import_module(module)
 
 
-def official_sam3(bpe_path: str, tiny: bool = False) -> torch.nn.Module:
+class _NoMemoryAttention(nn.Module):
+    """Stands in for the tracker's memory-attention encoder in `official_interactive_predictor`:
+    what `Sam3TrackerBase.__init__` reads of it (`d_model`, `decoder` None); the image predictor
+    never runs it."""
+
+    decoder = None
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.d_model = d_model
+
+
+def official_interactive_predictor(image_size: int, d_model: int):
+    """The official `SAM3InteractiveImagePredictor` on a `Sam3TrackerBase` with `build_tracker`'s
+    SAM settings (dynamic multimask 0.05 / 0.98) at these sizes, random init, eval mode: its
+    SAM heads (`_build_sam_heads`: prompt encoder, mask decoder, `no_mem_embed`) are the
+    official ones; the memory modules, which the image predictor never runs, are left out
+    (`_NoMemoryAttention`, no memory encoder). `_bb_feat_sizes` (fixed at 1008 px in the
+    official code) is set for image_size."""
+    base = official("sam3.model.sam3_tracker_base")
+    task = official("sam3.model.sam1_task_predictor")
+    with cpu_only():
+        tracker = base.Sam3TrackerBase(
+            backbone=None, transformer=_NoMemoryAttention(d_model), maskmem_backbone=None,
+            image_size=image_size, backbone_stride=14, multimask_output_in_sam=True,
+            multimask_output_for_tracking=True, multimask_min_pt_num=0, multimask_max_pt_num=1,
+            sam_mask_decoder_extra_args={"dynamic_multimask_via_stability": True,
+                                         "dynamic_multimask_stability_delta": 0.05,
+                                         "dynamic_multimask_stability_thresh": 0.98})
+        predictor = task.SAM3InteractiveImagePredictor(tracker.eval())
+    grid = image_size // 14
+    predictor._bb_feat_sizes = [(4 * grid, 4 * grid), (2 * grid, 2 * grid), (grid, grid)]
+    return predictor.eval()
+
+
+def official_sam3_interactive(bpe_path: str) -> torch.nn.Module:
+    """The official full-size image model with its SAM-1-task predictor, built by the official
+    `build_sam3_image_model(enable_inst_interactivity=True)` (random init, no file, eval, CPU)."""
+    mb = official("sam3.model_builder")
+    with cpu_only():
+        return mb.build_sam3_image_model(
+            bpe_path=bpe_path, device="cpu", eval_mode=True, checkpoint_path=None,
+            load_from_HF=False, enable_segmentation=True, enable_inst_interactivity=True)
+
+
+def load_interactive_weights(official_model: torch.nn.Module,
+                             state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy `Sam3Interactive`'s state dict into an official `Sam3Image` with its interactive
+    predictor, renaming as the official `_load_checkpoint` renames the file's keys
+    (`detector.` dropped, `tracker.` -> `inst_interactive_predictor.model.`). Every one of our
+    keys must land on an official tensor of its shape; returns the official keys left as they
+    were (the parts the interactive path does not run)."""
+    from models.sam3.interactive import to_file_key
+
+    theirs = official_model.state_dict()
+    mapped = {}
+    for k, v in state.items():
+        file_key = to_file_key(k)
+        name = (file_key.removeprefix("detector.") if file_key.startswith("detector.")
+                else "inst_interactive_predictor.model." + file_key.removeprefix("tracker."))
+        if name not in theirs or theirs[name].shape != v.shape:
+            raise KeyError(f"expected official key {name} of shape {tuple(v.shape)}, got "
+                           f"{tuple(theirs[name].shape) if name in theirs else 'none'}")
+        mapped[name] = v
+    _, unexpected = official_model.load_state_dict(mapped, strict=False)
+    assert not unexpected, unexpected
+    return sorted(set(theirs) - set(mapped))
+
+
+def official_sam3(bpe_path: str, tiny: bool = False,
+                  interactive: bool = False) -> torch.nn.Module:
     """The official `Sam3Image` composed as `build_sam3_image_model` does (vision neck with its
     SAM 2 branch, as the released file's detector part), random init, eval mode; tiny: the
-    sizes of registry model `sam3_tiny_test` (models/sam3/builders.py), else full size."""
+    sizes of registry model `sam3_tiny_test` (models/sam3/builders.py), else full size.
+    interactive (tiny only): with the SAM-1-task predictor (`official_interactive_predictor`)
+    at the sizes of `sam3_interactive_tiny_test` (models/sam3/interactive.py)."""
     mb = official("sam3.model_builder")
     if not tiny:
+        if interactive:
+            return official_sam3_interactive(bpe_path)
         from tests.golden.make_sam3_manifest import official_detector
 
         return official_detector(bpe_path)
+    inst_predictor = official_interactive_predictor(168, 32) if interactive else None
     vitdet, necks, pe = (official(f"sam3.model.{m}") for m in ("vitdet", "necks",
                                                                  "position_encoding"))
     text_ve, tok, enc, dec = (official(f"sam3.model.{m}") for m in (
@@ -434,8 +520,8 @@ def official_sam3(bpe_path: str, tiny: bool = False) -> torch.nn.Module:
             points_pos_enc=True, boxes_direct_project=True, boxes_pool=True,
             boxes_pos_enc=True, d_model=d, num_layers=1, layer=geo_layer,
             use_act_ckpt=False, add_cls=True, add_post_encode_proj=True)
-        model = mb._create_sam3_model(backbone, transformer, geometry, head, scoring, None,
-                                      True)
+        model = mb._create_sam3_model(backbone, transformer, geometry, head, scoring,
+                                      inst_predictor, True)
     return model.eval()
 
 

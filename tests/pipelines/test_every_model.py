@@ -30,10 +30,11 @@ from tests.support import as_batch
 SLOW_MODELS = ("efficientvit_sam_xl0", "efficientvit_sam_xl1")
 # The SAM 2.1 sizes share all code with sam2_tiny_test (built and loaded at full size in
 # tests/models/test_sam2_manifest.py).
-# SAM 3 and its student at full size share all code with sam3_tiny_test and
-# mobile_sam3_tiny_test.
+# SAM 3, its student and its interactive model at full size share all code with
+# sam3_tiny_test, mobile_sam3_tiny_test and sam3_interactive_tiny_test.
 FULL_SIZE = ("sam_vit_h", "sam_vit_l", "sam_vit_b", "sam2_1_hiera_t", "sam2_1_hiera_s",
-             "sam2_1_hiera_b_plus", "sam2_1_hiera_l", "sam3", "mobile_sam3")
+             "sam2_1_hiera_b_plus", "sam2_1_hiera_l", "sam3", "mobile_sam3",
+             "sam3_interactive")
 MODELS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n
           for n in MODEL_REGISTRY if n not in FULL_SIZE]
 LOOSE = {"points_per_side": 2, "pred_iou_thresh": -1, "stability_score_thresh": 0.0,
