@@ -1,6 +1,6 @@
 """Every figure of the performance issue, side by side in one run, on this machine's device.
 
-    python bench/all.py                       # CPU suite (about 15 min on 2 cores)
+    python bench/all.py                       # CPU suite (about 20 min on 2 cores)
     python bench/all.py --device cuda         # GPU suite (ViT-H, 32x32 grids, bf16)
     python bench/all.py --only embed everything --out figures.json
 
@@ -49,6 +49,9 @@ SUITES: dict[str, dict[str, tuple[str, list[str]]]] = {
         "sam2_encoders": ("sam2_speed.py", ["--part", "encoders"]),
         "sam2_everything": ("sam2_speed.py", ["--part", "everything", "--images", "2",
                                               "--points-per-side", "16"]),
+        # SAM 3's 1008 backbone beside ViT-H and Hiera-L: one image each, no warm-up (minutes)
+        "sam3_backbone": ("sam3_speed.py", ["--part", "backbone"]),
+        "sam3_concepts": ("sam3_speed.py", ["--part", "concepts", "--images", "4"]),
     },
     "cuda": {
         "embed": ("embed.py", ["--model", "sam_vit_h", "--shards", "16",
@@ -79,6 +82,13 @@ SUITES: dict[str, dict[str, tuple[str, list[str]]]] = {
                                             "--warmup", "2", "--reps", "5"]),
         "sam2_everything": ("sam2_speed.py", ["--part", "everything", "--device", "cuda",
                                               "--images", "8", "--points-per-side", "32"]),
+        "sam3_backbone": ("sam3_speed.py", ["--part", "backbone", "--device", "cuda",
+                                            "--precision", "bf16", "--images", "8",
+                                            "--warmup", "2", "--reps", "5"]),
+        "sam3_concepts": ("sam3_speed.py", ["--part", "concepts", "--device", "cuda",
+                                            "--precision", "bf16", "--concept-model", "sam3",
+                                            "--images", "8", "--batch-size", "8",
+                                            "--height", "768", "--width", "1024"]),
     },
 }
 
@@ -205,6 +215,20 @@ def headline(parts: dict[str, dict]) -> list[tuple[str, str, object]]:
             (f"ours / official SAM2AutomaticMaskGenerator ({se['model']}, {se['images']} "
              f"images)", "-", se["speedup"]),
             ("SAM 2 masks at IoU >= 0.9 to the official", ">= 0.99", se["masks_iou_ge_0.9"]),
+        ]
+    for r in parts.get("sam3_backbone", {}).get("backbone", {}).get("results", []):
+        rows.append((f"SAM 3 backbone beside SAM / SAM 2.1: img/s, {r['model']} @{r['input']} "
+                     f"(x sam_vit_h: {r['x_sam_vit_h']})", "-", r["encoder_images_per_s"]))
+    sc = parts.get("sam3_concepts", {}).get("concepts")
+    for r in (sc or {}).get("results", []):
+        rows += [
+            (f"concept labeling img/s, {sc['model']}, {r['concepts']} concepts "
+             f"({r['instances_per_image']} instances / image)", "-", r["images_per_s"]),
+            (f"  {r['concepts']} concepts, ms per image: backbone / detector / masks", "-",
+             f"{r['backbone_ms_per_image']} / {r['detector_ms_per_image']} / "
+             f"{r['masks_ms_per_image']}"),
+            (f"  {r['concepts']} concepts, text ms once per job (not per image)", "-",
+             r["text_ms_once_per_job"]),
         ]
     for name, part in parts.items():
         if "failed" in part:

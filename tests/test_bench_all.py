@@ -59,3 +59,27 @@ def test_every_suite_names_existing_scripts():
     for suite in SUITES.values():
         for script, _ in suite.values():
             assert (here / script).is_file(), script
+
+
+def test_headline_has_the_sam3_figures():
+    parts = {
+        "sam3_backbone": {"backbone": {"results": [
+            {"model": "sam3", "input": 1008, "encoder_images_per_s": 0.02, "x_sam_vit_h": 0.8},
+            {"model": "sam_vit_h", "input": 1024, "encoder_images_per_s": 0.025,
+             "x_sam_vit_h": 1.0}]}},
+        "sam3_concepts": {"concepts": {"model": "sam3_tiny_test", "results": [
+            {"concepts": 80, "images_per_s": 0.5, "instances_per_image": 1500.0,
+             "backbone_ms_per_image": 3.0, "detector_ms_per_image": 110.0,
+             "masks_ms_per_image": 1800.0, "text_ms_once_per_job": 9.5}]}},
+    }
+    rows = headline(parts)
+    assert ("SAM 3 backbone beside SAM / SAM 2.1: img/s, sam3 @1008 (x sam_vit_h: 0.8)", "-",
+            0.02) in rows
+    assert ("concept labeling img/s, sam3_tiny_test, 80 concepts (1500.0 instances / image)",
+            "-", 0.5) in rows
+    assert ("  80 concepts, ms per image: backbone / detector / masks", "-",
+            "3.0 / 110.0 / 1800.0") in rows
+    assert ("  80 concepts, text ms once per job (not per image)", "-", 9.5) in rows
+    for device in ("cpu", "cuda"):
+        assert SUITES[device]["sam3_backbone"][0] == "sam3_speed.py"
+        assert SUITES[device]["sam3_concepts"][1][:2] == ["--part", "concepts"]
