@@ -280,8 +280,11 @@ def _is_absent(root: str) -> bool:
 def _shim() -> None:
     absent = {root for root in ("torchvision", "triton", "timm", "decord", "psutil")
               if _is_absent(root)}
-    if absent and not any(isinstance(f, _AutoFinder) for f in sys.meta_path):
+    finder = next((f for f in sys.meta_path if isinstance(f, _AutoFinder)), None)
+    if finder is None:
         sys.meta_path.append(_AutoFinder(absent))
+    else:
+        finder.roots |= absent
     for name, module in list(sys.modules.items()):  # earlier stand-ins (bench/official.py's
         if name.split(".")[0] in absent and not hasattr(module, "__path__"):  # torchvision)
             module.__path__ = []  # are made packages, so that their submodules import
@@ -354,16 +357,36 @@ def cpu_only() -> Iterator[None]:
         torch.Tensor.pin_memory = pin
 
 
+# Stand-ins that only the official package may see. Left in sys.modules, Ray's init takes the
+# psutil one for the real psutil (ray/thirdparty_files, on sys.path only once ray is imported) and
+# torch.compile takes the triton one for a GPU compiler: they are taken out once the official
+# modules that import them are imported (those keep their reference).
+_PRIVATE = frozenset({"triton", "psutil", "decord"})
+
+
+@contextlib.contextmanager
+def _stand_ins() -> Iterator[None]:
+    _shim()
+    try:
+        yield
+    finally:
+        for finder in sys.meta_path:
+            if isinstance(finder, _AutoFinder):
+                finder.roots -= _PRIVATE
+        for name, module in list(sys.modules.items()):
+            if name.split(".")[0] in _PRIVATE and getattr(module, "__file__", None) is None:
+                del sys.modules[name]
+
+
 def official_sam3_package() -> types.ModuleType:
     """`import sam3` with the stand-ins above. Raises ImportError without the package."""
-    _shim()
-    return importlib.import_module("sam3")
+    with _stand_ins():
+        return importlib.import_module("sam3")
 
 
 def official(module: str) -> types.ModuleType:
     """An official submodule, e.g. official("sam3.model.vitdet"), with the stand-ins."""
-    official_sam3_package()
-    with cpu_only():
+    with _stand_ins(), cpu_only():
         return importlib.import_module(module)
 
 
