@@ -36,6 +36,7 @@ from pycocotools.cocoeval import COCOeval
 from ..dataset.export_filter import score_of
 from .binding import GroundTruthMismatch
 from .ground_truth import to_rle
+from .proposals import coco_quietly
 
 AP_KEYS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")  # stats[0:6]
 MAX_DETS = (1, 10, 100)  # COCOeval's defaults for detection
@@ -164,16 +165,6 @@ def concept_detections(image_id: int, h: int, w: int, annotations: Sequence[Mapp
     return boxes, masks
 
 
-def _coco_quietly(gt: Mapping) -> COCO:
-    """pycocotools COCO object of a ground-truth dict (copied: COCOeval writes into
-    annotations), its index built without printing."""
-    coco = COCO()
-    coco.dataset = {**gt, "annotations": [dict(a) for a in gt["annotations"]]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
 def _without_detections(gt: COCO, cat_ids: Sequence[int], names: Mapping[int, str]) -> dict:
     """The AP dict when there are no detections (loadRes cannot load an empty list): 0 where
     a bucket or category has ground truth, None where it has none."""
@@ -199,7 +190,7 @@ def average_precision(gt: Mapping, detections: Sequence[Mapping], kind: str,
     None where a bucket or category has no ground truth."""
     if kind not in IOU_TYPES:
         raise ValueError(f"expected kind one of {sorted(IOU_TYPES)}, got '{kind}'")
-    coco_gt = _coco_quietly(gt)
+    coco_gt = coco_quietly(gt)
     names = {int(c["id"]): c["name"] for c in gt["categories"]}
     unknown = sorted(set(cat_ids) - set(names))
     if not cat_ids or unknown:

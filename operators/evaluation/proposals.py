@@ -106,7 +106,7 @@ def rank_proposals(image_id: int, masks: Sequence[Mapping], limit: int = MAX_PRO
              "score": float(scores[i])} for i in order]
 
 
-def _coco_quietly(gt: Mapping) -> COCO:
+def coco_quietly(gt: Mapping) -> COCO:
     """pycocotools COCO object of a ground-truth dict (copied: COCOeval writes into
     annotations), its index built without printing."""
     coco = COCO()
@@ -159,7 +159,7 @@ def average_recall(gt: Mapping, detections: Sequence[Mapping]) -> dict[str, floa
     Images of `gt` without detections count with recall 0; only the `maxDets` best-scored
     detections of each image count.
     """
-    coco_gt = _coco_quietly(gt)
+    coco_gt = coco_quietly(gt)
     if not coco_gt.getCatIds():
         raise ValueError("expected a ground truth with at least one category, got none")
     _check_detections(coco_gt, detections)

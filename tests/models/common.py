@@ -34,6 +34,18 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
+def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|, in float32 at least (the parity tests' measure)."""
+    a, b = a.float(), b.float()
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def seeded_std(p: torch.Tensor) -> float:
+    """The std of seeded normal weights that keeps activations O(1): 1/sqrt(fan in) for
+    matrices and kernels, 0.5 for vectors (biases, norm scales)."""
+    return p[0].numel() ** -0.5 if p.ndim > 1 else 0.5
+
+
 def assert_matches_manifest(model: nn.Module, manifest_: dict) -> None:
     """`model.state_dict()` has the manifest's keys, shapes and dtypes in its order, the same
     parameters and the same parameter count."""

@@ -15,6 +15,7 @@ import torch
 
 from models import HighResPromptableModel, PromptableModel, build_model
 from models.sam2 import LOW_RES_CLAMP
+from tests.models.common import max_rel
 from tests.support import smooth_image
 
 # SAM2Transforms scripts its resize and normalisation (torch.jit.script, deprecated in torch 2.13)
@@ -40,9 +41,6 @@ def _pair(name: str, seed: int):
     except ImportError as e:  # pragma: no cover - only without the package
         pytest.skip(f"official sam2 not installed: {e}")
 
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
 def _ours_predict(model, feats, orig_hw, prompt, multimask, mask_input=None):
@@ -85,10 +83,10 @@ def test_tiny_embedding_high_res_and_masks_match_official(hw):
     feats = _embed(ours, image)
     theirs = ref._features
     assert feats["image_embed"].shape == theirs["image_embed"].shape == (1, 64, 16, 16)
-    assert _rel(feats["image_embed"], theirs["image_embed"]) <= 1e-4
+    assert max_rel(feats["image_embed"], theirs["image_embed"]) <= 1e-4
     for a, b in zip(feats["high_res_feats"], theirs["high_res_feats"], strict=True):
         assert a.shape == b.shape
-        assert _rel(a, b) <= 1e-4
+        assert max_rel(a, b) <= 1e-4
     for multimask in (True, False):
         for prompt in PROMPTS:
             ref_masks, ref_iou, ref_low = ref.predict(**prompt, multimask_output=multimask,
@@ -96,10 +94,10 @@ def test_tiny_embedding_high_res_and_masks_match_official(hw):
             with torch.inference_mode():
                 masks, iou, low = _ours_predict(ours, feats, hw, prompt, multimask)
             assert masks.shape[1:] == ref_masks.shape
-            assert _rel(masks[0], torch.from_numpy(ref_masks)) < 5e-3
+            assert max_rel(masks[0], torch.from_numpy(ref_masks)) < 5e-3
             # the official predictor clamps the low-res logits it returns (not the masks)
             low = low.clamp(-LOW_RES_CLAMP, LOW_RES_CLAMP)
-            assert _rel(low[0], torch.from_numpy(ref_low)) < 5e-3
+            assert max_rel(low[0], torch.from_numpy(ref_low)) < 5e-3
             np.testing.assert_allclose(iou[0].numpy(), ref_iou, rtol=5e-3, atol=1e-5)
 
 
@@ -115,7 +113,7 @@ def test_tiny_mask_input_matches_official():
     with torch.inference_mode():
         masks, iou, _ = _ours_predict(ours, feats, (100, 140), prompt, False,
                                       mask_input=torch.from_numpy(low[:1])[None])
-    assert _rel(masks[0], torch.from_numpy(ref_masks)) < 5e-3
+    assert max_rel(masks[0], torch.from_numpy(ref_masks)) < 5e-3
     np.testing.assert_allclose(iou[0].numpy(), ref_iou, rtol=5e-3, atol=1e-5)
 
 
@@ -162,9 +160,9 @@ def test_batched_embedding_equals_official_set_image_batch():
     pixels = torch.stack([torch.from_numpy(ours.prepare_image(im)[0]) for im in images])
     with torch.inference_mode():
         feats = ours.embed_images_with_features(pixels.permute(0, 3, 1, 2))
-    assert _rel(feats["image_embed"], ref._features["image_embed"]) <= 1e-4
+    assert max_rel(feats["image_embed"], ref._features["image_embed"]) <= 1e-4
     for a, b in zip(feats["high_res_feats"], ref._features["high_res_feats"], strict=True):
-        assert _rel(a, b) <= 1e-4
+        assert max_rel(a, b) <= 1e-4
 
 
 @pytest.mark.parametrize("name", [
@@ -181,17 +179,18 @@ def test_full_size_matches_official(name):
     ref.set_image(image)
     feats = _embed(ours, image)
     assert feats["image_embed"].shape == (1, 256, 64, 64)
-    assert _rel(feats["image_embed"], ref._features["image_embed"]) <= 1e-4
+    assert max_rel(feats["image_embed"], ref._features["image_embed"]) <= 1e-4
     for a, b in zip(feats["high_res_feats"], ref._features["high_res_feats"], strict=True):
-        assert _rel(a, b) <= 1e-4
+        assert max_rel(a, b) <= 1e-4
     for prompt, multimask in ((PROMPTS[3], True), (PROMPTS[0], False)):
         ref_masks, ref_iou, ref_low = ref.predict(**prompt, multimask_output=multimask,
                                                   return_logits=True)
         with torch.inference_mode():
             masks, iou, low = _ours_predict(ours, feats, (480, 640), prompt, multimask)
         assert low.shape[-2:] == (256, 256)
-        assert _rel(masks[0], torch.from_numpy(ref_masks)) < 5e-3
-        assert _rel(low.clamp(-LOW_RES_CLAMP, LOW_RES_CLAMP)[0], torch.from_numpy(ref_low)) < 5e-3
+        assert max_rel(masks[0], torch.from_numpy(ref_masks)) < 5e-3
+        clamped = low.clamp(-LOW_RES_CLAMP, LOW_RES_CLAMP)[0]
+        assert max_rel(clamped, torch.from_numpy(ref_low)) < 5e-3
         np.testing.assert_allclose(iou[0].numpy(), ref_iou, rtol=5e-3, atol=1e-5)
 
 
@@ -210,7 +209,7 @@ def test_predictor_keeps_the_high_res_features_of_its_embeddings():
         ref_masks, ref_iou, _ = ref.predict(**prompt, return_logits=True)
         out = predictor.predict(emb[i], image.shape[:2], point_coords=prompt["point_coords"],
                                 point_labels=prompt["point_labels"], boxes=prompt["box"])
-        assert _rel(out["masks"][0], torch.from_numpy(ref_masks)) < 5e-3
+        assert max_rel(out["masks"][0], torch.from_numpy(ref_masks)) < 5e-3
         np.testing.assert_allclose(out["iou_predictions"][0].numpy(), ref_iou, rtol=5e-3,
                                    atol=1e-5)
     with pytest.raises(ValueError, match="expected an embedding of this predictor's last"):

@@ -19,21 +19,13 @@ from models.sam3.fusion import FusionEncoderLayer
 from models.sam3.geometry import Prompt, SequenceGeometryEncoder, concat_padded
 from models.sam3.position import PositionEmbeddingSine
 from models.sam3.roi_align import roi_align
-from tests.models.common import manifest
+from tests.models.common import manifest, max_rel, seeded_std
 
 TOL = 1e-4
 SMALL = dict(d_model=32, num_heads=4, dim_feedforward=64, num_layers=2)
 FULL = dict(d_model=256, num_heads=8, dim_feedforward=2048, num_layers=3)
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def _std(p: torch.Tensor) -> float:
-    """Seeded weights keep activations O(1): 1/sqrt(fan in) for matrices and kernels, 0.5
-    for vectors (biases, norm scales)."""
-    return p[0].numel() ** -0.5 if p.ndim > 1 else 0.5
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +77,12 @@ def _ours(cfg: dict) -> SequenceGeometryEncoder:
 
 
 def _pair(off, cfg: dict, seed: int = 0) -> tuple[torch.nn.Module, SequenceGeometryEncoder]:
-    """(official, ours) with one set of seeded normal weights (`_std`)."""
+    """(official, ours) with one set of seeded normal weights (`seeded_std`)."""
     official = _official(off, cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in official.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * _std(p))
+            p.copy_(torch.randn(p.shape, generator=gen) * seeded_std(p))
     ours = _ours(cfg)
     ours.load_state_dict(official.state_dict(), strict=True)
     return official, ours
@@ -125,7 +117,7 @@ def test_geometry_encoder_matches_official(off, name):
         got, mask = ours(Prompt(**PROMPTS[name]), feats, [(6, 5)], pos)
     assert got.shape == want.shape and got.dtype == torch.float32
     assert torch.equal(mask, want_mask)
-    assert _rel(got, want) <= TOL
+    assert max_rel(got, want) <= TOL
     assert want.std() > 0.1  # not degenerate
     n = {"empty": 1, "one_box": 2, "two_boxes_and_a_point": 4}[name]
     assert got.shape == (n, 2, SMALL["d_model"])
@@ -226,7 +218,7 @@ def test_full_size_matches_official(off):
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in official.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * _std(p))
+            p.copy_(torch.randn(p.shape, generator=gen) * seeded_std(p))
     ours = _ours(FULL)
     ours.load_state_dict(official.state_dict(), strict=True)
     feats, pos = _image(2, 72, 72, FULL["d_model"])
@@ -236,7 +228,7 @@ def test_full_size_matches_official(off):
                 want, want_mask = official(off.geo.Prompt(**prompt), feats, [(72, 72)], pos)
             got, mask = ours(Prompt(**prompt), feats, [(72, 72)], pos)
         assert torch.equal(mask, want_mask), name
-        assert _rel(got, want) <= TOL, name
+        assert max_rel(got, want) <= TOL, name
         assert want.std() > 0.1, name
 
 

@@ -29,7 +29,7 @@ from models.checkpoint import load_state_dict_strict
 from models.sam2 import LOW_RES_CLAMP
 from models.sam3.interactive import FILE_PREFIXES, UNUSED_PREFIXES, Sam3Interactive, to_file_key
 from pipelines.preflight import PreflightError, check_checkpoint
-from tests.models.common import manifest, meta_model
+from tests.models.common import manifest, max_rel, meta_model
 from tests.sam3_vocab import write_vocab
 from tests.support import smooth_image
 
@@ -44,9 +44,6 @@ PROMPTS = [
          box=np.array([10.0, 12.0, 70.0, 50.0])),
 ]
 
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
 # -- layout -----------------------------------------------------------------------------------
@@ -213,8 +210,8 @@ def _check(ours_out, theirs_out):
     masks, iou, low = ours_out
     ref_masks, ref_iou, ref_low = theirs_out
     assert masks.shape[1:] == ref_masks.shape
-    assert _rel(masks[0], torch.from_numpy(ref_masks)) < 5e-3
-    assert _rel(low.clamp(-LOW_RES_CLAMP, LOW_RES_CLAMP)[0], torch.from_numpy(ref_low)) < 5e-3
+    assert max_rel(masks[0], torch.from_numpy(ref_masks)) < 5e-3
+    assert max_rel(low.clamp(-LOW_RES_CLAMP, LOW_RES_CLAMP)[0], torch.from_numpy(ref_low)) < 5e-3
     np.testing.assert_allclose(iou[0].numpy(), ref_iou, rtol=5e-3, atol=1e-5)
 
 
@@ -229,9 +226,9 @@ def test_tiny_features_and_masks_match_the_official_predictor(pair, hw):
             ref, seen = _official(theirs, processor, image, prompt, multimask)
             if not checked:
                 assert feats["image_embed"].shape == seen["image_embed"].shape == (1, 32, 12, 12)
-                assert _rel(feats["image_embed"], seen["image_embed"]) <= 1e-4
+                assert max_rel(feats["image_embed"], seen["image_embed"]) <= 1e-4
                 for a, b in zip(feats["high_res_feats"], seen["high_res_feats"], strict=True):
-                    assert a.shape == b.shape and _rel(a, b) <= 1e-4
+                    assert a.shape == b.shape and max_rel(a, b) <= 1e-4
                 checked = True
             _check(_ours_predict(ours, feats, hw, prompt, multimask), ref)
 
@@ -346,9 +343,9 @@ def test_full_size_matches_the_official_image_model(tmp_path):
     del theirs
     feats = _embed(ours, image)
     assert feats["image_embed"].shape == (1, 256, 72, 72)
-    assert _rel(feats["image_embed"], seen["image_embed"]) <= 1e-4
+    assert max_rel(feats["image_embed"], seen["image_embed"]) <= 1e-4
     for a, b in zip(feats["high_res_feats"], seen["high_res_feats"], strict=True):
-        assert a.shape == b.shape and _rel(a, b) <= 1e-4
+        assert a.shape == b.shape and max_rel(a, b) <= 1e-4
     out = _ours_predict(ours, feats, (480, 640), prompt, True)
     assert out[2].shape[-2:] == (288, 288)
     _check(out, ref)

@@ -18,21 +18,13 @@ import torch
 
 from models.sam3.attention import MLP, MultiheadAttention
 from models.sam3.segmentation import MaskPredictor, PixelDecoder, UniversalSegmentationHead
-from tests.models.common import manifest
+from tests.models.common import manifest, max_rel, seeded_std
 
 TOL = 1e-4
 SMALL = dict(hidden_dim=32, num_heads=4)
 FULL = dict(hidden_dim=256, num_heads=8)
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def _std(p: torch.Tensor) -> float:
-    """Seeded weights keep activations O(1): 1/sqrt(fan in) for matrices and kernels, 0.5
-    for vectors (biases, norm scales)."""
-    return p[0].numel() ** -0.5 if p.ndim > 1 else 0.5
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +64,7 @@ def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * _std(p))
+            p.copy_(torch.randn(p.shape, generator=gen) * seeded_std(p))
 
 
 def _pair(off, cfg: dict) -> tuple[torch.nn.Module, UniversalSegmentationHead]:
@@ -120,7 +112,7 @@ def test_segmentation_head_matches_official(off, name):
     assert got["pred_masks"].shape == want["pred_masks"].shape == (2, 5, 16, 12)
     assert got["semantic_seg"].shape == want["semantic_seg"].shape == (2, 1, 16, 12)
     for key in ("pred_masks", "semantic_seg"):
-        assert _rel(got[key], want[key]) <= TOL, key
+        assert max_rel(got[key], want[key]) <= TOL, key
         assert want[key].std() > 0.1, key  # not degenerate
 
 
@@ -151,7 +143,7 @@ def test_pixel_decoder_on_four_maps_matches_official(off):
     with torch.no_grad():
         want, got = official(feats), ours(feats)
     assert got.shape == (2, c, 40, 24)
-    assert _rel(got, want) <= TOL
+    assert max_rel(got, want) <= TOL
     with pytest.raises(ValueError, match="expected 1 to 4 maps, got 5"):
         ours(feats + feats[-1:])
 
@@ -194,5 +186,5 @@ def test_full_size_matches_official(off):
         got = ours(image_ids=image_ids, **x)
     assert got["pred_masks"].shape == (1, 200, 288, 288)
     for key in ("pred_masks", "semantic_seg"):
-        assert _rel(got[key], want[key]) <= TOL, key
+        assert max_rel(got[key], want[key]) <= TOL, key
         assert want[key].std() > 0.1, key

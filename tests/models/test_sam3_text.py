@@ -17,6 +17,7 @@ import torch
 
 from models.sam3.text import TextEncoder
 from models.sam3.tokenizer import Tokenizer
+from tests.models.common import max_rel
 from tests.sam3_vocab import write_vocab
 
 pytestmark = [pytest.mark.filterwarnings("ignore:CUDA is not available"),
@@ -151,9 +152,6 @@ def _official_pair(tokenizer_path: Path, sizes: dict, seed: int, full_size: bool
     return theirs, ours
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
-
 
 def _assert_parity(theirs, ours, width: int, d_model: int) -> None:
     from tests.golden.make_sam3_official import cpu_only
@@ -175,19 +173,19 @@ def _assert_parity(theirs, ours, width: int, d_model: int) -> None:
     assert torch.equal(mask, expected[0])
     for ours_out, official_out in zip(got[1:], expected[1:], strict=True):
         assert official_out.shape == ours_out.shape
-        assert _rel(ours_out, official_out) <= 1e-4
+        assert max_rel(ours_out, official_out) <= 1e-4
     for ours_out, again_out in zip(got, again, strict=True):
         assert torch.equal(ours_out, again_out)
     # Outputs that can tell a wrong model: spread, different per prompt and per position
     assert features.std() > 0.05 * features.abs().max()
-    assert _rel(features[:, 0], features[:, 1]) > 0.1 and _rel(features[0], features[1]) > 0.1
+    assert max_rel(features[:, 0], features[:, 1]) > 0.1 and max_rel(features[0], features[1]) > 0.1
     assert sorted(got_dict) == sorted(expected_dict)
     for key, value in expected_dict.items():
         assert got_dict[key].shape == value.shape and got_dict[key].dtype == value.dtype, key
         if value.dtype == torch.bool:
             assert torch.equal(got_dict[key], value), key
         else:
-            assert _rel(got_dict[key], value) <= 1e-4, key
+            assert max_rel(got_dict[key], value) <= 1e-4, key
 
 
 def test_text_encoder_matches_the_official_small(vocab):

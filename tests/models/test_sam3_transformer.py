@@ -23,6 +23,7 @@ from models.sam3.decoder import (
 )
 from models.sam3.fusion import FusionEncoder, FusionEncoderLayer
 from models.sam3.scoring import build_dot_product_scoring, update_scores_and_boxes
+from tests.models.common import max_rel
 
 # importing the official package scripts a helper (torch.jit.script, deprecated in torch 2.13)
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated",
@@ -138,9 +139,6 @@ def _inputs(cfg: dict, hw: int, bs: int = 2, seed: int = 0):
     return img, pos, prompt, mask
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
-
 
 def _abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
@@ -215,7 +213,7 @@ def _compare(cfg: dict, hw: int, seed: int, pooled_text: bool = False) -> None:
 
     # Encoder
     assert enc["memory"].shape == (hw * hw, 2, d)
-    assert _rel(enc["memory"], their_enc["memory"]) <= 1e-4
+    assert max_rel(enc["memory"], their_enc["memory"]) <= 1e-4
     assert torch.equal(enc["pos_embed"], their_enc["pos_embed"])
     assert enc["padding_mask"] is None and their_enc["padding_mask"] is None
     for key in ("memory_text", "level_start_index", "spatial_shapes", "valid_ratios"):
@@ -224,10 +222,10 @@ def _compare(cfg: dict, hw: int, seed: int, pooled_text: bool = False) -> None:
     hs, ref, presence, feats = dec
     assert hs.shape == (layers, n, 2, d) and ref.shape == (layers, n, 2, 4)
     assert presence.shape == (layers, 1, 2) and feats.shape == (1, 2, d)
-    assert _rel(hs, their_dec[0]) <= 1e-4
+    assert max_rel(hs, their_dec[0]) <= 1e-4
     assert _abs(ref, their_dec[1]) <= 1e-4
     assert _abs(presence, their_dec[2]) <= 1e-4
-    assert _rel(feats, their_dec[3]) <= 1e-4
+    assert max_rel(feats, their_dec[3]) <= 1e-4
     # Scores and boxes
     assert set(out) == set(their_out) == {"queries", "pred_logits", "pred_boxes",
                                           "pred_boxes_xyxy", "presence_logit_dec"}
@@ -235,7 +233,7 @@ def _compare(cfg: dict, hw: int, seed: int, pooled_text: bool = False) -> None:
     assert out["presence_logit_dec"].shape == (2, 1)
     for key in ("pred_logits", "pred_boxes", "pred_boxes_xyxy", "presence_logit_dec"):
         assert _abs(out[key], their_out[key]) <= 1e-4, key
-    assert _rel(out["queries"], their_out["queries"]) <= 1e-4
+    assert max_rel(out["queries"], their_out["queries"]) <= 1e-4
 
     # Not degenerate: scores spread and unclamped, boxes vary and moved from the references,
     # the two prompts score differently, the box bias depends on the boxes

@@ -21,7 +21,7 @@ from models.sam3.neck import Sam3DualViTDetNeck, build_sam3_vision, sam3_vision_
 from models.sam3.position import PositionEmbeddingSine
 from models.sam3.rope import axial_frequencies
 from models.sam3.vit import ViT
-from tests.models.common import DATA
+from tests.models.common import DATA, max_rel
 
 TOL = 1e-4
 SMALL = dict(img_size=168, patch_size=14, embed_dim=64, depth=5, num_heads=4, mlp_ratio=4.625,
@@ -48,15 +48,11 @@ def _cpu_only():
     return cpu_only()
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| / max |b|"""
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
-
 
 def _assert_close(ours: torch.Tensor, ref: torch.Tensor, what: str) -> None:
     assert ours.shape == ref.shape, f"{what}: expected shape {ref.shape}, got {ours.shape}"
     assert ref.float().std() > 1e-3, f"{what}: degenerate reference"
-    assert _rel(ours, ref) <= TOL, f"{what}: rel {_rel(ours, ref):.2e}"
+    assert max_rel(ours, ref) <= TOL, f"{what}: rel {max_rel(ours, ref):.2e}"
 
 
 def _randomise(model: nn.Module, seed: int, std: float) -> None:
@@ -157,7 +153,7 @@ def test_small_neck_matches_official(add_sam2_neck):
         for i in range(len(sides)):
             _assert_close(got[2][i], expected[2][i], f"sam2 level {i}")
             _assert_close(got[3][i], expected[3][i], f"sam2 pos {i}")
-        assert _rel(got[2][0], got[0][0]) > 0.1  # the two branches have their own weights
+        assert max_rel(got[2][0], got[0][0]) > 0.1  # the two branches have their own weights
     else:
         assert got[2] is None and got[3] is None and expected[2] is None
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from models import Predictor, build_model
+from tests.models.common import max_rel
 from tests.support import official, official_tiny_sam, smooth_image
 
 
@@ -25,9 +26,6 @@ def _pair(name: str, seed: int = 0):
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
 
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 PROMPTS = [
@@ -61,8 +59,8 @@ def test_tiny_embedding_and_masks_match_official(hw):
                 multimask=multimask,
             )
             assert out["masks"].shape[1:] == ref_masks.shape
-            assert _rel(out["masks"][0], torch.from_numpy(ref_masks)) < 5e-3
-            assert _rel(out["low_res_logits"][0], torch.from_numpy(ref_low)) < 5e-3
+            assert max_rel(out["masks"][0], torch.from_numpy(ref_masks)) < 5e-3
+            assert max_rel(out["low_res_logits"][0], torch.from_numpy(ref_low)) < 5e-3
             np.testing.assert_allclose(out["iou_predictions"][0].numpy(), ref_iou, rtol=5e-3,
                                        atol=1e-5)
 
@@ -81,7 +79,7 @@ def test_tiny_mask_input_matches_official():
     out = Predictor(ours).predict(emb[0], (100, 140), point_coords=[[50.0, 50.0]],
                                   point_labels=[1], mask_input=torch.from_numpy(mask_input)[None],
                                   multimask=False)
-    assert _rel(out["masks"][0], torch.from_numpy(ref_masks)) < 5e-3
+    assert max_rel(out["masks"][0], torch.from_numpy(ref_masks)) < 5e-3
 
 
 def test_batched_embed_of_different_sizes_equals_official_one_by_one():
@@ -109,5 +107,5 @@ def test_full_size_vit_b_matches_official():
     ref_masks, ref_iou, _ = ref.predict(**prompt, multimask_output=True, return_logits=True)
     out = Predictor(ours).predict(emb[0], (480, 640), point_coords=prompt["point_coords"],
                                   point_labels=prompt["point_labels"], boxes=prompt["box"])
-    assert _rel(out["masks"][0], torch.from_numpy(ref_masks)) < 5e-3
+    assert max_rel(out["masks"][0], torch.from_numpy(ref_masks)) < 5e-3
     np.testing.assert_allclose(out["iou_predictions"][0].numpy(), ref_iou, rtol=5e-3, atol=1e-5)
