@@ -27,7 +27,7 @@ from pipelines.distill import (
     run_distill,
     sections_of,
 )
-from tests.operators.training.corpus import make_corpus, stage1_config
+from tests.operators.training.corpus import make_corpus, stage1_config, train_losses
 from tests.sam3_vocab import write_vocab
 
 
@@ -98,13 +98,7 @@ def test_a_few_stage1_steps_on_the_corpus_make_a_file_that_loads_strictly(corpus
     _trainable(model, ["image_encoder"])
     step = EncoderStep(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    losses = []
-    for _ in range(6):
-        loss, _ = step(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
+    losses = train_losses(step, batch, opt, 6)
     assert losses[-1] < losses[0]
     path, digest = _write_student(cfg, {"model": model.state_dict()})
     raw = torch.load(path, map_location="cpu", weights_only=True)

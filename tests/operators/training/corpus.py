@@ -4,9 +4,11 @@ commit_shard), so the files are exactly what `samdata embed` writes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from operators.config import EmbedOutputConfig, InputConfig, ModelConfig
 from operators.embed.embedder import Embedder
@@ -62,3 +64,19 @@ def stage1_config(embeddings: str, out, student_name: str, steps: int, images: i
         else:
             data[section] = values
     return data
+
+
+def train_losses(step: Callable, batch: Mapping, optimizer: torch.optim.Optimizer, steps: int,
+                 scheduler=None) -> list[float]:
+    """`steps` optimizer steps of `step` (a training step: batch -> (loss, parts)) on one batch;
+    the loss of each, before its update."""
+    losses = []
+    for _ in range(steps):
+        loss, _ = step(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(loss.item())
+    return losses

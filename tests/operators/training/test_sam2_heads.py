@@ -62,19 +62,26 @@ def test_sam2_heads_from_an_official_layout_file_decode_as_the_whole_model(tmp_p
         assert torch.equal(student.state_dict()[k], v), k
 
 
-def test_mobile_sam2_encoder_keys_are_mobile_sams_plus_two_projections():
-    ours = model_skeleton("mobile_sam2").state_dict()
-    mobile = model_skeleton("mobile_sam").state_dict()
+@pytest.mark.parametrize("student,base,teacher", [
+    ("mobile_sam2", "mobile_sam", "sam2_1_hiera_l"),
+    ("efficientvit_sam2_l0", "efficientvit_sam_l0", "sam2_1_hiera_t"),
+])
+def test_a_sam2_students_encoder_keys_are_its_sam1_encoders_plus_two_projections(
+        student, base, teacher):
+    """The SAM 1 student's encoder exactly (its file's image_encoder.* can start the SAM 2
+    student) and the two high-res projections; the rest is the SAM 2 teacher's."""
+    ours = model_skeleton(student).state_dict()
+    sam1 = model_skeleton(base).state_dict()
     enc = {k: tuple(v.shape) for k, v in ours.items() if k.startswith("image_encoder.")}
     extra = {k for k in enc if k.startswith(("image_encoder.high_res_s4.",
                                              "image_encoder.high_res_s8."))}
     assert extra == {f"image_encoder.high_res_s{s}.{p}" for s in (4, 8)
                      for p in ("weight", "bias")}
     assert {k: v for k, v in enc.items() if k not in extra} == {
-        k: tuple(v.shape) for k, v in mobile.items() if k.startswith("image_encoder.")}
-    teacher = model_skeleton("sam2_1_hiera_l").state_dict()
+        k: tuple(v.shape) for k, v in sam1.items() if k.startswith("image_encoder.")}
+    heads = model_skeleton(teacher).state_dict()
     assert {k: tuple(v.shape) for k, v in ours.items() if not k.startswith("image_encoder.")} \
-        == {k: tuple(v.shape) for k, v in teacher.items() if not k.startswith("image_encoder.")}
+        == {k: tuple(v.shape) for k, v in heads.items() if not k.startswith("image_encoder.")}
 
 
 @pytest.mark.parametrize("high_res", [True, False])

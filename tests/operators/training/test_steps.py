@@ -21,7 +21,7 @@ from operators.training.schedule import build_optimizer
 from operators.training.state import Progress, read_state, restore, save_state
 from operators.training.steps import EncoderStep, PromptedStep
 from operators.training.validate import validate
-from tests.operators.training.corpus import make_corpus
+from tests.operators.training.corpus import make_corpus, train_losses
 
 CPU = torch.device("cpu")
 
@@ -60,14 +60,7 @@ def test_a_stage1_step_lowers_the_loss_on_its_batch(rows):
     step = EncoderStep(student.train())
     batch = _torch(stack_rows(rows))
     opt, sched = build_optimizer(student, Stage1Config(lr=1e-3, warmup_epochs=0), 20, 0)
-    losses = []
-    for _ in range(20):
-        loss, _ = step(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+    losses = train_losses(step, batch, opt, 20, sched)
     assert losses[-1] < 0.7 * losses[0]
 
 
