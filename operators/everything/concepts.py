@@ -28,9 +28,7 @@ from models import ConceptModel
 from models.transforms import check_image
 
 from ..runtime.batch_size import upscale_chunk
-from .coco_rle import MaskRuns, runs_to_segmentations
-from .geometry import stability_score
-from .runlength import masks_to_runs
+from .full_image import full_image_annotations
 
 
 class ConceptGenerator:
@@ -103,37 +101,14 @@ class ConceptGenerator:
         keep = torch.nonzero(found.scores[pair] > self.score_threshold).flatten()  # query order
         if not len(keep):
             return []
-        scores = found.scores[pair][keep]
+        scores = found.scores[pair][keep].float().cpu().tolist()
         step = upscale_chunk(self.upscale_batch_size, (h, w))
-        runs, stability = [], []
-        for s in range(0, len(keep), step):
-            logits = torch.nn.functional.interpolate(
-                found.mask_logits[pair][keep[s : s + step]][:, None].float(), size=(h, w),
-                mode="bilinear", align_corners=False)[:, 0]
-            stability.append(stability_score(logits, self.model.mask_threshold,
-                                             self.stability_score_offset))
-            runs.append(masks_to_runs(logits > self.model.mask_threshold))
-            del logits
-        runs = MaskRuns.cat(runs, (h, w))
-        stab = torch.cat(stability).tolist()
-        score_list = scores.float().cpu().tolist()
-        kept = np.flatnonzero(runs.areas > 0)  # an instance whose mask vanished is dropped
-        runs = runs.take(kept)
+        chunks = (torch.nn.functional.interpolate(
+            found.mask_logits[pair][keep[s : s + step]][:, None].float(), size=(h, w),
+            mode="bilinear", align_corners=False)[:, 0] for s in range(0, len(keep), step))
+        anns = full_image_annotations(chunks, scores, (h, w), self.model.mask_threshold,
+                                      self.stability_score_offset, encode)
         name = self.concepts[concept]
-        out = []
-        for k, seg, area, box in zip(kept.tolist(), runs_to_segmentations(runs, encode),
-                                     runs.areas.tolist(), runs.boxes.tolist(), strict=True):
-            x0, y0, x1, y1 = box
-            out.append({
-                "segmentation": seg,
-                "area": area,
-                "bbox": [x0, y0, x1 - x0, y1 - y0],
-                "predicted_iou": score_list[k],
-                "point_coords": [],
-                "stability_score": float(stab[k]),
-                "crop_box": [0, 0, w, h],
-                "category_id": concept + 1,
-                "category": name,
-                "score": score_list[k],
-            })
-        return out
+        for ann in anns:  # the instance's score is its predicted IoU
+            ann.update(category_id=concept + 1, category=name, score=ann["predicted_iou"])
+        return anns

@@ -34,10 +34,8 @@ from models.yolov8_seg import (
 
 from ..config import CPU_BATCH, GeneratorConfig
 from ..runtime.batch_size import upscale_chunk
-from .coco_rle import MaskRuns, runs_to_segmentations
-from .geometry import stability_score
+from .full_image import full_image_annotations
 from .nms import nms
-from .runlength import masks_to_runs
 
 MAX_NMS = 30000  # candidates (highest confidence first) that enter NMS
 MAX_DET = 300  # detections kept per image
@@ -266,36 +264,9 @@ class OnePassGenerator:
         at a time on the device and run-length encoded there (`masks_to_runs`); only change
         points, areas and boxes come back to the host."""
         h, w = image.shape[:2]
-        threshold = float(self.model.mask_threshold)
         scores = torch.as_tensor(det.scores).float().cpu().tolist()
         step = upscale_chunk(self.generator.upscale_batch_size, (h, w))
-        runs, stability = [], []
-        for start in range(0, len(det), step):
-            logits = det.mask_logits(start, start + step).float()
-            stability.append(stability_score(logits, threshold,
-                                             self.generator.stability_score_offset))
-            binary = logits > threshold
-            del logits
-            runs.append(masks_to_runs(binary))
-            del binary
-        if not runs:
-            return []
-        runs = MaskRuns.cat(runs, (h, w))
-        stab = torch.cat(stability).tolist()
-        # A detection whose mask vanished at the threshold gets no annotation
-        kept = np.flatnonzero(runs.areas > 0)
-        runs = runs.take(kept)
-        anns = []
-        for k, seg, area, box in zip(kept.tolist(), runs_to_segmentations(runs, encode),
-                                     runs.areas.tolist(), runs.boxes.tolist(), strict=True):
-            x0, y0, x1, y1 = box
-            anns.append({
-                "segmentation": seg,
-                "area": area,
-                "bbox": [x0, y0, x1 - x0, y1 - y0],
-                "predicted_iou": float(scores[k]),
-                "point_coords": [],
-                "stability_score": float(stab[k]),
-                "crop_box": [0, 0, w, h],
-            })
-        return anns
+        chunks = (det.mask_logits(start, start + step).float()
+                  for start in range(0, len(det), step))
+        return full_image_annotations(chunks, scores, (h, w), float(self.model.mask_threshold),
+                                      self.generator.stability_score_offset, encode)
