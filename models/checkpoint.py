@@ -31,11 +31,14 @@ def read_checkpoint(
     source: str | os.PathLike,
     sha256: str | None = None,
     loader: Callable[[str | BinaryIO], Any] | None = None,
+    storage_options: dict | None = None,
 ) -> tuple[Any, str]:
     """torch.load a checkpoint from a local path or fsspec URL (s3://, gs://, https://, ...),
     on CPU with `weights_only=True`; if `sha256` is given the file's digest must equal it.
     `loader(path or binary file)` replaces that torch.load for files of another format (e.g.
     `ultralytics_checkpoint.load_ultralytics_state_dict`, itself restricted).
+    storage_options: fsspec options of a URL (e.g. {"client_kwargs": {"endpoint_url": ...}}
+    for an S3 endpoint of the job's storage section).
 
     Returns the loaded object and the file's hex sha256."""
     source = os.fspath(source)
@@ -44,7 +47,7 @@ def read_checkpoint(
         if _is_url(source):
             import fsspec  # only for remote files; models/ stays free of I/O otherwise
 
-            with fsspec.open(source, "rb") as f:
+            with fsspec.open(source, "rb", **(storage_options or {})) as f:
                 buf = io.BytesIO()
                 while chunk := f.read(_CHUNK):
                     digest.update(chunk)

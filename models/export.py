@@ -76,11 +76,13 @@ def transplant_heads(model: nn.Module, heads: Mapping[str, torch.Tensor], what: 
 
 
 def load_heads(name: str, checkpoint: str | os.PathLike | None = None,
-               sha256: str | None = None, seed: int | None = 0
+               sha256: str | None = None, seed: int | None = 0,
+               storage_options: dict | None = None
                ) -> tuple[dict[str, torch.Tensor], str | None]:
     """The prompt encoder and mask decoder of registry model `name` as loaded by
     `build_model(name, checkpoint, sha256, seed)`, without materialising its image encoder
     when a checkpoint is given (a ViT-H teacher's heads are 4M of its 641M parameters).
+    storage_options: fsspec options for a checkpoint URL (the job's storage section).
 
     Returns (head tensors on CPU, the checkpoint's sha256 or None for random weights)."""
     if checkpoint is None:
@@ -92,7 +94,8 @@ def load_heads(name: str, checkpoint: str | os.PathLike | None = None,
         skeleton = MODEL_REGISTRY[name]()
     skeleton.model_name = name
     loader = getattr(skeleton, "checkpoint_loader", None)
-    loaded, digest = read_checkpoint(checkpoint, sha256=sha256, loader=loader)
+    loaded, digest = read_checkpoint(checkpoint, sha256=sha256, loader=loader,
+                                     storage_options=storage_options)
     state = unwrap_state_dict(loaded, getattr(skeleton, "checkpoint_wrappers", ()))
     rename = getattr(skeleton, "strip_checkpoint", None)  # e.g. SAM 3: keys under `detector.`
     state = rename(state) if rename is not None else state

@@ -230,11 +230,13 @@ def build_model(
     checkpoint: str | os.PathLike | None = None,
     sha256: str | None = None,
     seed: int | None = None,
+    storage_options: dict | None = None,
 ) -> nn.Module:
     """Build registry model `name` in eval mode on CPU.
 
     checkpoint: local path or fsspec URL of an official checkpoint file, loaded with
-        `weights_only=True` and `strict=True`; `sha256` (hex) is checked when given.
+        `weights_only=True` and `strict=True`; `sha256` (hex) is checked when given;
+        `storage_options`: fsspec options for a URL (the job's storage section).
     seed: without a checkpoint, fill every tensor with seeded random weights
         (`seeded_state_dict`); with neither, keep the initialiser's weights.
 
@@ -248,7 +250,8 @@ def build_model(
     digest = None
     if checkpoint is not None:
         loader = getattr(model, "checkpoint_loader", None)  # files that are not state dicts
-        loaded, digest = read_checkpoint(checkpoint, sha256=sha256, loader=loader)
+        loaded, digest = read_checkpoint(checkpoint, sha256=sha256, loader=loader,
+                                         storage_options=storage_options)
         wrappers = getattr(model, "checkpoint_wrappers", ())
         ignored = getattr(model, "checkpoint_ignored_prefixes", ())  # e.g. SAM 2's video keys
         state = unwrap_state_dict(loaded, wrappers)

@@ -181,7 +181,7 @@ def _teacher(cfg: DistillConfig, info: CorpusInfo | None) -> tuple[str | None, d
             f"embedding and maps: embed with output.high_res: true), got a corpus of {name} "
             f"without high_res_0/high_res_1 (or use stage2.targets: ground_truth)")
     heads, digest = load_heads(name, cfg.teacher.checkpoint, cfg.teacher.sha256,
-                               cfg.teacher.seed)
+                               cfg.teacher.seed, storage_options=cfg.storage.options())
     if digest != info.checkpoint_sha256:
         made = info.checkpoint_sha256 or "random weights"
         raise ConfigError(f"teacher.checkpoint: expected the weights the embeddings were made "
@@ -397,7 +397,7 @@ def run_distill(cfg: DistillConfig) -> DistillSummary:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"sections": sections_of(cfg), "plan": plan, "teacher_heads": heads,
-                           "val_rows": val_rows},
+                           "val_rows": val_rows, "storage_options": cfg.storage.options()},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.compute.workers,
                                                use_gpu=bool(use_gpu),
                                                resources_per_worker=resources),

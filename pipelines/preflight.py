@@ -64,16 +64,18 @@ def storage_problem(e: BaseException, url: str, field: str) -> PreflightError:
     return PreflightError(f"{field}: cannot use '{url}': {name}: {text[:200]}")
 
 
-def check_checkpoint(name: str, checkpoint: str | None, sha256: str | None, field: str = "model"
-                     ) -> str | None:
+def check_checkpoint(name: str, checkpoint: str | None, sha256: str | None, field: str = "model",
+                     storage: StorageConfig | None = None) -> str | None:
     """The checkpoint's sha256 after checking it loads safely and fits registry model `name`
-    (None for random weights). Raises PreflightError naming `field`.checkpoint."""
+    (None for random weights); a URL is read with the job's `storage` options. Raises
+    PreflightError naming `field`.checkpoint."""
     if checkpoint is None:
         return None
     skeleton = model_skeleton(name)
     try:
-        loaded, digest = read_checkpoint(checkpoint, sha256=sha256,
-                                         loader=getattr(skeleton, "checkpoint_loader", None))
+        loaded, digest = read_checkpoint(
+            checkpoint, sha256=sha256, loader=getattr(skeleton, "checkpoint_loader", None),
+            storage_options=storage.options() if storage is not None else None)
     except CheckpointError as e:
         raise PreflightError(f"{field}.checkpoint: {e}") from e
     try:
@@ -138,10 +140,11 @@ def preflight_evaluate(cfg: Any) -> None:
     checkpoint, the corpus (box, points, agreement; not proposals and concepts), the report
     folder."""
     for n, m in enumerate(cfg.models):
-        check_checkpoint(m.name, m.checkpoint, m.sha256, field=f"models[{n}]")
+        check_checkpoint(m.name, m.checkpoint, m.sha256, field=f"models[{n}]",
+                         storage=cfg.storage)
     if cfg.reference is not None:
         check_checkpoint(cfg.reference.name, cfg.reference.checkpoint, cfg.reference.sha256,
-                         field="reference")
+                         field="reference", storage=cfg.storage)
     if cfg.protocol not in LABEL_PROTOCOLS:  # those read label datasets, not a corpus
         check_input(cfg.input.urls, cfg.input.shards, cfg.input.limit, cfg.storage)
 
@@ -199,7 +202,8 @@ def resolve_concepts(concepts: list[str] | str, storage: StorageConfig) -> list[
 def preflight_job(cfg: Any) -> str | None:
     """Every check of a sharded job (embed, autolabel, segment) before Ray starts; returns the
     checkpoint's sha256 (None for random weights)."""
-    digest = check_checkpoint(cfg.model.name, cfg.model.checkpoint, cfg.model.sha256)
+    digest = check_checkpoint(cfg.model.name, cfg.model.checkpoint, cfg.model.sha256,
+                              storage=cfg.storage)
     if model_kind(cfg.model.name) is ConceptModel and hasattr(cfg, "prompts"):
         check_vocabulary(cfg.model, cfg.storage)  # jobs that encode text (not embed)
     check_input(cfg.input.urls, cfg.input.shards, cfg.input.limit, cfg.storage)

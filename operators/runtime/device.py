@@ -52,13 +52,9 @@ def load_model(model: ModelConfig, storage_options: dict | None = None,
     dev = pick_device(device)
     if dev.type == "cuda":  # fixed input shapes: let cuDNN pick its fastest convolutions
         torch.backends.cudnn.benchmark = True
-    if storage_options and model.checkpoint and "://" in model.checkpoint:
-        # fsspec reads the endpoint from the environment for s3:// checkpoints
-        endpoint = storage_options.get("client_kwargs", {}).get("endpoint_url")
-        if endpoint:
-            os.environ.setdefault("AWS_ENDPOINT_URL_S3", endpoint)
     net = build_model(model.name, checkpoint=model.checkpoint, sha256=model.sha256,
-                      seed=None if model.checkpoint else model.seed).to(dev)
+                      seed=None if model.checkpoint else model.seed,
+                      storage_options=storage_options).to(dev)
     if vocabulary and isinstance(net, ConceptModel):  # SAM 3: its tokenizer reads the file
         net.use_vocabulary(local_copy(vocabulary_of(model), storage_options))
     encoder = getattr(net, "image_encoder", None)  # one-pass models: the whole network

@@ -86,15 +86,17 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
-def build_student(sections: DistillSections, heads: dict[str, torch.Tensor] | None
-                  ) -> torch.nn.Module:
+def build_student(sections: DistillSections, heads: dict[str, torch.Tensor] | None,
+                  storage_options: dict | None = None) -> torch.nn.Module:
     """The student with its initial weights: its checkpoint, or its modules' own initialisers
     under `torch.manual_seed(student.seed)` (the same on every worker); stage 1 (and stage 2
-    on teacher targets from random weights) takes the teacher's heads."""
+    on teacher targets from random weights) takes the teacher's heads. storage_options:
+    fsspec options for a checkpoint URL (the job's storage section)."""
     s = sections.student
     if s.checkpoint is None:
         torch.manual_seed(s.seed)
-    model = build_model(s.name, checkpoint=s.checkpoint, sha256=s.sha256)
+    model = build_model(s.name, checkpoint=s.checkpoint, sha256=s.sha256,
+                        storage_options=storage_options)
     if heads is not None and (sections.stage == 1 or s.checkpoint is None):
         transplant_heads(model, heads, f"the teacher {sections.teacher.name}")
     return model
@@ -145,7 +147,8 @@ def stack_rows(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. config: {"sections": DistillSections, "plan": TrainPlan,
     "teacher_heads": dict of the teacher's prompt-encoder and mask-decoder tensors or None,
-    "val_rows": the held-out rows (validated on rank 0)}."""
+    "val_rows": the held-out rows (validated on rank 0), "storage_options": fsspec options of
+    the job's storage section for checkpoint URLs}."""
     import ray.train
     import ray.train.torch
 
@@ -159,7 +162,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(optim.seed + rank)
 
     # The student (and the teacher's heads for stage-2 targets and validation)
-    model = build_student(sections, heads)
+    model = build_student(sections, heads, config.get("storage_options"))
     # a SAM 3 pair is validated on the trunk map only: no teacher heads are run
     teacher = (heads_model(plan.teacher, heads)
                if heads is not None and not isinstance(model, ConceptModel) else None)

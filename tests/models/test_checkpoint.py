@@ -52,6 +52,28 @@ def test_loads_from_s3(official_file, s3_bucket, s3_endpoint):
     assert model.checkpoint_sha256 == digest
 
 
+def test_loads_from_s3_with_the_jobs_storage_options(official_file, s3_bucket, s3_endpoint,
+                                                     monkeypatch):
+    """A job names its endpoint in storage.endpoint_url only: the checkpoint (whole model or
+    just the heads) is read with those options, not with an AWS_ENDPOINT_URL_S3 variable."""
+    from models.export import head_state_dict, load_heads
+
+    path, sd, digest = official_file
+    fs, bucket = s3_bucket
+    fs.put(str(path), f"{bucket}/weights/sam_tiny.pth")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    url = f"s3://{bucket}/weights/sam_tiny.pth"
+    options = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    model = build_model("sam_tiny", checkpoint=url, sha256=digest, storage_options=options)
+    _assert_weights(model, sd)
+    heads, heads_digest = load_heads("sam_tiny", url, digest, storage_options=options)
+    assert heads_digest == digest
+    assert heads.keys() == head_state_dict(model).keys()
+    for k, v in heads.items():
+        assert torch.equal(v, sd[k]), k
+
+
 def test_wrong_sha256_names_both_digests(official_file):
     path, _, digest = official_file
     with pytest.raises(CheckpointError) as e:
